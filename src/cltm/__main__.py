@@ -1,0 +1,3 @@
+from cltm.cli import main
+import sys
+sys.exit(main())

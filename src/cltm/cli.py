@@ -1,0 +1,185 @@
+"""The `cltm` command: one subcommand per pipeline stage, each a thin call into the package.
+
+`dvc.yaml` calls these; a user can run them by hand with the same effect.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+from cltm.config import DEFAULT_PARAMS, TASKS, Config, load_config
+from cltm.errors import CltmError
+
+log = logging.getLogger("cltm")
+
+
+def _demo_corpus(args: argparse.Namespace, config: Config) -> None:
+    from cltm.data import demo
+
+    out = Path(args.out or config.demo.out)
+    if config.data.source != "demo" and args.out is None:
+        # The stage exists in every pipeline; with a real release it only leaves a note, so that
+        # `dvc repro` spends no minutes generating a corpus nobody reads.
+        if out.exists():
+            shutil.rmtree(out)
+        out.mkdir(parents=True)
+        (out / "README.txt").write_text(
+            "Not generated: data.source is 'commonvoice', so the pipeline reads "
+            f"{config.data.commonvoice.root}.\n"
+        )
+        log.info("data.source is commonvoice: demo corpus skipped")
+        return
+    spec = demo.DemoSpec(
+        languages=tuple(config.data.languages),
+        speakers_per_language=config.demo.speakers_per_language,
+        clips_per_speaker=config.demo.clips_per_speaker,
+        dev_speakers=config.demo.dev_speakers,
+        test_speakers=config.demo.test_speakers,
+        family_trait_strength=config.demo.family_trait_strength,
+        null=config.demo.null_control,
+        seed=config.demo.seed,
+    )
+    if out.exists():
+        shutil.rmtree(out)
+    demo.write_demo_corpus(out, spec, workers=config.data.workers, progress=not args.no_progress)
+    log.info("demo corpus written to %s", out)
+
+
+def _subsets(args: argparse.Namespace, config: Config) -> None:
+    from cltm.data.build import build_subsets
+
+    tasks = TASKS if args.task == "all" else (args.task,)
+    for task in tasks:
+        build_subsets(config, task, progress=not args.no_progress)
+
+
+def _grid(args: argparse.Namespace, config: Config) -> None:
+    from cltm.train.stage import run_grid
+
+    tasks = TASKS if args.task == "all" else (args.task,)
+    for task in tasks:
+        run_grid(config, task, progress=not args.no_progress)
+
+
+def _plan(args: argparse.Namespace, config: Config) -> None:
+    from cltm.train.stage import plan
+
+    for row in plan(config):
+        left = "?" if row["left"] is None else row["left"]
+        pace = "no runs timed yet" if row["s_per_run"] is None else (
+            f"{row['s_per_run']:.2f} s a run, about {row['eta_h']:.2f} h left")
+        note = f" ({row['note']})" if row["note"] else ""
+        print(f"{row['task']:8s} {row['runs']:6d} runs, {row['done']:6d} done, {left} to run; "
+              f"{pace}{note}")
+
+
+def _cltm(args: argparse.Namespace, config: Config) -> None:
+    from cltm.analysis.stage import run_cltm
+
+    families = Path(config.demo.out) / "families.csv" if config.data.source == "demo" else None
+    tasks = TASKS if args.task == "all" else (args.task,)
+    for task in tasks:
+        run_cltm(
+            task, Path("metrics") / "runs" / task, Path("metrics") / task,
+            family_level=config.analysis.family_level,
+            highlight=config.analysis.highlight_languages, families_csv=families,
+        )
+
+
+def _report(args: argparse.Namespace, config: Config) -> None:
+    from cltm.analysis.report import run_report
+
+    run_report(Path("metrics"), Path("metrics") / "report.md")
+
+
+def _diagnostics(args: argparse.Namespace) -> None:
+    from cltm.analysis.stage import format_table, run_diagnostics
+
+    result = run_diagnostics(Path(args.matrix), Path(args.se) if args.se else None,
+                             args.family_level, Path(args.json) if args.json else None)
+    print(format_table(result))
+
+
+def _languages(args: argparse.Namespace, config: Config) -> None:
+    from cltm.data import commonvoice, subsets
+
+    root = Path(args.root or config.data.commonvoice.root)
+    locales = args.locales or config.data.languages
+    table = commonvoice.read_release(root, locales)
+    g, s = config.tasks.gender, config.tasks.speaker
+    report = subsets.language_capacity(
+        table, locales, gender_N=g.N, gender_cps=g.clips_per_speaker,
+        speaker_N=s.N, speaker_cps=s.clips_per_speaker, pool=config.data.commonvoice.pool,
+    )
+    print(report.to_string())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cltm", description=__doc__)
+    p.add_argument("--params", default=str(DEFAULT_PARAMS),
+                   help="params file (default: %(default)s)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo-corpus", help="write the eSpeak NG demo corpus in Common Voice layout")
+    d.add_argument("--out", help="output directory (default: demo.out)")
+    d.set_defaults(func=_demo_corpus)
+
+    s = sub.add_parser("subsets", help="select D, D' and evaluation clips; pack their audio")
+    s.add_argument("--task", choices=[*TASKS, "all"], required=True)
+    s.set_defaults(func=_subsets)
+
+    g = sub.add_parser("grid", help="train and score every run of a task's grid (resumable)")
+    g.add_argument("--task", choices=[*TASKS, "all"], required=True)
+    g.set_defaults(func=_grid)
+
+    pl = sub.add_parser("plan", help="runs per task, how many are done, the time left")
+    pl.set_defaults(func=_plan)
+
+    c = sub.add_parser("cltm", help="the CLTM of a task, its standard errors, diagnostics, plots")
+    c.add_argument("--task", choices=[*TASKS, "all"], required=True)
+    c.set_defaults(func=_cltm)
+
+    r = sub.add_parser("report", help="write metrics/report.md")
+    r.set_defaults(func=_report)
+
+    dg = sub.add_parser("diagnostics",
+                        help="the paper's diagnostics of any CLTM in cltm.csv format")
+    dg.add_argument("matrix", help="CLTM csv: index column `target`, one column per donor")
+    dg.add_argument("--se", help="standard errors, same shape")
+    dg.add_argument("--family-level", choices=["family", "genus"], default="genus")
+    dg.add_argument("--json", help="also write the diagnostics.json format here")
+    dg.set_defaults(func=_diagnostics, needs_config=False)
+
+    lg = sub.add_parser("languages", help="which locales of a release can fill the requests")
+    lg.add_argument("--root", help="Common Voice root (default: data.commonvoice.root)")
+    lg.add_argument("locales", nargs="*", help="locales to check (default: data.languages)")
+    lg.set_defaults(func=_languages)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        if getattr(args, "needs_config", True):
+            args.func(args, load_config(args.params))
+        else:
+            args.func(args)
+    except CltmError as exc:
+        print(f"cltm: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

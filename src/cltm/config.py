@@ -1,0 +1,314 @@
+"""Load and validate `params.yaml` once, at the edge.
+
+This is the only module that knows the key names. Everything downstream receives typed,
+checked dataclasses, so a typo in a key or a wrong type fails here with one message that names
+the key and what is expected, instead of deep inside a stage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from cltm.errors import CltmError
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+@dataclass(frozen=True)
+class CommonVoiceConfig:
+    # With data.source: demo this must be the demo corpus directory (demo.out).
+    root: str = "data/demo_corpus"
+    # `validated`: validated clips of speakers outside dev/test; `train`: the official split only.
+    pool: Literal["validated", "train"] = "validated"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: Literal["demo", "commonvoice"]
+    languages: list[str]
+    commonvoice: CommonVoiceConfig = field(default_factory=CommonVoiceConfig)
+    # Drop languages that cannot fill a request (with a warning) instead of stopping.
+    drop_short_languages: bool = False
+    min_duration_s: float | None = None
+    max_duration_s: float | None = None
+    # Seeds of the data selection; independent of the training seeds on purpose, so that every
+    # training seed sees the same subsets and trials.
+    selection_seed: int = 0
+    trials_seed: int = 0
+    # Processes for decoding and generation.
+    workers: int = 2
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    out: str = "data/demo_corpus"
+    speakers_per_language: int = 40
+    clips_per_speaker: int = 5
+    dev_speakers: int = 4
+    test_speakers: int = 10
+    family_trait_strength: float = 1.0
+    null_control: bool = False
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class GenderTaskConfig:
+    N: int  # clips per class in each of D and D'
+    clips_per_speaker: int = 1
+    eval_max_per_language: int | None = None
+
+
+@dataclass(frozen=True)
+class SpeakerTaskConfig:
+    N: int  # clips in each of D and D'
+    clips_per_speaker: int = 1
+    max_pairs_per_speaker: int = 200
+
+
+@dataclass(frozen=True)
+class TasksConfig:
+    gender: GenderTaskConfig
+    speaker: SpeakerTaskConfig
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    # A Hugging Face model id or a local directory holding config.json and the weights.
+    name_or_path: str = "utter-project/mHuBERT-147"
+    # HubertConfig overrides for a randomly initialised encoder (demo and tests: no weights
+    # needed). When set, name_or_path is not read.
+    random_init: dict[str, Any] | None = None
+    init_seed: int = 0
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    # GPUs per worker: 1 = one worker per GPU; 0.5 = two workers share a GPU.
+    gpus_per_worker: float = 1.0
+    cpus_per_worker: float = 1.0
+    # Workers when no GPU is visible (a CPU-only Ray cluster).
+    cpu_workers: int = 2
+    max_retries: int = 2
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seeds: list[int]
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    epochs: int = 1
+    batch_size: int = 1
+    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+    device: str = "auto"  # auto: the first GPU when there is one, else cpu
+    threads: int | None = None  # torch CPU threads; null: torch's default
+    executor: Literal["inline", "ray"] = "inline"
+    ray: RayConfig = field(default_factory=RayConfig)
+    checkpoints: Literal["none", "self", "all"] = "none"
+
+
+PAPER_HIGHLIGHT = ["ar", "en", "de", "ckb", "kmr", "fr", "ca", "es", "be", "ru", "uk", "eu",
+                   "zh-CN", "zh-TW", "ky", "tr"]
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    # Grouping for intra_family_pos and the heatmaps: `genus` is close to the reference's
+    # grouping (Indo-European split by branch); `family` is Glottolog's top level.
+    family_level: Literal["family", "genus"] = "genus"
+    # The reduced heatmap's languages (those present); null: the paper's 16.
+    highlight_languages: list[str] | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig
+    tasks: TasksConfig
+    train: TrainConfig
+    model: ModelConfig = field(default_factory=ModelConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    demo: DemoConfig = field(default_factory=DemoConfig)
+
+    @property
+    def corpus_root(self) -> Path:
+        return Path(self.data.commonvoice.root)
+
+
+TASKS = ("gender", "speaker")
+
+
+def load_config(path: str | Path = DEFAULT_PARAMS) -> Config:
+    """Read a params file and return the validated config; raise CltmError on any problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise CltmError(
+            f"params file not found: {path}. Run from the repository root, or pass --params "
+            "PATH (configs/paper.yaml holds the paper's protocol)."
+        )
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise CltmError(f"{path} is not valid YAML: {exc}") from exc
+    return config_from_dict(raw or {}, source=str(path))
+
+
+def config_from_dict(raw: Any, source: str = "params") -> Config:
+    config = _build(Config, raw, prefix="", source=source)
+    _check_values(config, source)
+    return config
+
+
+def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
+    """Build dataclass `cls` from a mapping, rejecting unknown keys and wrong types."""
+    where = prefix.rstrip(".") or "the top level"
+    if not isinstance(raw, dict):
+        raise CltmError(f"{source}: {where} must be a mapping, got {_describe(raw)}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise CltmError(
+            f"{source}: unknown key {prefix}{unknown[0]!s}"
+            f"{' (and ' + ', '.join(map(str, unknown[1:])) + ')' if unknown[1:] else ''}; "
+            f"allowed keys under {where}: {', '.join(fields)}"
+        )
+    values = {}
+    for name, f in fields.items():
+        key = f"{prefix}{name}"
+        if name not in raw:
+            missing = dataclasses.MISSING
+            if f.default is missing and f.default_factory is missing:
+                raise CltmError(f"{source}: missing key {key} ({_expected(hints[name])})")
+            continue
+        values[name] = _convert(hints[name], raw[name], key, source)
+    return cls(**values)
+
+
+def _convert(hint: Any, value: Any, key: str, source: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, prefix=f"{key}.", source=source)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(inner[0], value, key, source)
+    if origin is Literal:
+        if value not in args:
+            raise CltmError(f"{source}: {key} must be one of {', '.join(map(repr, args))}, "
+                            f"got {value!r}")
+        return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise CltmError(f"{source}: {key} must be a mapping, got {_describe(value)}")
+        return dict(value)
+    if origin is list:
+        if not isinstance(value, list):
+            raise CltmError(f"{source}: {key} must be {_expected(hint)}, got {_describe(value)}")
+        return [_convert(args[0], v, f"{key}[{i}]", source) for i, v in enumerate(value)]
+    ok = {
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        bool: isinstance(value, bool),
+        str: isinstance(value, str),
+    }[hint]
+    if not ok:
+        raise CltmError(f"{source}: {key} must be {_expected(hint)}, got {_describe(value)}")
+    return float(value) if hint is float else value
+
+
+def _expected(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return "a mapping"
+    if origin in (Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        return f"{_expected(inner[0])} or null"
+    if origin is Literal:
+        return "one of " + ", ".join(map(repr, args))
+    if origin is dict:
+        return "a mapping"
+    if origin is list:
+        plural = {int: "integers", float: "numbers", str: "strings", bool: "booleans"}
+        return f"a list of {plural.get(args[0], _expected(args[0]))}"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[hint]
+
+
+def _describe(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}"
+
+
+def _check_values(c: Config, source: str) -> None:
+    """Checks across keys and of value ranges: what no type annotation can say."""
+
+    def fail(msg: str) -> None:
+        raise CltmError(f"{source}: {msg}")
+
+    langs = c.data.languages
+    if len(langs) < 2:
+        fail("data.languages needs at least 2 locales (a CLTM compares languages)")
+    dupes = sorted({x for x in langs if langs.count(x) > 1})
+    if dupes:
+        fail(f"data.languages lists {', '.join(dupes)} more than once")
+    if not c.train.seeds:
+        fail("train.seeds must list at least one seed")
+    if len(set(c.train.seeds)) != len(c.train.seeds):
+        fail("train.seeds has repeated seeds: each seed must be a distinct run")
+    for name in TASKS:
+        t = getattr(c.tasks, name)
+        if t.N < 1 or t.clips_per_speaker < 1:
+            fail(f"tasks.{name}.N and tasks.{name}.clips_per_speaker must be positive")
+        if t.N % t.clips_per_speaker:
+            fail(f"tasks.{name}.N ({t.N}) must be a multiple of tasks.{name}.clips_per_speaker "
+                 f"({t.clips_per_speaker}): every speaker gives the same number of clips")
+    spk = c.tasks.speaker
+    if (spk.N // spk.clips_per_speaker) % 2:
+        fail(f"tasks.speaker.N / tasks.speaker.clips_per_speaker = "
+             f"{spk.N // spk.clips_per_speaker} speakers per subset must be even "
+             "(speakers are balanced by gender)")
+    cap = c.tasks.gender.eval_max_per_language
+    if cap is not None and cap < 2:
+        fail("tasks.gender.eval_max_per_language must be at least 2 (or null for no cap)")
+    if c.tasks.speaker.max_pairs_per_speaker < 1:
+        fail("tasks.speaker.max_pairs_per_speaker must be positive")
+    lo, hi = c.data.min_duration_s, c.data.max_duration_s
+    if lo is not None and hi is not None and lo >= hi:
+        fail(f"data.min_duration_s ({lo}) must be below data.max_duration_s ({hi})")
+    t = c.train
+    if t.lr <= 0 or t.epochs < 1 or t.batch_size < 1 or t.grad_clip <= 0 or t.weight_decay < 0:
+        fail("train.lr, train.epochs, train.batch_size and train.grad_clip must be positive and "
+             "train.weight_decay non-negative")
+    if not (t.device in ("auto", "cpu", "cuda", "mps") or t.device.startswith("cuda:")):
+        fail(f"train.device must be auto, cpu, cuda, cuda:N or mps, got {t.device!r}")
+    if t.ray.gpus_per_worker < 0 or t.ray.cpu_workers < 1 or t.ray.max_retries < 0:
+        fail("train.ray.gpus_per_worker must be >= 0, cpu_workers >= 1, max_retries >= 0")
+    if c.data.workers < 1:
+        fail("data.workers must be at least 1")
+    d = c.demo
+    if d.speakers_per_language < 4 or d.clips_per_speaker < 1:
+        fail("demo.speakers_per_language must be at least 4 and demo.clips_per_speaker at least 1")
+    if d.dev_speakers < 0 or d.test_speakers < 2:
+        fail("demo.dev_speakers must be >= 0 and demo.test_speakers >= 2 (trials need speakers)")
+    if d.dev_speakers + d.test_speakers >= d.speakers_per_language:
+        fail("demo.dev_speakers + demo.test_speakers must leave training speakers in "
+             "demo.speakers_per_language")
+    if not 0.0 <= d.family_trait_strength <= 1.0:
+        fail("demo.family_trait_strength must lie in [0, 1] (0 turns the planted trait off)")
+    if c.data.source == "demo":
+        if Path(c.data.commonvoice.root) != Path(d.out):
+            fail(f"with data.source: demo, data.commonvoice.root ({c.data.commonvoice.root}) "
+                 f"must be the demo corpus directory demo.out ({d.out})")
+    elif not Path(c.data.commonvoice.root).is_dir():
+        fail(f"data.commonvoice.root: {c.data.commonvoice.root} is not a directory. Point it "
+             "at an unpacked Common Voice release (the folder that holds one folder per "
+             "locale, e.g. cv-corpus-22.0-2025-06-20/); download it from "
+             "https://commonvoice.mozilla.org/datasets")

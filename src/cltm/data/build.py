@@ -1,0 +1,110 @@
+"""The subsets stage: read the release, select D / D' / eval, decode the audio once, write it down.
+
+Selection and decoding meet here because a clip that fails to decode must be replaced by another
+eligible clip: the selection is re-run with the failed clip excluded, and only the clips that are
+new to the selection get decoded. The selection's stable ranking keeps every other choice as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from cltm.config import Config
+from cltm.data import commonvoice, subsets
+from cltm.data.audio import PackWriter, decode_many
+from cltm.errors import CltmError
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.csv"
+TRIALS = "trials.csv"
+MAX_ROUNDS = 20
+
+
+def subsets_dir(task: str, base: Path = Path("data/subsets")) -> Path:
+    return base / task
+
+
+def select(config: Config, task: str, table: pd.DataFrame, exclude: frozenset[str]) -> pd.DataFrame:
+    """The manifest of `task` for this config, with `exclude` clips treated as unusable."""
+    d = config.data
+    common = dict(
+        seed=d.selection_seed,
+        pool=d.commonvoice.pool,
+        exclude=exclude,
+        drop_short=d.drop_short_languages,
+        min_duration_s=d.min_duration_s,
+        max_duration_s=d.max_duration_s,
+    )
+    if task == "gender":
+        g = config.tasks.gender
+        return subsets.select_gender(
+            table, d.languages, g.N, g.clips_per_speaker,
+            eval_max_per_language=g.eval_max_per_language, **common,
+        )
+    if task == "speaker":
+        s = config.tasks.speaker
+        return subsets.select_speaker(table, d.languages, s.N, s.clips_per_speaker, **common)
+    raise CltmError(f"unknown task {task!r}; expected one of gender, speaker")
+
+
+def build_subsets(config: Config, task: str, out_dir: Path | None = None,
+                  progress: bool = True) -> pd.DataFrame:
+    """Write manifest.csv, the packed audio and (speaker) trials.csv; return the manifest."""
+    out_dir = Path(out_dir) if out_dir is not None else subsets_dir(task)
+    root = config.corpus_root
+    table = commonvoice.read_release(root, config.data.languages)
+    writer = PackWriter(out_dir)
+    failed: dict[str, str] = {}
+    for _ in range(MAX_ROUNDS):
+        manifest = select(config, task, table, frozenset(failed))
+        todo = manifest[~manifest["clip"].isin(writer.slots.keys())]
+        if todo.empty:
+            break
+        paths = [commonvoice.clip_path(root, lang, clip)
+                 for lang, clip in zip(todo["language"], todo["clip"])]
+        commonvoice.check_clips_exist(root, todo)
+        for i, samples, err in decode_many(paths, config.data.workers, progress,
+                                           desc=f"decoding {task} clips"):
+            clip = todo["clip"].iloc[i]
+            if samples is None or samples.size == 0:
+                failed[clip] = err or "empty audio"
+                log.error("could not decode %s (%s); replacing it with another eligible clip",
+                          paths[i], failed[clip])
+            else:
+                writer.append(clip, samples)
+    else:
+        raise CltmError(f"{len(failed)} clips failed to decode and replacements kept failing "
+                        f"after {MAX_ROUNDS} rounds; first failures: {list(failed)[:5]}")
+    if manifest["clip"].duplicated().any():
+        raise CltmError("clip names repeat across languages; the pack needs unique clip names")
+
+    slots = writer.finish(keep=list(manifest["clip"]))
+    manifest = manifest.assign(
+        offset=[slots[c].offset for c in manifest["clip"]],
+        n_samples=[slots[c].n_samples for c in manifest["clip"]],
+    )
+    manifest.to_csv(out_dir / MANIFEST, index=False)
+    if task == "speaker":
+        trials = subsets.make_trials(
+            manifest[manifest["role"] == "eval"],
+            seed=config.data.trials_seed,
+            max_pairs_per_speaker=config.tasks.speaker.max_pairs_per_speaker,
+        )
+        trials.to_csv(out_dir / TRIALS, index=False)
+        log.info("speaker trials: %d (%d target pairs)", len(trials), int(trials["label"].sum()))
+    _log_summary(task, manifest, failed)
+    return manifest
+
+
+def _log_summary(task: str, manifest: pd.DataFrame, failed: dict[str, str]) -> None:
+    counts = manifest.pivot_table(index="language", columns="role", values="clip",
+                                  aggfunc="count", fill_value=0)
+    hours = manifest["n_samples"].sum() / 16_000 / 3600
+    log.info("%s subsets (%.2f h of audio):\n%s", task, hours, counts.to_string())
+    if failed:
+        log.warning("%d clips failed to decode and were replaced: %s", len(failed),
+                    ", ".join(failed))

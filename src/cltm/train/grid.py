@@ -1,0 +1,89 @@
+"""The runs of a task's grid, what determines each run's result, and what is left to do.
+
+For n target languages and s seeds the grid holds (n² + n)·s runs: per target and seed one run on
+D_i (`base`), one on D_i + D'_i (`self`) and one on D_i + D_j per other language j (`cross`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+CONDITIONS = ("base", "self", "cross")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    task: str
+    target: str
+    condition: str  # base | self | cross
+    donor: str  # the target for base and self, the donor language for cross
+    seed: int
+
+    @property
+    def run_id(self) -> str:
+        cond = f"cross-{self.donor}" if self.condition == "cross" else self.condition
+        return f"{self.task}/{self.target}/{cond}/{self.seed}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def grid_specs(task: str, languages: Sequence[str], seeds: Sequence[int]) -> list[RunSpec]:
+    """Every run of the grid, seed by seed, so an interrupted grid holds whole seeds first."""
+    specs = []
+    for seed in seeds:
+        for target in languages:
+            specs.append(RunSpec(task, target, "base", target, seed))
+            specs.append(RunSpec(task, target, "self", target, seed))
+            specs.extend(RunSpec(task, target, "cross", donor, seed)
+                         for donor in languages if donor != target)
+    return specs
+
+
+def training_clips(manifest: pd.DataFrame, spec: RunSpec) -> pd.DataFrame:
+    """The rows a run trains on: D of the target, plus D' of the target or D of the donor."""
+    lang, role = manifest["language"], manifest["role"]
+    rows = (lang == spec.target) & (role == "D")
+    if spec.condition == "self":
+        rows |= (lang == spec.target) & (role == "D_prime")
+    elif spec.condition == "cross":
+        rows |= (lang == spec.donor) & (role == "D")
+    return manifest[rows]
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class Fingerprints:
+    """Hashes of everything that determines a run's result.
+
+    A run's hash covers its spec, the model and training params, the exact clips it trains on
+    and the evaluation set of its target. Adding a language leaves every other run's hash alone
+    unless it changes that run's data (a speaker shared with the new language is excluded).
+    """
+
+    def __init__(self, subsets_dir: Path, settings: dict[str, Any]) -> None:
+        self.manifest = pd.read_csv(Path(subsets_dir) / "manifest.csv")
+        self.settings = _digest(settings)
+        trials_path = Path(subsets_dir) / "trials.csv"
+        trials = pd.read_csv(trials_path) if trials_path.is_file() else None
+        self._eval: dict[str, str] = {}
+        for lang, rows in self.manifest[self.manifest["role"] == "eval"].groupby("language"):
+            parts = sorted(zip(rows["clip"], rows["gender"], rows["speaker"]))
+            if trials is not None:
+                t = trials[trials["language"] == lang]
+                parts.append(sorted(zip(t["a"], t["b"], t["label"].astype(int))))
+            self._eval[str(lang)] = _digest(parts)
+
+    def __call__(self, spec: RunSpec) -> str:
+        train = training_clips(self.manifest, spec)
+        clips = sorted(zip(train["clip"], train["language"], train["speaker"], train["gender"]))
+        return _digest([spec.as_dict(), self.settings, clips, self._eval.get(spec.target)])

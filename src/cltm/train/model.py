@@ -1,0 +1,164 @@
+"""The encoder: load it (or build a small random one), normalise its input, pool its frames.
+
+Padding-exact batching: HuBERT-base normalises its first convolution with a GroupNorm of one
+group per channel, i.e. over time. Zero-padding a clip in a batch would change that clip's
+statistics and so every feature. `MaskedGroupNorm` computes them over each clip's valid frames
+only; later convolutions never read past a clip's valid frames, and the transformer masks padded
+frames, so a padded batch gives each clip the features it would get alone.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import HubertConfig, HubertModel
+
+from cltm.errors import CltmError
+
+log = logging.getLogger(__name__)
+
+NORM_EPS = 1e-7  # as the Wav2Vec2 feature extractor's zero_mean_unit_var_norm
+
+
+class MaskedGroupNorm(nn.GroupNorm):
+    """GroupNorm with one group per channel whose statistics skip padded frames.
+
+    `lengths` (valid frames per batch item) is set just before a forward pass; None behaves as
+    plain GroupNorm. Parameters keep GroupNorm's names, so checkpoints load unchanged.
+    """
+
+    lengths: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.lengths is None:
+            return super().forward(x)
+        t = torch.arange(x.shape[-1], device=x.device)
+        mask = (t[None, :] < self.lengths[:, None]).to(x.dtype)[:, None, :]
+        n = self.lengths.to(x.dtype)[:, None, None]
+        mean = (x * mask).sum(-1, keepdim=True) / n
+        var = (((x - mean) * mask) ** 2).sum(-1, keepdim=True) / n
+        y = (x - mean) * torch.rsqrt(var + self.eps)
+        return y * self.weight[None, :, None] + self.bias[None, :, None]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def build_random_encoder(overrides: dict[str, Any], seed: int) -> HubertModel:
+    """A randomly initialised HuBERT from HubertConfig overrides (demo and tests)."""
+    try:
+        config = HubertConfig(**overrides)
+    except (TypeError, ValueError) as exc:
+        raise CltmError(f"model.random_init is not a valid HubertConfig: {exc}") from exc
+    torch.manual_seed(seed)
+    return HubertModel(config)
+
+
+def load_pretrained(name_or_path: str) -> tuple[HubertModel, bool]:
+    """Load weights from a local directory or the Hugging Face hub; return (model, do_normalize)."""
+    looks_local = name_or_path.startswith((".", "/", "~")) or Path(name_or_path).exists()
+    if looks_local and not Path(name_or_path).expanduser().is_dir():
+        raise CltmError(
+            f"model.name_or_path: {name_or_path} is not a directory. It must hold the model's "
+            "config.json and weights, e.g. after `huggingface-cli download "
+            "utter-project/mHuBERT-147 --local-dir models/mHuBERT-147`."
+        )
+    try:
+        model = HubertModel.from_pretrained(name_or_path)
+    except OSError as exc:
+        raise CltmError(
+            f"could not load the encoder {name_or_path!r}: the weights are not on this machine "
+            "and the Hugging Face hub could not be reached. On a machine with network access run "
+            f"`huggingface-cli download {name_or_path} --local-dir models/mHuBERT-147`, copy "
+            "that directory here, and set model.name_or_path: models/mHuBERT-147. "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from exc
+    return model, _do_normalize(name_or_path)
+
+
+def _do_normalize(name_or_path: str) -> bool:
+    """What the model's feature-extractor config says about amplitude normalisation."""
+    from transformers import AutoFeatureExtractor
+
+    try:
+        extractor = AutoFeatureExtractor.from_pretrained(name_or_path)
+    except OSError:
+        log.warning("no feature-extractor config for %s; normalising each utterance to zero "
+                    "mean and unit variance (HuBERT's default)", name_or_path)
+        return True
+    return bool(getattr(extractor, "do_normalize", True))
+
+
+def load_encoder(name_or_path: str, random_init: dict[str, Any] | None,
+                 init_seed: int = 0) -> tuple[HubertModel, bool]:
+    """The encoder ready for padding-exact batches, and whether to normalise its input."""
+    if random_init is not None:
+        model, do_normalize = build_random_encoder(random_init, init_seed), True
+    else:
+        model, do_normalize = load_pretrained(name_or_path)
+    first = model.feature_extractor.conv_layers[0]
+    norm = getattr(first, "layer_norm", None)
+    if isinstance(norm, nn.GroupNorm):
+        norm.__class__ = MaskedGroupNorm  # same parameters, masked statistics
+    # Nothing is frozen: the CNN feature encoder is fine-tuned too, as in the paper.
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model, do_normalize
+
+
+def pad_batch(waves: list[torch.Tensor], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    lengths = torch.tensor([w.numel() for w in waves], device=device)
+    batch = torch.zeros(len(waves), int(lengths.max()), device=device)
+    for i, w in enumerate(waves):
+        batch[i, : w.numel()] = w.to(device, non_blocking=True)
+    return batch, lengths
+
+
+def normalise(batch: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Zero mean, unit variance per utterance over its valid samples; padding stays 0."""
+    mask = (torch.arange(batch.shape[1], device=batch.device)[None, :] < lengths[:, None])
+    mask = mask.to(batch.dtype)
+    n = lengths.to(batch.dtype)[:, None]
+    mean = (batch * mask).sum(1, keepdim=True) / n
+    var = (((batch - mean) * mask) ** 2).sum(1, keepdim=True) / n
+    return (batch - mean) / torch.sqrt(var + NORM_EPS) * mask
+
+
+def frame_mask(model: HubertModel, lengths: torch.Tensor, n_frames: int) -> torch.Tensor:
+    frames = model._get_feat_extract_output_lengths(lengths)
+    return torch.arange(n_frames, device=lengths.device)[None, :] < frames[:, None]
+
+
+def forward(model: HubertModel, batch: torch.Tensor, lengths: torch.Tensor,
+            hidden_states: bool = False) -> tuple[Any, torch.Tensor]:
+    """Run the encoder on a padded batch; return (model output, valid-frame mask)."""
+    first = model.feature_extractor.conv_layers[0]
+    norm = getattr(first, "layer_norm", None)
+    padded = bool((lengths != batch.shape[1]).any())
+    attention = None
+    if padded:
+        attention = (torch.arange(batch.shape[1], device=batch.device)[None, :]
+                     < lengths[:, None]).long()
+        if isinstance(norm, MaskedGroupNorm):
+            conv = first.conv
+            norm.lengths = torch.div(lengths - conv.kernel_size[0], conv.stride[0],
+                                     rounding_mode="floor") + 1
+    try:
+        out = model(batch, attention_mask=attention, output_hidden_states=hidden_states)
+    finally:
+        if isinstance(norm, MaskedGroupNorm):
+            norm.lengths = None
+    return out, frame_mask(model, lengths, out.last_hidden_state.shape[1])
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over valid frames: x (B, F, H), mask (B, F) -> (B, H)."""
+    m = mask.to(x.dtype)[..., None]
+    return (x * m).sum(1) / m.sum(1).clamp_min(1.0)

@@ -1,0 +1,170 @@
+"""The grid stage: what is left to run, who runs it, where the results go.
+
+Resumable by construction: runs whose hash is in the store are skipped, stale ones (their
+inputs changed) are rerun, and every finished run is on disk before the next one starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from cltm.config import Config
+from cltm.errors import CltmError
+from cltm.train import executors
+from cltm.train.grid import Fingerprints, RunSpec, grid_specs
+from cltm.train.store import RunStore
+from cltm.train.tasks import TrainParams
+from cltm.train.worker import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+# The code that determines a run's result: editing it makes every stored result stale.
+_RESULT_CODE = ("model.py", "tasks.py", "worker.py", "grid.py")
+
+
+def runs_dir(task: str) -> Path:
+    return Path("metrics") / "runs" / task
+
+
+def models_dir(task: str) -> Path:
+    return Path("models") / task
+
+
+def subsets_dir(task: str) -> Path:
+    return Path("data") / "subsets" / task
+
+
+def _code_digest() -> str:
+    here = Path(__file__).parent
+    h = hashlib.sha256()
+    for name in _RESULT_CODE:
+        h.update((here / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def train_params(config: Config) -> TrainParams:
+    t = config.train
+    return TrainParams(lr=t.lr, weight_decay=t.weight_decay, grad_clip=t.grad_clip,
+                       epochs=t.epochs, batch_size=t.batch_size, precision=t.precision)
+
+
+def settings_of(config: Config, task: str) -> dict[str, Any]:
+    """Everything besides the data that determines a run's result (hashed into every run)."""
+    m = config.model
+    return {
+        "task": task,
+        "model": m.name_or_path if m.random_init is None else "random",
+        "random_init": m.random_init,
+        "init_seed": m.init_seed if m.random_init is not None else None,
+        **{f"train.{k}": v for k, v in asdict(train_params(config)).items()},
+        "N": getattr(config.tasks, task).N,
+        "code": _code_digest(),
+    }
+
+
+def worker_settings(config: Config, task: str) -> WorkerSettings:
+    t, m = config.train, config.model
+    return WorkerSettings(
+        task=task, subsets_dir=str(subsets_dir(task).resolve()), name_or_path=m.name_or_path,
+        random_init=m.random_init, init_seed=m.init_seed, train=train_params(config),
+        device=t.device, threads=t.threads, checkpoints=t.checkpoints,
+        checkpoints_dir=str(models_dir(task).resolve()), first_seed=t.seeds[0],
+    )
+
+
+def pending(config: Config, task: str) -> tuple[list[tuple[RunSpec, str]], dict[str, dict], int]:
+    """(jobs still to run, stored records of the current grid by hash, grid size)."""
+    if not (subsets_dir(task) / "manifest.csv").is_file():
+        raise CltmError(f"{subsets_dir(task)}/manifest.csv is missing: run "
+                        f"`dvc repro subsets@{task}` (or `cltm subsets --task {task}`) first")
+    fingerprint = Fingerprints(subsets_dir(task), settings_of(config, task))
+    languages = sorted(fingerprint.manifest["language"].unique())
+    specs = grid_specs(task, languages, config.train.seeds)
+    stored = RunStore(runs_dir(task)).load()
+    jobs, done = [], {}
+    for spec in specs:
+        h = fingerprint(spec)
+        if h in stored:
+            done[h] = stored[h]
+        else:
+            jobs.append((spec, h))
+    return jobs, done, len(specs)
+
+
+def run_grid(config: Config, task: str, progress: bool = True) -> None:
+    jobs, done, total = pending(config, task)
+    store = RunStore(runs_dir(task))
+    models_dir(task).mkdir(parents=True, exist_ok=True)
+    (models_dir(task) / "README.txt").write_text(
+        f"Fine-tuned checkpoints of the {task} grid (train.checkpoints: "
+        f"{config.train.checkpoints}), safetensors, one file per run id.\n")
+    log.info("%s grid: %d runs, %d already done, %d to run", task, total, len(done), len(jobs))
+    if jobs:
+        _execute(config, task, jobs, done, store, progress)
+    # The store now holds exactly the current grid: stale records of changed inputs go.
+    store.rewrite(sorted(done.values(), key=lambda r: r["run_id"]))
+
+
+def _execute(config: Config, task: str, jobs: list, done: dict, store: RunStore,
+             progress: bool) -> None:
+    from cltm.train.tracking import Tracker
+
+    settings = worker_settings(config, task)
+    tracker = Tracker(task, settings_of(config, task))
+    t = config.train
+    if t.executor == "ray":
+        records = executors.run_ray(
+            settings, jobs, gpus_per_worker=t.ray.gpus_per_worker,
+            cpus_per_worker=t.ray.cpus_per_worker, cpu_workers=t.ray.cpu_workers,
+            max_retries=t.ray.max_retries)
+    else:
+        records = executors.run_inline(settings, jobs)
+    status = "FAILED"
+    bar = tqdm(total=len(jobs), desc=f"{task} runs", unit="run", disable=not progress)
+    try:
+        for record in records:
+            store.append(record)
+            done[record["hash"]] = record
+            tracker.log_run(record)
+            bar.update()
+            bar.set_postfix_str(f"{record['run_id']} score={record['score']:.3f}")
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        bar.close()
+        tracker.close(status)
+
+
+def plan(config: Config) -> list[dict[str, Any]]:
+    """Per task: runs in the grid, done, left, and the time left at the measured pace."""
+    rows = []
+    for task in ("gender", "speaker"):
+        try:
+            jobs, done, total = pending(config, task)
+        except CltmError:
+            n = len(config.data.languages)
+            rows.append({"task": task, "runs": (n * n + n) * len(config.train.seeds),
+                         "done": 0, "left": None, "s_per_run": None, "eta_h": None,
+                         "note": "subsets not built yet"})
+            continue
+        walls = [r["wall_s"] for r in done.values() if "wall_s" in r]
+        per_run = float(np.median(walls)) if walls else None
+        workers = 1
+        if config.train.executor == "ray":
+            workers = config.train.ray.cpu_workers
+        rows.append({
+            "task": task, "runs": total, "done": len(done), "left": len(jobs),
+            "s_per_run": per_run,
+            "eta_h": None if per_run is None else len(jobs) * per_run / workers / 3600,
+            "note": "",
+        })
+    return rows

@@ -1,0 +1,156 @@
+"""Gender recognition and speaker verification: train one run, score it.
+
+A run is: seed every random source, put a new linear head on the pooled encoder, fine-tune
+everything with AdamW at a constant learning rate, then score on the target's evaluation set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from sklearn.metrics import f1_score, roc_auc_score, roc_curve
+from torch import nn
+from transformers import HubertModel
+
+from cltm.train.model import forward, masked_mean, normalise, pad_batch
+
+EVAL_BATCH = 16
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    lr: float
+    weight_decay: float
+    grad_clip: float
+    epochs: int
+    batch_size: int
+    precision: str  # fp32 | fp16 | bf16
+
+
+def seed_everything(seed: int) -> None:
+    """One seed drives every random source a run touches.
+
+    The head's initialisation and dropout draw from torch's generator, LayerDrop too;
+    HuggingFace's SpecAugment masks draw from numpy's global generator.
+    """
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _batches(order: Sequence[int], size: int) -> Iterator[list[int]]:
+    for start in range(0, len(order), size):
+        yield list(order[start : start + size])
+
+
+def pooled(encoder: HubertModel, waves: list[torch.Tensor], device: torch.device,
+           do_normalize: bool, last_layers: int = 1) -> torch.Tensor:
+    """Mean over valid frames of the mean of the last `last_layers` hidden layers."""
+    batch, lengths = pad_batch(waves, device)
+    if do_normalize:
+        batch = normalise(batch, lengths)
+    out, mask = forward(encoder, batch, lengths, hidden_states=last_layers > 1)
+    if last_layers == 1:
+        states = out.last_hidden_state
+    else:
+        states = torch.stack(out.hidden_states[-last_layers:]).mean(0)
+    return masked_mean(states.float(), mask)
+
+
+def train(
+    encoder: HubertModel,
+    head: nn.Linear,
+    waves: list[torch.Tensor],
+    labels: torch.Tensor,
+    params: TrainParams,
+    seed: int,
+    device: torch.device,
+    do_normalize: bool,
+) -> list[float]:
+    """Fine-tune encoder and head in place; return the loss of every step."""
+    encoder.train()
+    head.train()
+    opt = torch.optim.AdamW(
+        [*encoder.parameters(), *head.parameters()], lr=params.lr,
+        weight_decay=params.weight_decay,
+    )
+    scaler = torch.amp.GradScaler(device.type, enabled=params.precision == "fp16")
+    order_rng = torch.Generator().manual_seed(seed)
+    loss_fn = nn.CrossEntropyLoss()
+    losses: list[float] = []
+    for _ in range(params.epochs):
+        order = torch.randperm(len(waves), generator=order_rng).tolist()
+        for idx in _batches(order, params.batch_size):
+            with _autocast(device, params.precision):
+                features = pooled(encoder, [waves[i] for i in idx], device, do_normalize)
+                logits = head(features)
+            loss = loss_fn(logits.float(), labels[idx].to(device))
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_([*encoder.parameters(), *head.parameters()],
+                                           params.grad_clip)
+            scaler.step(opt)
+            scaler.update()
+            losses.append(float(loss.detach()))
+    return losses
+
+
+@torch.no_grad()
+def embed(encoder: HubertModel, waves: list[torch.Tensor], device: torch.device,
+          do_normalize: bool, precision: str, last_layers: int) -> torch.Tensor:
+    """Pooled representations of many clips, batched by similar length (padding is exact)."""
+    encoder.eval()
+    order = np.argsort([w.numel() for w in waves], kind="stable")
+    out = torch.empty(len(waves), encoder.config.hidden_size)
+    for idx in _batches(order.tolist(), EVAL_BATCH):
+        with _autocast(device, precision):
+            out[idx] = pooled(encoder, [waves[i] for i in idx], device, do_normalize,
+                              last_layers).cpu()
+    return out
+
+
+@torch.no_grad()
+def predict(encoder: HubertModel, head: nn.Linear, waves: list[torch.Tensor],
+            device: torch.device, do_normalize: bool, precision: str) -> np.ndarray:
+    head.eval()
+    features = embed(encoder, waves, device, do_normalize, precision, last_layers=1)
+    return head(features.to(device)).argmax(-1).cpu().numpy()
+
+
+def macro_f1(y_true: Sequence[int], y_pred: Sequence[int]) -> float:
+    return float(f1_score(y_true, y_pred, average="macro", labels=[0, 1], zero_division=0))
+
+
+def auc_eer(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """ROC AUC and the equal error rate (where the false-positive and miss rates cross)."""
+    auc = float(roc_auc_score(labels, scores))
+    fpr, tpr, _ = roc_curve(labels, scores)
+    fnr = 1.0 - tpr
+    i = int(np.nanargmin(np.abs(fnr - fpr)))
+    # interpolate between the two ROC points that straddle the crossing
+    if i + 1 < len(fpr) and (fnr[i] - fpr[i]) * (fnr[i + 1] - fpr[i + 1]) < 0:
+        d0, d1 = fnr[i] - fpr[i], fnr[i + 1] - fpr[i + 1]
+        w = d0 / (d0 - d1)
+        return auc, float(fpr[i] + w * (fpr[i + 1] - fpr[i]))
+    return auc, float((fpr[i] + fnr[i]) / 2)
+
+
+def cosine_scores(embeddings: torch.Tensor, index: dict[str, int], a: Sequence[str],
+                  b: Sequence[str]) -> np.ndarray:
+    e = torch.nn.functional.normalize(embeddings, dim=-1)
+    ia = torch.tensor([index[c] for c in a])
+    ib = torch.tensor([index[c] for c in b])
+    return (e[ia] * e[ib]).sum(-1).numpy()

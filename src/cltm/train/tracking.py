@@ -1,0 +1,83 @@
+"""MLflow: every run of a grid as a nested run under one parent per stage execution.
+
+Only the process that drives the grid writes to the tracking store, so parallel workers never
+contend for the database. Default store: `mlflow.db` (SQLite) in the repository, git-ignored;
+MLFLOW_TRACKING_URI points elsewhere (a server) instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import time
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+DEFAULT_URI = "sqlite:///mlflow.db"
+PARAM_KEYS = ("task", "target", "condition", "donor", "seed")
+METRIC_KEYS = ("score", "eer", "loss_final", "loss_mean", "wall_s", "steps", "train_clips")
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
+class Tracker:
+    def __init__(self, task: str, settings: dict[str, Any]) -> None:
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        # MLflow's own chatter (alembic migrations) would drown the progress bar.
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+        self.mlflow = mlflow
+        uri = os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_URI)
+        mlflow.set_tracking_uri(uri)
+        self.client = MlflowClient(uri)
+        name = f"cltm-{task}"
+        exp = self.client.get_experiment_by_name(name)
+        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(name)
+        self.tags = {"git_commit": _git_commit(), "task": task}
+        if os.environ.get("DVC_EXP_NAME"):
+            self.tags["dvc_experiment"] = os.environ["DVC_EXP_NAME"]
+        self.settings = {k: str(v)[:500] for k, v in settings.items()}
+        parent = self.client.create_run(self.experiment_id, run_name=f"grid-{task}",
+                                        tags=self.tags)
+        self.parent_id = parent.info.run_id
+        self._log(self.parent_id, params=self.settings, metrics={})
+        log.info("MLflow: experiment %s, parent run %s at %s", name, self.parent_id, uri)
+
+    def _log(self, run_id: str, params: dict[str, Any], metrics: dict[str, float],
+             tags: dict[str, str] | None = None) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            run_id,
+            metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+            params=[Param(k, str(v)) for k, v in params.items()],
+            tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()],
+        )
+
+    def log_run(self, record: dict[str, Any]) -> None:
+        from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+        run = self.client.create_run(
+            self.experiment_id, run_name=record["run_id"],
+            tags={**self.tags, MLFLOW_PARENT_RUN_ID: self.parent_id},
+        )
+        params = {k: record[k] for k in PARAM_KEYS}
+        params.update(self.settings)
+        metrics = {k: record[k] for k in METRIC_KEYS if record.get(k) is not None}
+        self._log(run.info.run_id, params, metrics,
+                  tags={"run_hash": record["hash"], "device": record.get("device", "")})
+        self.client.set_terminated(run.info.run_id)
+
+    def close(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.parent_id, status=status)

@@ -1,0 +1,135 @@
+"""A warm worker: loads the encoder and the task's audio once, then runs many specs.
+
+Before each run the encoder is reset from a copy of its initial weights kept in the device's
+memory: no disk read per run. Results go back as plain dicts; the worker never writes the run
+store or MLflow (one process does that), so it imports neither.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from cltm.data.audio import PackedAudio
+from cltm.train import tasks
+from cltm.train.grid import RunSpec, training_clips
+from cltm.train.model import load_encoder, resolve_device
+
+log = logging.getLogger(__name__)
+
+SPEAKER_LAYERS = 4  # embedding = mean of the last 4 hidden layers
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """What a worker needs, as plain values (it travels to Ray actors)."""
+
+    task: str
+    subsets_dir: str
+    name_or_path: str
+    random_init: dict[str, Any] | None
+    init_seed: int
+    train: tasks.TrainParams
+    device: str = "auto"
+    threads: int | None = None
+    checkpoints: str = "none"  # none | self | all
+    checkpoints_dir: str | None = None
+    first_seed: int = 0
+
+
+class Worker:
+    def __init__(self, settings: WorkerSettings) -> None:
+        self.s = settings
+        if settings.threads:
+            torch.set_num_threads(settings.threads)
+        self.device = resolve_device(settings.device)
+        encoder, self.do_normalize = load_encoder(settings.name_or_path, settings.random_init,
+                                                  settings.init_seed)
+        self.encoder = encoder.to(self.device)
+        self.initial = {k: v.detach().clone() for k, v in self.encoder.state_dict().items()}
+        subsets = Path(settings.subsets_dir)
+        self.manifest = pd.read_csv(subsets / "manifest.csv")
+        audio = PackedAudio(subsets)
+        self.waves = {c: torch.from_numpy(audio[c]) for c in self.manifest["clip"]}
+        self.trials = (pd.read_csv(subsets / "trials.csv") if settings.task == "speaker"
+                       else None)
+        self.device_name = (torch.cuda.get_device_name(self.device)
+                            if self.device.type == "cuda" else f"cpu ({platform.machine()})")
+
+    def reset(self) -> None:
+        self.encoder.load_state_dict(self.initial)
+        self.encoder.zero_grad(set_to_none=True)
+
+    def run(self, spec: RunSpec, run_hash: str) -> dict[str, Any]:
+        start = time.perf_counter()
+        self.reset()
+        tasks.seed_everything(spec.seed)
+        train_rows = training_clips(self.manifest, spec)
+        if spec.task == "gender":
+            classes = ["female", "male"]
+        else:
+            classes = sorted(train_rows["speaker"].unique())
+        head = nn.Linear(self.encoder.config.hidden_size, len(classes)).to(self.device)
+        key = "gender" if spec.task == "gender" else "speaker"
+        label_of = {c: i for i, c in enumerate(classes)}
+        labels = torch.tensor([label_of[v] for v in train_rows[key]])
+        waves = [self.waves[c] for c in train_rows["clip"]]
+        losses = tasks.train(self.encoder, head, waves, labels, self.s.train, spec.seed,
+                             self.device, self.do_normalize)
+        result = self._score(spec, head)
+        self._checkpoint(spec, head)
+        return {
+            **spec.as_dict(),
+            "run_id": spec.run_id,
+            "hash": run_hash,
+            **result,
+            "loss_final": losses[-1],
+            "loss_mean": float(np.mean(losses)),
+            "steps": len(losses),
+            "train_clips": len(waves),
+            "wall_s": time.perf_counter() - start,
+            "device": self.device_name,
+        }
+
+    def _score(self, spec: RunSpec, head: nn.Linear) -> dict[str, float]:
+        m = self.manifest
+        eval_rows = m[(m["language"] == spec.target) & (m["role"] == "eval")]
+        waves = [self.waves[c] for c in eval_rows["clip"]]
+        precision = self.s.train.precision
+        if spec.task == "gender":
+            pred = tasks.predict(self.encoder, head, waves, self.device, self.do_normalize,
+                                 precision)
+            truth = (eval_rows["gender"] == "male").astype(int).to_numpy()
+            return {"score": tasks.macro_f1(truth, pred), "eval_clips": len(waves)}
+        emb = tasks.embed(self.encoder, waves, self.device, self.do_normalize, precision,
+                          last_layers=SPEAKER_LAYERS)
+        index = {c: i for i, c in enumerate(eval_rows["clip"])}
+        trials = self.trials[self.trials["language"] == spec.target]
+        scores = tasks.cosine_scores(emb, index, trials["a"].tolist(), trials["b"].tolist())
+        auc, eer = tasks.auc_eer(scores, trials["label"].to_numpy())
+        return {"score": auc, "eer": eer, "eval_trials": len(trials)}
+
+    def _checkpoint(self, spec: RunSpec, head: nn.Linear) -> None:
+        policy = self.s.checkpoints
+        first_self = spec.condition in ("base", "self") and spec.seed == self.s.first_seed
+        wanted = policy == "all" or (policy == "self" and first_self)
+        if not wanted or not self.s.checkpoints_dir:
+            return
+        from safetensors.torch import save_file
+
+        out = Path(self.s.checkpoints_dir) / f"{spec.run_id.replace('/', '__')}.safetensors"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        state = {f"encoder.{k}": v.detach().contiguous().cpu()
+                 for k, v in self.encoder.state_dict().items()}
+        state.update({f"head.{k}": v.detach().contiguous().cpu()
+                      for k, v in head.state_dict().items()})
+        save_file(state, str(out), metadata={"run_id": spec.run_id})

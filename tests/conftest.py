@@ -1,0 +1,73 @@
+"""Shared fixtures: tiny synthetic subsets (no eSpeak, no decoding) and a tiny HuBERT."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cltm.data.audio import PackWriter, to_int16
+from cltm.data.subsets import make_trials
+
+TINY_HUBERT = {
+    "hidden_size": 16,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 32,
+    "conv_dim": [16] * 7,
+    "num_conv_pos_embeddings": 8,
+    "num_conv_pos_embedding_groups": 2,
+}
+
+
+def _voice(rng: np.random.Generator, f0: float, seconds: float) -> np.ndarray:
+    t = np.arange(int(16_000 * seconds)) / 16_000
+    x = sum(np.sin(2 * np.pi * f0 * k * t) / k for k in range(1, 6))
+    return (0.3 * x / 2.3 + 0.02 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+def write_synthetic_subsets(out: Path, task: str, languages=("aa", "bb", "cc"),
+                            n_per_class: int = 2, eval_speakers: int = 4,
+                            clips_per_speaker: int = 2, seed: int = 0) -> pd.DataFrame:
+    """A manifest (+ trials for speaker) and packed audio in the subsets stage's format."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for li, lang in enumerate(languages):
+        spk = 0
+        for role, n_speakers in (("D", n_per_class), ("D_prime", n_per_class),
+                                 ("eval", eval_speakers // 2)):
+            for gender in ("male", "female"):
+                for _ in range(n_speakers):
+                    spk += 1
+                    f0 = (110 if gender == "male" else 210) + 25 * rng.random() + 5 * li
+                    for c in range(clips_per_speaker):
+                        seconds = 0.6 + 0.5 * rng.random()
+                        rows.append({"clip": f"{lang}_{spk}_{c}.mp3", "language": lang,
+                                     "speaker": f"{lang}-s{spk}", "gender": gender,
+                                     "role": role, "duration_s": seconds,
+                                     "_wave": _voice(rng, f0, seconds)})
+    manifest = pd.DataFrame(rows)
+    writer = PackWriter(out)
+    for clip, wave in zip(manifest["clip"], manifest["_wave"]):
+        writer.append(clip, to_int16(wave))
+    manifest = manifest.drop(columns="_wave")
+    slots = writer.finish(list(manifest["clip"]))
+    manifest["offset"] = [slots[c].offset for c in manifest["clip"]]
+    manifest["n_samples"] = [slots[c].n_samples for c in manifest["clip"]]
+    manifest.to_csv(out / "manifest.csv", index=False)
+    if task == "speaker":
+        trials = make_trials(manifest[manifest["role"] == "eval"], seed=0)
+        trials.to_csv(out / "trials.csv", index=False)
+    return manifest
+
+
+@pytest.fixture(scope="session")
+def synthetic_subsets(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("subsets")
+    out = {}
+    for task in ("gender", "speaker"):
+        write_synthetic_subsets(root / task, task)
+        out[task] = root / task
+    return out

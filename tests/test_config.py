@@ -1,0 +1,99 @@
+"""The config is validated once: every bad value gets one message naming the key."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cltm.config import config_from_dict, load_config
+from cltm.errors import CltmError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture()
+def raw() -> dict:
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def test_demo_params_load(raw):
+    config = config_from_dict(raw)
+    assert config.data.source == "demo"
+    assert len(config.data.languages) >= 6
+    assert config.tasks.gender.N == raw["tasks"]["gender"]["N"]
+    assert config.train.seeds == raw["train"]["seeds"]
+    assert isinstance(config.demo.family_trait_strength, float)
+
+
+def test_paper_params_are_the_protocol(tmp_path):
+    raw = yaml.safe_load((REPO / "configs" / "paper.yaml").read_text())
+    raw["data"]["commonvoice"]["root"] = str(tmp_path)  # the real release is not here
+    config = config_from_dict(raw)
+    assert config.data.source == "commonvoice"
+    assert config.tasks.gender.N == 60
+    assert config.tasks.speaker.N == 1000
+    assert config.train.seeds == list(range(42, 52))
+    assert len(config.data.languages) >= 44
+
+
+def _set(raw: dict, dotted: str, value) -> dict:
+    out = copy.deepcopy(raw)
+    node = out
+    *path, last = dotted.split(".")
+    for k in path:
+        node = node[k]
+    if value is _DELETE:
+        del node[last]
+    else:
+        node[last] = value
+    return out
+
+
+_DELETE = object()
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("data.sorce", "demo", r"unknown key data\.sorce"),
+        ("tasks.gender.N", "eight", r"tasks\.gender\.N must be an integer, got str"),
+        ("tasks.gender.N", True, r"tasks\.gender\.N must be an integer"),
+        ("train.seeds", 3, r"train\.seeds must be a list of integers"),
+        ("train.seeds", [1, "x"], r"train\.seeds\[1\] must be an integer"),
+        ("train.seeds", [1, 1], r"train\.seeds has repeated seeds"),
+        ("data.source", "cv", r"data\.source must be one of 'demo', 'commonvoice'"),
+        ("data.languages", ["es"], r"data\.languages needs at least 2"),
+        ("data.languages", ["es", "de", "es"], r"data\.languages lists es more than once"),
+        ("tasks.gender.N", 7, r"tasks\.gender\.N \(7\) must be a multiple of"),
+        ("tasks.speaker.N", 15, r"speakers per subset must be even"),
+        ("tasks.speaker.N", _DELETE, r"missing key tasks\.speaker\.N"),
+        ("demo.family_trait_strength", 2, r"demo\.family_trait_strength must lie in \[0, 1\]"),
+        ("data.commonvoice.root", "elsewhere", r"must be the demo corpus directory"),
+        ("data.min_duration_s", 30.0, r"data\.min_duration_s .* must be below"),
+    ],
+)
+def test_bad_values_name_the_key(raw, key, value, message):
+    if key == "data.min_duration_s":
+        raw = _set(raw, "data.max_duration_s", 10.0)
+    with pytest.raises(CltmError, match=message):
+        config_from_dict(_set(raw, key, value))
+
+
+def test_missing_release_root_says_where_to_get_it(raw, tmp_path):
+    raw = _set(raw, "data.source", "commonvoice")
+    raw = _set(raw, "data.commonvoice.root", str(tmp_path / "nope"))
+    with pytest.raises(CltmError, match=r"not a directory.*commonvoice\.mozilla\.org"):
+        config_from_dict(raw)
+
+
+def test_missing_params_file(tmp_path):
+    with pytest.raises(CltmError, match=r"params file not found"):
+        load_config(tmp_path / "params.yaml")
+
+
+def test_invalid_yaml(tmp_path):
+    p = tmp_path / "params.yaml"
+    p.write_text("data: [unclosed\n")
+    with pytest.raises(CltmError, match=r"not valid YAML"):
+        load_config(p)

@@ -1,0 +1,120 @@
+"""The demo stages end to end through `dvc repro`, in a temporary copy of the repository."""
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from cltm.cli import main
+from cltm.data.audio import PackedAudio
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Small enough for seconds, big enough for every role: 16 speakers leave 10 for training
+# (5 per gender), 4 for test trials.
+TINY = {
+    "data": {"languages": ["es", "de"]},
+    "demo": {"speakers_per_language": 16, "clips_per_speaker": 3, "dev_speakers": 2,
+             "test_speakers": 4},
+    "tasks": {"gender": {"N": 2, "clips_per_speaker": 1},
+              "speaker": {"N": 4, "clips_per_speaker": 2}},
+    "train": {"seeds": [0]},
+}
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(base[k], v) if isinstance(v, dict) else v
+    return out
+
+
+def _run(args: list[str], cwd: Path) -> str:
+    proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True)
+    assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout + proc.stderr
+
+
+def _ran(output: str) -> set[str]:
+    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("repo")
+    for name in ("dvc.yaml", ".dvcignore", "pyproject.toml"):
+        shutil.copy(REPO / name, root / name)
+    shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    (root / ".dvc").mkdir()
+    shutil.copy(REPO / ".dvc" / "config", root / ".dvc" / "config")
+    params = _merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _run(["git", "init", "-q"], root)
+    _run(["dvc", "repro"], root)
+    return root
+
+
+@pytest.mark.slow
+def test_repro_writes_corpus_manifests_trials_and_pack(repo):
+    corpus = repo / "data" / "demo_corpus"
+    for lang in ("es", "de"):
+        for tsv in ("validated", "train", "dev", "test", "clip_durations"):
+            assert (corpus / lang / f"{tsv}.tsv").is_file()
+    assert (corpus / "families.csv").is_file()
+
+    for task in ("gender", "speaker"):
+        out = repo / "data" / "subsets" / task
+        manifest = pd.read_csv(out / "manifest.csv")
+        assert {"clip", "language", "speaker", "gender", "role"} <= set(manifest.columns)
+        assert set(manifest["language"]) == {"es", "de"}
+        assert set(manifest["role"]) == {"D", "D_prime", "eval"}
+        packed = PackedAudio(out)
+        assert set(packed.index) == set(manifest["clip"])
+        for clip in manifest["clip"].iloc[:10]:
+            x = packed[clip]
+            assert x.size > 16_000 * 0.5 and float((x**2).mean()) > 1e-5
+
+    gender = pd.read_csv(repo / "data" / "subsets" / "gender" / "manifest.csv")
+    train = gender[gender["role"] != "eval"]
+    assert (train.groupby(["language", "role", "gender"]).size() == 2).all()
+
+    trials = pd.read_csv(repo / "data" / "subsets" / "speaker" / "trials.csv")
+    assert {"a", "b", "label", "language"} <= set(trials.columns)
+    assert set(trials["label"]) == {0, 1}
+    speaker_eval = pd.read_csv(repo / "data" / "subsets" / "speaker" / "manifest.csv")
+    assert set(trials["a"]) | set(trials["b"]) <= set(speaker_eval["clip"])
+
+
+@pytest.mark.slow
+def test_second_repro_does_nothing_and_status_is_clean(repo):
+    assert _ran(_run(["dvc", "repro"], repo)) == set()
+    assert "up to date" in _run(["dvc", "status"], repo)
+
+
+@pytest.mark.slow
+def test_changing_gender_N_reruns_only_gender_subsets(repo):
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["tasks"]["gender"]["N"] = 1
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert _ran(_run(["dvc", "repro"], repo)) == {"subsets@gender"}
+    manifest = pd.read_csv(repo / "data" / "subsets" / "gender" / "manifest.csv")
+    assert (manifest[manifest["role"] == "D"].groupby(["language", "gender"]).size() == 1).all()
+
+
+@pytest.mark.slow
+def test_languages_report_reads_the_corpus(repo, capsys, monkeypatch):
+    monkeypatch.chdir(repo)
+    assert main(["languages"]) == 0
+    out = capsys.readouterr().out
+    assert "es" in out and "de" in out
+
+
+def test_cli_reports_config_errors_cleanly(tmp_path, capsys):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("data: {source: cv}\n")
+    assert main(["--params", str(bad), "subsets", "--task", "gender"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cltm: error:") and "data.source" in err
