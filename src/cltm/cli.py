@@ -100,7 +100,8 @@ def _diagnostics(args: argparse.Namespace) -> None:
     from cltm.analysis.stage import format_table, run_diagnostics
 
     result = run_diagnostics(Path(args.matrix), Path(args.se) if args.se else None,
-                             args.family_level, Path(args.json) if args.json else None)
+                             args.family_level, Path(args.json) if args.json else None,
+                             families_csv=Path(args.families) if args.families else None)
     print(format_table(result))
 
 
@@ -154,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     dg.add_argument("--se", help="standard errors, same shape")
     dg.add_argument("--family-level", choices=["family", "genus"], default="genus")
     dg.add_argument("--json", help="also write the diagnostics.json format here")
+    dg.add_argument("--families", help="locale,family csv overriding the metadata (demo corpora)")
     dg.set_defaults(func=_diagnostics, needs_config=False)
 
     lg = sub.add_parser("languages", help="which locales of a release can fill the requests")

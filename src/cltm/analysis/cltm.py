@@ -1,0 +1,175 @@
+"""From a run store to the CLTM and its delta-method standard errors (PROTOCOL.md, Definitions).
+
+Row i is the target, column j the donor: CLTM[i, j] = Δ_ij / Δ_ii with Δ_ij = mean(cross i+j) −
+mean(base i) and Δ_ii = mean(self i+i) − mean(base i). Seed means are plain means over every seed
+in the store; no seed is ever dropped (the reference's seed filtering inflated self-gains).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cltm.errors import CltmError
+
+log = logging.getLogger(__name__)
+
+CONDITIONS = ("base", "self", "cross")
+REQUIRED_COLUMNS = ("target", "condition", "donor", "seed", "score")
+STORE_NAME = "runs.jsonl"
+
+
+@dataclass(frozen=True)
+class CltmResult:
+    matrix: pd.DataFrame  # targets x donors, diagonal 1, undefined rows all NaN
+    se: pd.DataFrame  # same shape, diagonal 0
+    self_gain: pd.Series  # Δ_ii per target, undefined targets included
+    self_gain_se: pd.Series  # sqrt(var(mean self) + var(mean base))
+    undefined: pd.Series  # Δ_ii of the targets whose Δ_ii <= 0
+    performance: pd.DataFrame  # per (target, condition, donor): seeds, mean, std
+
+
+def read_run_store(runs_dir: Path, task: str | None = None) -> pd.DataFrame:
+    """The run store as a table, read without the training package.
+
+    Mirrors the store's own semantics: a torn line (a run killed mid-write) is skipped, and when
+    a run hash appears twice the later record wins.
+    """
+    path = Path(runs_dir)
+    if path.is_dir():
+        path = path / STORE_NAME
+    if not path.is_file():
+        hint = f"`cltm grid --task {task}`" if task else "`cltm grid`"
+        raise CltmError(f"no run store at {path}; run {hint} first")
+    records: dict[object, dict] = {}
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                log.warning("%s:%d is a torn record (an interrupted write); ignoring it", path, n)
+                continue
+            records[rec.get("hash", ("line", n))] = rec
+    runs = pd.DataFrame(list(records.values()))
+    missing = [c for c in REQUIRED_COLUMNS if c not in runs.columns]
+    if runs.empty or missing:
+        raise CltmError(
+            f"{path} holds no usable runs (missing columns: {missing or 'all'}); "
+            "run the grid stage to fill it"
+        )
+    if task is not None and "task" in runs.columns:
+        runs = runs[runs["task"] == task]
+        if runs.empty:
+            raise CltmError(f"{path} holds no runs of task {task!r}; is it the {task} store?")
+    return runs.reset_index(drop=True)
+
+
+def seed_stats(runs: pd.DataFrame) -> pd.DataFrame:
+    """Seed count, mean, std (ddof=1) and variance of the mean per (target, condition, donor)."""
+    unknown = sorted(set(runs["condition"]) - set(CONDITIONS))
+    if unknown:
+        raise CltmError(f"unknown run conditions {unknown}; expected {', '.join(CONDITIONS)}")
+    keys = ["target", "condition", "donor"]
+    dup = runs.duplicated([*keys, "seed"], keep=False)
+    if dup.any():
+        first = runs.loc[dup, [*keys, "seed"]].iloc[0].to_dict()
+        raise CltmError(
+            f"the run store holds {int(dup.sum())} runs that repeat a (target, condition, donor, "
+            f"seed), e.g. {first}: records of two grid configurations are mixed; finish the grid "
+            "(`cltm grid`), which rewrites the store to the current grid"
+        )
+    score = pd.to_numeric(runs["score"], errors="coerce")
+    if score.isna().any():
+        bad = runs.loc[score.isna(), keys].iloc[0].to_dict()
+        raise CltmError(f"a run has no numeric score ({bad}); rerun the grid for it")
+    grouped = runs.assign(score=score).groupby(keys, sort=True)["score"]
+    stats = grouped.agg(seeds="count", mean="mean", std=lambda s: s.std(ddof=1)).reset_index()
+    # Variance of a seed mean: seed variance / seed count (NaN with a single seed).
+    stats["var_mean"] = stats["std"] ** 2 / stats["seeds"]
+    return stats
+
+
+def cell_se(a: float, b: float, c: float, va: float, vb: float, vc: float) -> float:
+    """Delta-method SE of (a − b) / (c − b) from means a, b, c and variances of those means.
+
+    The formula is PROTOCOL.md's: b sits in numerator and denominator, hence the covariance
+    term; a negative variance (possible only from rounding) is clipped at 0.
+    """
+    num, den = a - b, c - b
+    var = (va + vb) / den**2 + num**2 * (vc + vb) / den**4 - 2 * num * vb / den**3
+    return float(np.sqrt(max(var, 0.0)))
+
+
+def _performance(stats: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    perf = stats[["target", "condition", "donor", "seeds", "mean", "std"]].copy()
+    if "eer" in runs.columns and runs["eer"].notna().any():
+        eer = runs.groupby(["target", "condition", "donor"], sort=True)["eer"]
+        perf = perf.merge(
+            eer.agg(eer_mean="mean", eer_std=lambda s: s.std(ddof=1)).reset_index(),
+            on=["target", "condition", "donor"],
+        )
+    # base, self, cross reads in the order the gains are formed, not alphabetically.
+    rank = perf["condition"].map({c: k for k, c in enumerate(CONDITIONS)})
+    perf = perf.assign(_rank=rank).sort_values(["target", "_rank", "donor"])
+    return perf.drop(columns="_rank").reset_index(drop=True)
+
+
+def compute_cltm(runs: pd.DataFrame) -> CltmResult:
+    """The CLTM, its SEs and the self-gains from a run table (one row per run)."""
+    stats = seed_stats(runs)
+    cells = stats.set_index(["target", "condition", "donor"])
+    languages = sorted(set(stats["target"]) | set(stats["donor"]))
+    missing = []
+    for i in languages:
+        missing += [f"{i} {cond}" for cond in ("base", "self") if (i, cond, i) not in cells.index]
+        missing += [f"{i}<-{j}" for j in languages if j != i and (i, "cross", j) not in cells.index]
+    if missing:
+        shown = ", ".join(missing[:8]) + (" ..." if len(missing) > 8 else "")
+        raise CltmError(
+            f"the run store is incomplete: {len(missing)} cells have no runs ({shown}); "
+            "finish the grid (`cltm grid`) before computing the CLTM"
+        )
+
+    n = len(languages)
+    matrix = np.full((n, n), np.nan)
+    se = np.full((n, n), np.nan)
+    gain, gain_se = np.empty(n), np.empty(n)
+    for r, i in enumerate(languages):
+        b, vb = cells.loc[(i, "base", i), ["mean", "var_mean"]]
+        c, vc = cells.loc[(i, "self", i), ["mean", "var_mean"]]
+        gain[r], gain_se[r] = c - b, np.sqrt(vc + vb)
+        if not gain[r] > 0:
+            continue  # undefined row: Δ_ii is not a usable denominator; nothing is imputed
+        for k, j in enumerate(languages):
+            if j == i:
+                matrix[r, k], se[r, k] = 1.0, 0.0
+                continue
+            a, va = cells.loc[(i, "cross", j), ["mean", "var_mean"]]
+            matrix[r, k] = (a - b) / (c - b)
+            se[r, k] = cell_se(a, b, c, va, vb, vc)
+
+    index = pd.Index(languages, name="target")
+    columns = pd.Index(languages)
+    self_gain = pd.Series(gain, index=index, name="self_gain")
+    undefined = self_gain[~(self_gain > 0)]
+    if len(undefined):
+        log.warning(
+            "undefined CLTM rows (self-gain not positive): %s; these targets are left out of "
+            "the diagnostics",
+            ", ".join(f"{t} (Δ_ii = {g:.4g})" for t, g in undefined.items()),
+        )
+    return CltmResult(
+        matrix=pd.DataFrame(matrix, index=index, columns=columns),
+        se=pd.DataFrame(se, index=index, columns=columns),
+        self_gain=self_gain,
+        self_gain_se=pd.Series(gain_se, index=index, name="se"),
+        undefined=undefined,
+        performance=_performance(stats, runs),
+    )

@@ -1,0 +1,186 @@
+"""PNG figures of a CLTM: the heatmap as the paper draws it, self-gains, off-diagonal spread.
+
+Figures are built on `matplotlib.figure.Figure` directly (rendered by Agg on save), never through
+pyplot, so no global backend or figure state is touched by a library call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.colors import TwoSlopeNorm
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+#: The paper's colour scale: symmetric around 0 on [-1.5, 1.5] (values beyond saturate).
+VLIM = 1.5
+#: Cell values are printed up to this many languages; beyond it they would not be legible.
+ANNOTATE_MAX = 20
+#: Families unknown to the metadata are grouped last under this label.
+UNKNOWN = "(unknown family)"
+
+
+def language_order(locales: Iterable[str], families: Mapping[str, str],
+                   names: Mapping[str, str]) -> list[str]:
+    """Locales sorted by family, then by display name (unknown families last)."""
+    def key(loc: str) -> tuple:
+        fam = families.get(loc)
+        return (fam is None, fam or "", names.get(loc, loc).casefold(), loc)
+
+    return sorted(locales, key=key)
+
+
+def _blocks(order: list[str], families: Mapping[str, str]) -> list[tuple[str, int, int]]:
+    """(family, first index, end index) of each run of one family in `order`."""
+    out: list[tuple[str, int, int]] = []
+    for k, loc in enumerate(order):
+        fam = families.get(loc) or UNKNOWN
+        if out and out[-1][0] == fam:
+            out[-1] = (fam, out[-1][1], k + 1)
+        else:
+            out.append((fam, k, k + 1))
+    return out
+
+
+def note_image(path: Path, text: str) -> None:
+    """A small PNG that says why a figure has no content (DVC still expects the file)."""
+    fig = Figure(figsize=(6, 2), layout="constrained")
+    ax = fig.add_subplot()
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True, fontsize=10)
+    fig.savefig(path, dpi=100)
+
+
+def plot_heatmap(
+    matrix: pd.DataFrame,
+    path: Path,
+    *,
+    families: Mapping[str, str],
+    names: Mapping[str, str],
+    self_gain: Mapping[str, float] | None = None,
+    title: str = "CLTM",
+) -> None:
+    """The CLTM (rows = targets, columns = donors) grouped by family, undefined rows hatched."""
+    order = language_order(matrix.index, families, names)
+    data = matrix.loc[order, order].to_numpy(dtype=float)
+    n = len(order)
+    undefined = [k for k in range(n) if np.isnan(data[k]).all()]
+    side = max(4.5, 0.34 * n + 3.0)
+    fig = Figure(figsize=(side + 1.2, side), layout="constrained")
+    ax = fig.add_subplot()
+    cmap = matplotlib.colormaps["RdBu"].with_extremes(bad="0.85")
+    norm = TwoSlopeNorm(vcenter=0.0, vmin=-VLIM, vmax=VLIM)
+    image = ax.imshow(np.ma.masked_invalid(data), cmap=cmap, norm=norm, interpolation="nearest")
+    fig.colorbar(image, ax=ax, shrink=0.8, label="CLTM[target, donor]", extend="both")
+
+    labels = [names.get(loc, loc) for loc in order]
+    row_labels = [f"{lab} (undefined)" if k in undefined else lab for k, lab in enumerate(labels)]
+    ax.set_xticks(range(n), labels, rotation=90, fontsize=8)
+    ax.set_yticks(range(n), row_labels, fontsize=8)
+    ax.set_xlabel("donor")
+    ax.set_ylabel("target")
+    ax.set_title(title)
+
+    for k in undefined:
+        ax.add_patch(Rectangle((-0.5, k - 0.5), n, 1, fill=False, hatch="///",
+                               edgecolor="0.45", linewidth=0))
+        gain = None if self_gain is None else self_gain.get(order[k])
+        note = "undefined row" if gain is None else f"undefined: self-gain {gain:.3g} ≤ 0"
+        ax.text((n - 1) / 2, k, note, ha="center", va="center", fontsize=7,
+                bbox={"facecolor": "white", "edgecolor": "none", "pad": 1})
+
+    blocks = _blocks(order, families)
+    for _, start, _ in blocks[1:]:
+        ax.axhline(start - 0.5, color="black", linewidth=0.8)
+        ax.axvline(start - 0.5, color="black", linewidth=0.8)
+    top = ax.secondary_xaxis("top")
+    top.set_xticks([(s + e - 1) / 2 for _, s, e in blocks], [f for f, _, _ in blocks],
+                   rotation=90, fontsize=7)
+    top.tick_params(length=0)
+
+    if n <= ANNOTATE_MAX:
+        for r in range(n):
+            for k in range(n):
+                v = data[r, k]
+                if np.isfinite(v):
+                    ax.text(k, r, f"{v:.2f}", ha="center", va="center", fontsize=7,
+                            color="white" if abs(v) > 0.9 * VLIM else "black")
+    fig.savefig(path, dpi=120)
+
+
+def plot_highlight(
+    matrix: pd.DataFrame,
+    path: Path,
+    highlight: Iterable[str],
+    *,
+    families: Mapping[str, str],
+    names: Mapping[str, str],
+    self_gain: Mapping[str, float] | None = None,
+    title: str = "CLTM",
+) -> list[str]:
+    """The heatmap of the highlight languages present in the matrix; returns those drawn.
+
+    With none of them present the file is still written, as a note saying so.
+    """
+    wanted = list(highlight)
+    present = [loc for loc in wanted if loc in matrix.index]
+    if not present:
+        note_image(path, "None of the highlight languages (" + ", ".join(wanted)
+                   + ") is in this CLTM.")
+        return present
+    plot_heatmap(matrix.loc[present, present], path, families=families, names=names,
+                 self_gain=self_gain,
+                 title=f"{title} ({len(present)} of {len(wanted)} highlight languages)")
+    return present
+
+
+def plot_self_gain(
+    self_gain: pd.Series,
+    se: pd.Series,
+    path: Path,
+    *,
+    families: Mapping[str, str],
+    names: Mapping[str, str],
+    title: str = "self-gain",
+) -> None:
+    """Δ_ii per target with its SE; non-positive gains (undefined rows) in grey."""
+    order = language_order(self_gain.index, families, names)
+    gains = self_gain.loc[order].to_numpy(dtype=float)
+    errs = se.reindex(order).to_numpy(dtype=float)
+    width = max(5.0, 0.3 * len(order) + 2.0)
+    fig = Figure(figsize=(width, 4), layout="constrained")
+    ax = fig.add_subplot()
+    colours = ["tab:blue" if g > 0 else "0.6" for g in gains]
+    ax.bar(range(len(order)), gains, yerr=np.nan_to_num(errs), color=colours, capsize=2)
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(order)), [names.get(loc, loc) for loc in order],
+                  rotation=90, fontsize=8)
+    ax.set_ylabel("Δ_ii = Perf(D_i + D'_i) − Perf(D_i)")
+    ax.set_title(title + " (error bars: SE over seeds)")
+    fig.savefig(path, dpi=120)
+
+
+def plot_offdiag_hist(values: np.ndarray, path: Path, *, title: str = "off-diagonal") -> None:
+    """Histogram of the off-diagonal CLTM entries, with the no-effect (0) and as-good-as-self
+    (1) lines."""
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        note_image(path, "No defined off-diagonal CLTM entries to draw.")
+        return
+    fig = Figure(figsize=(6, 4), layout="constrained")
+    ax = fig.add_subplot()
+    bins = int(np.clip(np.sqrt(values.size) * 2, 10, 60))
+    ax.hist(values, bins=bins, color="tab:blue", alpha=0.8)
+    ax.axvline(0.0, color="black", linewidth=1.0, label="0: no effect")
+    ax.axvline(1.0, color="tab:red", linewidth=1.0, linestyle="--",
+               label="1: as good as target data")
+    ax.set_xlabel("CLTM[target, donor], target ≠ donor")
+    ax.set_ylabel("entries")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=120)

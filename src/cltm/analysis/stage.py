@@ -1,0 +1,216 @@
+"""The `cltm cltm`, `cltm diagnostics` and `cltm report` commands' work, called by the CLI.
+
+Per task the `cltm` stage writes, under `metrics/<task>/`:
+  cltm.csv, cltm_se.csv        the matrix and its delta-method SEs (index column `target`)
+  performance.csv              seeds, mean, std of the score per (target, condition, donor)
+  diagnostics.json             Table 1's diagnostics (keys: diagnostics.KEYS)
+  undefined.csv                target, self_gain of the targets whose self-gain is not positive
+  self_gain.csv, offdiag.csv   data for DVC's plots
+  heatmap.png, heatmap_highlight.png, self_gain.png, offdiag_hist.png
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cltm.analysis import plots
+from cltm.analysis.cltm import CltmResult, compute_cltm, read_run_store
+from cltm.analysis.diagnostics import KEYS, PROPORTIONS, diagnostics, json_ready
+from cltm.analysis.languages import check_family_level, display_names, family_map
+from cltm.analysis.report import run_report
+from cltm.errors import CltmError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["format_table", "run_cltm", "run_diagnostics", "run_report"]
+
+#: The 16 languages of the paper's reduced heatmaps (Figure 5).
+PAPER_HIGHLIGHT = ("ar", "en", "de", "ckb", "kmr", "fr", "ca", "es", "be", "ru", "uk", "eu",
+                   "zh-CN", "zh-TW", "ky", "tr")
+
+OUTPUT_FILES = (
+    "cltm.csv", "cltm_se.csv", "performance.csv", "diagnostics.json", "undefined.csv",
+    "self_gain.csv", "offdiag.csv", "heatmap.png", "heatmap_highlight.png", "self_gain.png",
+    "offdiag_hist.png",
+)  # fmt: skip
+
+
+def _write_json(d: Mapping, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({k: d[k] for k in KEYS}, indent=2) + "\n", encoding="utf-8")
+
+
+def _offdiag(result: CltmResult) -> pd.DataFrame:
+    """Long table of the defined off-diagonal cells: target, donor, value, se."""
+    value = result.matrix.stack().rename("value")
+    se = result.se.stack().rename("se")
+    table = pd.concat([value, se], axis=1).reset_index()
+    table.columns = ["target", "donor", "value", "se"]
+    return table[table["target"] != table["donor"]].reset_index(drop=True)
+
+
+def _write_tables(result: CltmResult, out_dir: Path) -> pd.DataFrame:
+    result.matrix.to_csv(out_dir / "cltm.csv", index_label="target")
+    result.se.to_csv(out_dir / "cltm_se.csv", index_label="target")
+    result.performance.to_csv(out_dir / "performance.csv", index=False)
+    result.undefined.rename("self_gain").to_csv(out_dir / "undefined.csv", index_label="target")
+    pd.concat([result.self_gain, result.self_gain_se], axis=1).to_csv(
+        out_dir / "self_gain.csv", index_label="target")
+    offdiag = _offdiag(result)
+    offdiag.to_csv(out_dir / "offdiag.csv", index=False)
+    return offdiag
+
+
+def run_cltm(
+    task: str,
+    runs_dir: Path,
+    out_dir: Path,
+    *,
+    family_level: str = "genus",
+    highlight: list[str] | None = None,
+    families_csv: Path | None = None,
+) -> dict:
+    """Compute a task's CLTM from its run store and write every output; returns the diagnostics.
+
+    `runs_dir` is `metrics/runs/<task>` (or its runs.jsonl); `highlight` defaults to the paper's
+    16 languages (those present are drawn); `families_csv` (a demo corpus's planted families)
+    overrides the language metadata for the locales it lists.
+    """
+    check_family_level(family_level)
+    out_dir = Path(out_dir)
+    families = family_map(family_level, families_csv)
+    result = compute_cltm(read_run_store(Path(runs_dir), task))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    offdiag = _write_tables(result, out_dir)
+
+    diag = json_ready(diagnostics(result.matrix, result.se, families,
+                                  self_gain=result.self_gain))
+    _write_json(diag, out_dir / "diagnostics.json")
+
+    names = display_names(result.matrix.index)
+    gains = result.self_gain.to_dict()
+    common = {"families": families, "names": names, "self_gain": gains}
+    plots.plot_heatmap(result.matrix, out_dir / "heatmap.png", title=f"{task} CLTM", **common)
+    drawn = plots.plot_highlight(result.matrix, out_dir / "heatmap_highlight.png",
+                                 highlight or PAPER_HIGHLIGHT, title=f"{task} CLTM", **common)
+    if not drawn:
+        log.info("no highlight language in the %s CLTM: heatmap_highlight.png is a note", task)
+    plots.plot_self_gain(result.self_gain, result.self_gain_se, out_dir / "self_gain.png",
+                         families=families, names=names, title=f"{task} self-gain")
+    plots.plot_offdiag_hist(offdiag["value"].to_numpy(), out_dir / "offdiag_hist.png",
+                            title=f"{task}: off-diagonal CLTM entries")
+    log.info("%s CLTM (%d languages, %d defined) written to %s", task, len(result.matrix),
+             diag["n_languages"], out_dir)
+    return diag
+
+
+def read_matrix_csv(path: Path, what: str = "matrix") -> pd.DataFrame:
+    """A CLTM-shaped CSV (as cltm.csv: a `target` column, then one column per donor)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CltmError(f"{what} file {path} does not exist")
+    return _read_exact(path, what).set_index("target")
+
+
+def _read_exact(path: Path, what: str) -> pd.DataFrame:
+    """A CSV whose value columns are parsed by Python's float(), which round-trips exactly.
+
+    pandas' own float parser may differ from the written value in the last bit (and its
+    round-trip option is deprecated); exact values make the diagnostics of a saved matrix equal
+    those of the matrix in memory, sign tests (> 0) included.
+    """
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if "target" not in table.columns:
+        raise CltmError(
+            f"{path} has no 'target' column; a {what} file holds the target locales in a column "
+            "named 'target' and one value column per donor (cltm.csv) or 'self_gain'"
+        )
+
+    def number(text: str) -> float:
+        try:
+            return float(text) if text.strip() else float("nan")
+        except ValueError:
+            raise CltmError(f"{path} holds {text!r} where a number belongs; fix the file") from None
+
+    for col in table.columns:
+        if col != "target":
+            table[col] = [number(v) for v in table[col]]
+    return table
+
+
+def _read_self_gain(path: Path) -> pd.Series | None:
+    # Missing self-gains only null two statistics: warn rather than refuse the whole matrix.
+    try:
+        table = _read_exact(path, "self-gain")
+    except CltmError as exc:
+        log.warning("%s; self-gain statistics left null", exc)
+        return None
+    if "self_gain" not in table.columns:
+        log.warning("%s has no self_gain column; self-gain statistics left null", path)
+        return None
+    return table.set_index("target")["self_gain"]
+
+
+def run_diagnostics(
+    matrix_csv: Path,
+    se_csv: Path | None,
+    family_level: str,
+    json_out: Path | None,
+    *,
+    families_csv: Path | None = None,
+    self_gain_csv: Path | None = None,
+) -> dict:
+    """The diagnostics of a CLTM stored as CSV (from this pipeline or any other); returns them.
+
+    Self-gains are not in the matrix: they are read from `self_gain_csv`, by default the
+    self_gain.csv that the cltm stage writes beside cltm.csv; without one, self_gain_mean/std
+    are null.
+    """
+    check_family_level(family_level)
+    matrix_csv = Path(matrix_csv)
+    matrix = read_matrix_csv(matrix_csv, "CLTM")
+    se = None if se_csv is None else read_matrix_csv(Path(se_csv), "SE")
+    if self_gain_csv is None and (matrix_csv.parent / "self_gain.csv").is_file():
+        self_gain_csv = matrix_csv.parent / "self_gain.csv"
+        log.info("self-gains read from %s", self_gain_csv)
+    gains = None if self_gain_csv is None else _read_self_gain(Path(self_gain_csv))
+    families = family_map(family_level, families_csv)
+    diag = json_ready(diagnostics(matrix, se, families, self_gain=gains))
+    if diag["undefined_targets"]:
+        known = {} if gains is None else gains.to_dict()
+        log.warning(
+            "undefined CLTM rows (all NaN) left out of the diagnostics: %s",
+            ", ".join(t + (f" (Δ_ii = {known[t]:.4g})" if t in known else "")
+                      for t in diag["undefined_targets"]),
+        )
+    if json_out is not None:
+        _write_json(diag, Path(json_out))
+    return diag
+
+
+def format_table(d: Mapping) -> str:
+    """A diagnostics dict as an aligned two-column text table."""
+    rows = []
+    for key in KEYS:
+        v = d.get(key)
+        if key == "undefined_targets":
+            text = ", ".join(map(str, v)) if v else "none"
+        elif v is None or (isinstance(v, float) and not np.isfinite(v)):
+            text = "n/a"
+        elif key in PROPORTIONS:
+            text = f"{v:.4f}  ({100 * v:.2f}%)"
+        elif isinstance(v, int):
+            text = str(v)
+        else:
+            text = f"{v:.4f}"
+        rows.append((key, text))
+    width = max(len(k) for k, _ in rows)
+    lines = [f"{'metric':<{width}}  value", f"{'-' * width}  -----"]
+    lines += [f"{k:<{width}}  {t}" for k, t in rows]
+    return "\n".join(lines)
