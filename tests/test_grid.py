@@ -1,0 +1,155 @@
+"""The grid stage: resumable after a kill, one MLflow run per grid run, Ray equals inline."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from tests.conftest import TINY_HUBERT, write_synthetic_subsets
+
+from cltm.config import load_config
+from cltm.train import executors
+from cltm.train.stage import pending, worker_settings
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_project(root: Path, seeds=(0, 1)) -> Path:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["train"].update({"seeds": list(seeds), "threads": 1, "device": "cpu"})
+    params["model"]["random_init"] = TINY_HUBERT
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    write_synthetic_subsets(root / "data" / "subsets" / "gender", "gender")
+    return root
+
+
+def _env(root: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
+    return env
+
+
+def _grid(root: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "cltm", "--no-progress", "grid", "--task",
+                             "gender"], cwd=root, env=_env(root), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def _records(root: Path) -> dict[str, dict]:
+    path = root / "metrics" / "runs" / "gender" / "runs.jsonl"
+    out = {}
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        out[rec["run_id"]] = rec
+    return out
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    root = make_project(tmp_path_factory.mktemp("whole"))
+    proc = _grid(root)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    return root
+
+
+def test_store_holds_one_record_per_run(uninterrupted):
+    records = _records(uninterrupted)
+    assert len(records) == (3 * 3 + 3) * 2
+    assert all(0.0 <= r["score"] <= 1.0 and r["wall_s"] > 0 for r in records.values())
+
+
+def test_mlflow_has_one_run_per_grid_run(uninterrupted):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(_env(uninterrupted)["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment_by_name("cltm-gender")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and len(children) == 24
+    one = children[0].data
+    assert {"task", "target", "condition", "donor", "seed", "train.lr", "N", "model"} <= set(
+        one.params)
+    assert {"score", "loss_final", "wall_s"} <= set(one.metrics)
+    assert one.tags["run_hash"]
+
+
+def test_killed_grid_resumes_without_retraining(uninterrupted, tmp_path):
+    root = make_project(tmp_path)
+    proc = _grid(root)
+    store = root / "metrics" / "runs" / "gender" / "runs.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if store.is_file() and len(store.read_text().splitlines()) >= 4:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = _records(root)
+    assert 4 <= len(before) < 24, "the kill should land part-way through the grid"
+
+    resumed = _grid(root)
+    out, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, out
+    assert f"{len(before)} already done" in out
+    after = _records(root)
+    for run_id, rec in before.items():
+        assert after[run_id] == rec  # kept as it was: same wall time, not retrained
+    reference = _records(uninterrupted)
+    assert set(after) == set(reference)
+    for run_id, rec in reference.items():
+        assert after[run_id]["score"] == rec["score"]
+        assert after[run_id]["loss_final"] == rec["loss_final"]
+        assert after[run_id]["hash"] == rec["hash"]
+
+
+def test_changed_training_param_makes_runs_stale(uninterrupted, monkeypatch):
+    monkeypatch.chdir(uninterrupted)
+    config = load_config("params.yaml")
+    jobs, done, total = pending(config, "gender")
+    assert jobs == [] and len(done) == total == 24
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    params["train"]["lr"] = 5e-4
+    Path("params2.yaml").write_text(yaml.safe_dump(params))
+    jobs, done, _ = pending(load_config("params2.yaml"), "gender")
+    assert len(jobs) == 24 and not done
+
+
+@pytest.mark.slow
+def test_ray_executor_gives_inline_results(uninterrupted, monkeypatch):
+    ray = pytest.importorskip("ray")
+    monkeypatch.chdir(uninterrupted)
+    config = load_config("params.yaml")
+    settings = worker_settings(config, "gender")
+    specs = _some_jobs(config)
+    inline = {r["run_id"]: r for r in executors.run_inline(settings, specs)}
+    try:
+        remote = {r["run_id"]: r for r in executors.run_ray(
+            settings, specs, gpus_per_worker=1.0, cpus_per_worker=1, cpu_workers=2,
+            max_retries=1)}
+    finally:
+        ray.shutdown()
+    assert set(remote) == set(inline)
+    for run_id, rec in inline.items():
+        assert remote[run_id]["score"] == rec["score"]
+        assert remote[run_id]["loss_final"] == rec["loss_final"]
+
+
+def _some_jobs(config):
+    from cltm.train.grid import Fingerprints, grid_specs
+    from cltm.train.stage import settings_of, subsets_dir
+
+    fp = Fingerprints(subsets_dir("gender"), settings_of(config, "gender"))
+    specs = grid_specs("gender", ["aa", "bb"], [7])
+    return [(s, fp(s)) for s in specs]
