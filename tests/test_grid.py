@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tests.conftest import TINY_HUBERT, write_synthetic_subsets
 
 from cltm.config import load_config
 from cltm.train import executors
 from cltm.train.stage import pending, worker_settings
+from tests.conftest import TINY_HUBERT, write_synthetic_subsets
 
 REPO = Path(__file__).resolve().parents[1]
 
