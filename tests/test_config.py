@@ -97,3 +97,8 @@ def test_invalid_yaml(tmp_path):
     p.write_text("data: [unclosed\n")
     with pytest.raises(CltmError, match=r"not valid YAML"):
         load_config(p)
+
+
+def test_demo_language_without_espeak_voice_lists_the_supported(raw):
+    with pytest.raises(CltmError, match=r"ckb.*es"):
+        config_from_dict(_set(raw, "data.languages", ["es", "ckb"]))

@@ -304,6 +304,9 @@ def _check_values(c: Config, source: str) -> None:
     if not 0.0 <= d.family_trait_strength <= 1.0:
         fail("demo.family_trait_strength must lie in [0, 1] (0 turns the planted trait off)")
     if c.data.source == "demo":
+        from cltm.data.demo import check_languages
+
+        check_languages(langs)  # an unsupported locale: the message lists the supported ones
         if Path(c.data.commonvoice.root) != Path(d.out):
             fail(f"with data.source: demo, data.commonvoice.root ({c.data.commonvoice.root}) "
                  f"must be the demo corpus directory demo.out ({d.out})")

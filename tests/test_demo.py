@@ -1,0 +1,289 @@
+"""The eSpeak NG demo corpus: Common Voice layout, real speech, planted structure, determinism.
+
+One tiny corpus (two languages of two families) is written once per module; the tests read
+it back directly (not through the Common Voice reader, which is tested on its own).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import soxr
+
+from cltm.data import demo, espeak
+from cltm.data.demo import (
+    FAMILIES,
+    SUPPORTED,
+    TSV_COLUMNS,
+    DemoSpec,
+    check_languages,
+    family_filter,
+    family_trait,
+    write_demo_corpus,
+)
+from cltm.errors import CltmError
+
+LANGS = ("es", "de")  # Romance and Germanic
+SPEC = DemoSpec(
+    languages=LANGS,
+    speakers_per_language=4,
+    clips_per_speaker=2,
+    dev_speakers=1,
+    test_speakers=1,
+    seed=7,
+)
+SPLIT_FILES = ["validated", "train", "dev", "test", "invalidated", "other"]
+
+
+def read_tsv(path: Path) -> list[dict[str, str]]:
+    """Plain tab-separated text, as Common Voice writes it (no quoting)."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    header = lines[0].split("\t")
+    return [dict(zip(header, line.split("\t"), strict=True)) for line in lines[1:]]
+
+
+def decode(path: Path) -> np.ndarray:
+    audio, rate = sf.read(path, dtype="float32")
+    assert rate == 48000 and audio.ndim == 1, (path, rate, audio.shape)
+    return audio
+
+
+def mean_f0(audio: np.ndarray, rate: int = 48000) -> float:
+    """Median F0 over voiced frames by plain autocorrelation (16 kHz, 40 ms frames)."""
+    x = soxr.resample(audio, rate, 16000).astype(np.float64)
+    frame, lo, hi = 640, 16000 // 400, 16000 // 60
+    loud = np.sqrt(np.mean(x**2))
+    f0s = []
+    for start in range(0, len(x) - frame, frame):
+        seg = x[start : start + frame] - x[start : start + frame].mean()
+        if np.sqrt(np.mean(seg**2)) < 0.5 * loud:
+            continue  # pauses: only noise and the background hum
+        ac = np.correlate(seg, seg, "full")[frame - 1 :]
+        lag = lo + int(np.argmax(ac[lo:hi]))
+        if ac[lag] > 0.5 * ac[0]:
+            f0s.append(16000 / lag)
+    assert f0s, "no voiced frame found"
+    return float(np.median(f0s))
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("demo") / "cv"
+    write_demo_corpus(out, SPEC, workers=2, progress=False)  # the multiprocessing path
+    return out
+
+
+def test_layout_is_common_voices(corpus: Path) -> None:
+    assert (corpus / "README.txt").read_text().startswith("cltm demo corpus")
+    assert (corpus / "families.csv").read_text() == "locale,family\nes,Romance\nde,Germanic\n"
+    header = "\t".join(TSV_COLUMNS)
+    assert header == (
+        "client_id\tpath\tsentence_id\tsentence\tsentence_domain\tup_votes\tdown_votes\tage\t"
+        "gender\taccents\tvariant\tlocale\tsegment"
+    )
+    for lang in LANGS:
+        folder = corpus / lang
+        for name in SPLIT_FILES:
+            assert (folder / f"{name}.tsv").read_text().splitlines()[0] == header
+        assert read_tsv(folder / "invalidated.tsv") == [] and read_tsv(folder / "other.tsv") == []
+
+        validated = read_tsv(folder / "validated.tsv")
+        assert len(validated) == SPEC.speakers_per_language * SPEC.clips_per_speaker
+        clips = {p.name for p in (folder / "clips").iterdir()}
+        assert clips == {row["path"] for row in validated}
+        for row in validated:
+            assert row["path"].startswith(f"common_voice_{lang}_") and row["path"].endswith(".mp3")
+            assert row["locale"] == lang
+            assert row["gender"] in {"male_masculine", "female_feminine"}
+            assert len(row["client_id"]) == 128 and int(row["client_id"], 16) >= 0
+            assert len(row["sentence_id"]) == 64 and row["sentence"]
+
+        # train/dev/test partition the clips and the speakers, with the requested sizes.
+        splits = {name: read_tsv(folder / f"{name}.tsv") for name in ("train", "dev", "test")}
+        assert sorted(r["path"] for rows in splits.values() for r in rows) == sorted(clips)
+        speakers = {name: {r["client_id"] for r in rows} for name, rows in splits.items()}
+        for a, b in combinations(speakers.values(), 2):
+            assert not a & b
+        assert len(speakers["dev"]) == SPEC.dev_speakers
+        assert len(speakers["test"]) == SPEC.test_speakers
+        assert len(speakers["train"]) == 2
+        assert {r["gender"] for r in splits["train"]} == {"male_masculine", "female_feminine"}
+
+        durations = read_tsv(folder / "clip_durations.tsv")
+        assert list(durations[0]) == ["clip", "duration[ms]"]
+        assert {d["clip"] for d in durations} == clips
+        for d in durations:
+            decoded_ms = 1000 * len(decode(folder / "clips" / d["clip"])) / 48000
+            assert abs(int(d["duration[ms]"]) - decoded_ms) <= 50
+
+
+def test_clips_are_speech_of_both_genders(corpus: Path) -> None:
+    for lang in LANGS:
+        rows = read_tsv(corpus / lang / "validated.tsv")
+        audio = {r["path"]: decode(corpus / lang / "clips" / r["path"]) for r in rows}
+        for name, x in audio.items():
+            assert np.sqrt(np.mean(x**2)) > 0.02, f"{name} is (nearly) silent"
+            assert 1.0 <= len(x) / 48000 <= 7.0, f"{name} lasts {len(x) / 48000:.2f} s"
+            assert np.max(np.abs(x)) <= 1.0
+        digests = {hashlib.sha256(x.tobytes()).hexdigest() for x in audio.values()}
+        assert len(digests) == len(audio), "two clips are identical"
+        assert len({r["sentence"] for r in rows}) == len(rows)
+
+        f0 = {"male_masculine": [], "female_feminine": []}
+        for r in rows:
+            f0[r["gender"]].append(mean_f0(audio[r["path"]]))
+        assert f0["male_masculine"] and f0["female_feminine"]
+        male, female = np.mean(f0["male_masculine"]), np.mean(f0["female_feminine"])
+        assert male < female, (lang, f0)
+        assert 60 < male < 160 and 140 < female < 350, (lang, f0)
+
+
+def test_languages_differ(corpus: Path) -> None:
+    es = read_tsv(corpus / "es" / "validated.tsv")
+    de = read_tsv(corpus / "de" / "validated.tsv")
+    assert not {r["sentence"] for r in es} & {r["sentence"] for r in de}
+    assert not {r["client_id"] for r in es} & {r["client_id"] for r in de}
+    # The same speaker slot speaks with its language's voice.
+    assert demo.make_speaker(SPEC.seed, "es", 0, SUPPORTED["es"]).voice.startswith("es+")
+    assert demo.make_speaker(SPEC.seed, "de", 0, SUPPORTED["de"]).voice.startswith("de+")
+    x = decode(corpus / "es" / "clips" / es[0]["path"])
+    y = decode(corpus / "de" / "clips" / de[0]["path"])
+    n = min(len(x), len(y))
+    assert not np.allclose(x[:n], y[:n], atol=1e-3)
+
+
+def test_same_spec_gives_identical_files(corpus: Path, tmp_path: Path) -> None:
+    """Byte-identical, also between the worker pool (the fixture) and the serial path."""
+    again = tmp_path / "again"
+    write_demo_corpus(again, SPEC, workers=1, progress=False)
+    files = sorted(p.relative_to(corpus) for p in corpus.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
+    for rel in files:
+        assert (corpus / rel).read_bytes() == (again / rel).read_bytes(), rel
+
+
+def test_rewrites_an_earlier_demo_but_refuses_other_folders(tmp_path: Path) -> None:
+    spec = DemoSpec(("it",), speakers_per_language=2, clips_per_speaker=1, dev_speakers=0,
+                    test_speakers=0)  # fmt: skip
+    out = tmp_path / "cv"
+    write_demo_corpus(out, spec, workers=1, progress=False)
+    write_demo_corpus(out, spec, workers=1, progress=False)  # an earlier demo is replaced
+    assert len(list((out / "it" / "clips").iterdir())) == 2
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    with pytest.raises(CltmError, match="refusing"):
+        write_demo_corpus(other, spec, workers=1, progress=False)
+    assert (other / "keep.txt").read_text() == "mine"
+
+
+def test_family_trait_is_a_function_of_the_family_only() -> None:
+    romance = family_trait(FAMILIES["es"])
+    assert FAMILIES["es"] == FAMILIES["it"] == "Romance"
+    assert family_trait(FAMILIES["it"]) == romance
+    assert np.array_equal(family_filter(family_trait(FAMILIES["it"])), family_filter(romance))
+    assert family_trait("Slavic") != romance
+    assert not np.allclose(family_filter(family_trait("Slavic")), family_filter(romance))
+    # Strength 0 is the identity filter.
+    identity = np.zeros(257)
+    identity[128] = 1.0
+    assert np.allclose(family_filter(romance, 0.0), identity, atol=1e-12)
+    # Stable across processes (not Python's salted hash()).
+    code = (
+        "from cltm.data.demo import family_filter, family_trait;"
+        "print(family_filter(family_trait('Romance')).tobytes().hex())"
+    )
+    env = {**os.environ, "PYTHONHASHSEED": "12345", "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == family_filter(romance).tobytes().hex()
+
+
+def test_family_trait_strength_zero_is_an_exact_no_op() -> None:
+    speaker = demo.make_speaker(0, "es", 1, SUPPORTED["es"])
+    trait = family_trait(FAMILIES["es"])
+
+    def render(trait: demo.FamilyTrait | None, strength: float) -> np.ndarray:
+        return demo.render_clip("es", speaker, 0, 0, 3.0, trait, strength, "es")[1]
+
+    off, none = render(trait, 0.0), render(None, 1.0)
+    assert np.array_equal(off, none)
+    on = render(trait, 1.0)
+    assert on.shape == off.shape and not np.allclose(on, off, atol=1e-3)
+    x = np.random.default_rng(0).standard_normal(1000)
+    assert demo.apply_family_trait(x, trait, 0.0, np.random.default_rng(1)) is x
+
+
+def test_null_corpus_speaks_every_language_with_one_voice(tmp_path: Path) -> None:
+    spec = DemoSpec(("es", "ru"), speakers_per_language=2, clips_per_speaker=1,
+                    dev_speakers=0, test_speakers=0, null=True)  # fmt: skip
+    write_demo_corpus(tmp_path / "null", spec, workers=1, progress=False)
+    assert (tmp_path / "null" / "families.csv").read_text().splitlines()[1:] == [
+        "es,Romance",
+        "ru,Slavic",
+    ]
+    for lang in spec.languages:
+        for row in read_tsv(tmp_path / "null" / lang / "validated.tsv"):
+            assert row["locale"] == lang
+            # The null voice's script (Esperanto), not Cyrillic, whatever the label.
+            assert not any("\u0400" <= c <= "\u04ff" for c in row["sentence"]), row["sentence"]
+
+
+def test_check_languages_names_the_unsupported_and_lists_the_supported() -> None:
+    check_languages(["es", "de", "zh-TW"])
+    with pytest.raises(CltmError) as err:
+        check_languages(["es", "xx"])
+    message = str(err.value)
+    assert "xx" in message and "es" in message and "zh-CN" in message
+    for locale in ["ckb", "gl", "fy-NL", "dv", "mn", "lg", "rw", "mhr", "ab", "kab", "cnh"]:
+        assert locale not in SUPPORTED
+    with pytest.raises(CltmError, match="fy-NL"):
+        write_demo_corpus(Path("unused"), DemoSpec(("es", "fy-NL")), progress=False)
+
+
+def test_bad_spec_is_refused() -> None:
+    with pytest.raises(CltmError, match="train"):
+        write_demo_corpus(Path("unused"), DemoSpec(("es",), speakers_per_language=4,
+                                                   dev_speakers=2, test_speakers=2))  # fmt: skip
+
+
+def test_tables_cover_every_supported_locale_and_every_voice_exists() -> None:
+    assert set(FAMILIES) == set(SUPPORTED) == set(demo._SCRIPTS)
+    assert set(demo.DEFAULT_LANGUAGES) <= set(SUPPORTED)
+    assert len({FAMILIES[lang] for lang in demo.DEFAULT_LANGUAGES}) == 3
+    variants = espeak.variants()
+    assert all(variants[v] == "male" for v in demo.MALE_VARIANTS)
+    assert all(variants[v] == "female" for v in demo.FEMALE_VARIANTS)
+    for voice in sorted(set(SUPPORTED.values()) | {demo.NULL_VOICE}):
+        assert espeak.voice_exists(voice), voice
+
+
+def test_espeak_binding() -> None:
+    x = espeak.synthesize("uno dos tres", "es+f2")
+    assert x.dtype == np.float32 and 0.5 < len(x) / espeak.SAMPLE_RATE < 5
+    assert 0.01 < np.sqrt(np.mean(x**2)) and np.max(np.abs(x)) <= 1.0
+    # Same arguments, same samples, whatever was spoken in between.
+    espeak.synthesize("eins zwei drei vier", "de+m3", rate=220, pitch=10)
+    assert np.array_equal(espeak.synthesize("uno dos tres", "es+f2"), x)
+    with pytest.raises(CltmError, match="no voice 'xx'"):
+        espeak.synthesize("hola", "xx")
+    with pytest.raises(CltmError, match="variant 'nosuch'"):
+        espeak.synthesize("hola", "es+nosuch")
+
+
+def test_splits_are_gender_balanced() -> None:
+    genders = [demo.MALE if i % 2 == 0 else demo.FEMALE for i in range(10)]
+    splits = demo.assign_splits(genders, dev=4, test=3)
+    for name, size in (("dev", 4), ("test", 3), ("train", 3)):
+        members = [g for g, s in zip(genders, splits, strict=True) if s == name]
+        assert len(members) == size
+        assert abs(members.count(demo.MALE) - members.count(demo.FEMALE)) <= 1, name
