@@ -95,11 +95,29 @@ def test_second_repro_does_nothing_and_status_is_clean(repo):
 
 
 @pytest.mark.slow
-def test_changing_gender_N_reruns_only_gender_subsets(repo):
+def test_repro_trains_every_run_and_writes_the_cltm(repo):
+    for task in ("gender", "speaker"):
+        runs = pd.read_json(repo / "metrics" / "runs" / task / "runs.jsonl", lines=True)
+        assert len(runs) == (2 * 2 + 2) * 1  # (n² + n) × seeds
+        assert runs["run_id"].is_unique
+        for name in ("cltm.csv", "cltm_se.csv", "performance.csv", "diagnostics.json",
+                     "heatmap.png", "self_gain.png"):
+            assert (repo / "metrics" / task / name).is_file()
+    assert (repo / "mlflow.db").is_file()
+    assert "Table 1" in (repo / "metrics" / "report.md").read_text()
+    shown = _run(["dvc", "metrics", "show"], repo)
+    assert "metrics/gender/diagnostics.json" in shown and "rfd1" in shown
+
+
+@pytest.mark.slow
+def test_changing_gender_N_reruns_only_what_depends_on_it(repo):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["tasks"]["gender"]["N"] = 1
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert _ran(_run(["dvc", "repro"], repo)) == {"subsets@gender"}
+    ran = _ran(_run(["dvc", "repro"], repo))
+    # the report reruns only if the gender metrics changed
+    assert {"subsets@gender", "grid@gender", "cltm@gender"} <= ran
+    assert ran <= {"subsets@gender", "grid@gender", "cltm@gender", "report"}
     manifest = pd.read_csv(repo / "data" / "subsets" / "gender" / "manifest.csv")
     assert (manifest[manifest["role"] == "D"].groupby(["language", "gender"]).size() == 1).all()
 
