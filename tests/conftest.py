@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cltm.data.audio import PackWriter, to_int16
+from cltm.data.pack import PackWriter, to_int16
 from cltm.data.subsets import make_trials
 
 TINY_HUBERT = {

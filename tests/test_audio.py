@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from cltm.data.audio import SAMPLE_RATE, PackedAudio, PackWriter, decode, decode_many, resample
+from cltm.data.audio import decode, decode_many, resample
+from cltm.data.pack import SAMPLE_RATE, PackedAudio, PackWriter
 
 
 def _tone(freq: float, sr: int, seconds: float = 1.0) -> np.ndarray:

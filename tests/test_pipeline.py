@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from cltm.cli import main
-from cltm.data.audio import PackedAudio
+from cltm.data.pack import PackedAudio
 
 REPO = Path(__file__).resolve().parents[1]
 

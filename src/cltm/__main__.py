@@ -1,3 +1,5 @@
-from cltm.cli import main
 import sys
+
+from cltm.cli import main
+
 sys.exit(main())

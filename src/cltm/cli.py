@@ -40,6 +40,7 @@ def _demo_corpus(args: argparse.Namespace, config: Config) -> None:
         dev_speakers=config.demo.dev_speakers,
         test_speakers=config.demo.test_speakers,
         family_trait_strength=config.demo.family_trait_strength,
+        clip_seconds=config.demo.clip_seconds,
         null=config.demo.null_control,
         seed=config.demo.seed,
     )

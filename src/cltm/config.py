@@ -53,6 +53,7 @@ class DemoConfig:
     clips_per_speaker: int = 5
     dev_speakers: int = 4
     test_speakers: int = 10
+    clip_seconds: float = 3.0  # typical clip length; Common Voice clips run 2-6 s
     family_trait_strength: float = 1.0
     null_control: bool = False
     seed: int = 0
@@ -301,6 +302,8 @@ def _check_values(c: Config, source: str) -> None:
     if d.dev_speakers + d.test_speakers >= d.speakers_per_language:
         fail("demo.dev_speakers + demo.test_speakers must leave training speakers in "
              "demo.speakers_per_language")
+    if not 1.0 <= d.clip_seconds <= 15.0:
+        fail("demo.clip_seconds must lie in [1, 15]")
     if not 0.0 <= d.family_trait_strength <= 1.0:
         fail("demo.family_trait_strength must lie in [0, 1] (0 turns the planted trait off)")
     if c.data.source == "demo":

@@ -14,7 +14,8 @@ import pandas as pd
 
 from cltm.config import Config
 from cltm.data import commonvoice, subsets
-from cltm.data.audio import PackWriter, decode_many
+from cltm.data.audio import decode_many
+from cltm.data.pack import PackWriter
 from cltm.errors import CltmError
 
 log = logging.getLogger(__name__)

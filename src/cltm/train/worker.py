@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from cltm.data.audio import PackedAudio
+from cltm.data.pack import PackedAudio
 from cltm.train import tasks
 from cltm.train.grid import RunSpec, training_clips
 from cltm.train.model import load_encoder, resolve_device
