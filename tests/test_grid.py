@@ -114,6 +114,31 @@ def test_killed_grid_resumes_without_retraining(uninterrupted, tmp_path):
         assert after[run_id]["hash"] == rec["hash"]
 
 
+def test_plan_counts_runs_done_and_left(uninterrupted, monkeypatch):
+    from cltm.train.stage import plan
+
+    monkeypatch.chdir(uninterrupted)
+    gender = next(r for r in plan(load_config("params.yaml")) if r["task"] == "gender")
+    assert (gender["runs"], gender["done"], gender["left"]) == (24, 24, 0)
+    assert gender["s_per_run"] > 0 and gender["eta_h"] == 0
+
+
+def test_adding_a_language_trains_only_its_runs(uninterrupted, tmp_path, monkeypatch):
+    import shutil
+
+    root = make_project(tmp_path)
+    shutil.copytree(uninterrupted / "metrics", root / "metrics")
+    # the same three languages (drawn first, so identical) plus a fourth
+    shutil.rmtree(root / "data" / "subsets" / "gender")
+    write_synthetic_subsets(root / "data" / "subsets" / "gender", "gender",
+                            languages=("aa", "bb", "cc", "dd"))
+    monkeypatch.chdir(root)
+    jobs, done, total = pending(load_config("params.yaml"), "gender")
+    assert total == (16 + 4) * 2 and len(done) == 24
+    assert len(jobs) == (20 - 12) * 2
+    assert all("dd" in (spec.target, spec.donor) for spec, _ in jobs)
+
+
 def test_changed_training_param_makes_runs_stale(uninterrupted, monkeypatch):
     monkeypatch.chdir(uninterrupted)
     config = load_config("params.yaml")

@@ -193,6 +193,14 @@ def test_checkpoint_policy_self(tmp_path, synthetic_subsets):
     assert [p.name for p in tmp_path.iterdir()] == ["gender__aa__self__0.safetensors"]
 
 
+def test_model_dir_without_weights_says_how_to_get_them(tmp_path):
+    from transformers import HubertConfig
+
+    HubertConfig(**TINY_HUBERT).save_pretrained(tmp_path)  # config.json, no weights
+    with pytest.raises(CltmError, match=r"could not load the encoder.*huggingface-cli download"):
+        load_encoder(str(tmp_path), None)
+
+
 def test_missing_local_model_dir_says_how_to_get_it(tmp_path):
     with pytest.raises(CltmError, match=r"not a directory.*huggingface-cli download"):
         load_encoder(str(tmp_path / "mHuBERT-147"), None)
