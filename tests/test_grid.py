@@ -25,6 +25,7 @@ def make_project(root: Path, seeds=(0, 1)) -> Path:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["train"].update({"seeds": list(seeds), "threads": 1, "device": "cpu"})
     params["model"]["random_init"] = TINY_HUBERT
+    params["pretrain"]["enabled"] = False
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     write_synthetic_subsets(root / "data" / "subsets" / "gender", "gender")
     return root

@@ -22,6 +22,7 @@ TINY = {
     "tasks": {"gender": {"N": 2, "clips_per_speaker": 1},
               "speaker": {"N": 4, "clips_per_speaker": 2}},
     "train": {"seeds": [0]},
+    "pretrain": {"epochs": 2},
 }
 
 

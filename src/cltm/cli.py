@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shutil
 import sys
@@ -50,6 +51,34 @@ def _demo_corpus(args: argparse.Namespace, config: Config) -> None:
     log.info("demo corpus written to %s", out)
 
 
+def _pretrain(args: argparse.Namespace, config: Config) -> None:
+    p = config.pretrain
+    out = Path(p.out)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    if not p.enabled:
+        (out / "README.txt").write_text(
+            f"Not pretrained: pretrain.enabled is false; fine-tuning loads "
+            f"{config.model.name_or_path}.\n")
+        Path("metrics").mkdir(exist_ok=True)
+        Path("metrics/pretrain.json").write_text('{"enabled": false}\n')
+        log.info("pretrain.enabled is false: nothing to pretrain")
+        return
+    from cltm.train.pretrain import PretrainSettings, run_pretrain
+
+    settings = PretrainSettings(
+        architecture=p.architecture, clusters=p.clusters, epochs=p.epochs,
+        crop_seconds=p.crop_seconds, batch_size=p.batch_size, lr=p.lr, seed=p.seed,
+        threads=p.threads)
+    summary = run_pretrain(config.corpus_root, config.data.languages, out, settings,
+                           workers=config.data.workers, progress=not args.no_progress)
+    Path("metrics").mkdir(exist_ok=True)
+    Path("metrics/pretrain.json").write_text(json.dumps(
+        {"enabled": True, **{k: v for k, v in summary.items() if k != "loss_per_epoch"}},
+        indent=2) + "\n")
+
+
 def _subsets(args: argparse.Namespace, config: Config) -> None:
     from cltm.data.build import build_subsets
 
@@ -82,12 +111,15 @@ def _cltm(args: argparse.Namespace, config: Config) -> None:
     from cltm.analysis.stage import run_cltm
 
     families = Path(config.demo.out) / "families.csv" if config.data.source == "demo" else None
+    a = config.analysis
     tasks = TASKS if args.task == "all" else (args.task,)
     for task in tasks:
         run_cltm(
             task, Path("metrics") / "runs" / task, Path("metrics") / task,
             family_level=config.analysis.family_level,
             highlight=config.analysis.highlight_languages, families_csv=families,
+            fdr=a.fdr, bootstrap=a.bootstrap, ci_level=a.ci_level,
+            permutations=a.permutations, stats_seed=a.stats_seed,
         )
 
 
@@ -131,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo-corpus", help="write the eSpeak NG demo corpus in Common Voice layout")
     d.add_argument("--out", help="output directory (default: demo.out)")
     d.set_defaults(func=_demo_corpus)
+
+    pt = sub.add_parser("pretrain", help="pretrain the demo's small HuBERT on the corpus")
+    pt.set_defaults(func=_pretrain)
 
     s = sub.add_parser("subsets", help="select D, D' and evaluation clips; pack their audio")
     s.add_argument("--task", choices=[*TASKS, "all"], required=True)

@@ -90,6 +90,23 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class PretrainConfig:
+    """HuBERT-style pretraining of a small encoder on the corpus (the demo's stand-in for
+    mHuBERT-147). When enabled, its output directory is the model that fine-tuning loads."""
+
+    enabled: bool = False
+    out: str = "models/pretrained"
+    architecture: dict[str, Any] = field(default_factory=dict)  # HubertConfig overrides
+    clusters: int = 50
+    epochs: int = 20
+    crop_seconds: float = 2.0
+    batch_size: int = 8
+    lr: float = 1e-3
+    seed: int = 0
+    threads: int = 2
+
+
+@dataclass(frozen=True)
 class RayConfig:
     # GPUs per worker: 1 = one worker per GPU; 0.5 = two workers share a GPU.
     gpus_per_worker: float = 1.0
@@ -126,6 +143,13 @@ class AnalysisConfig:
     family_level: Literal["family", "genus"] = "genus"
     # The reduced heatmap's languages (those present); null: the paper's 16.
     highlight_languages: list[str] | None = None
+    # Uncertainty: Benjamini-Hochberg false discovery rate for the per-cell tests, bootstrap
+    # resamples over seeds and the interval's level, family-label permutations.
+    fdr: float = 0.05
+    bootstrap: int = 1000
+    ci_level: float = 0.95
+    permutations: int = 2000
+    stats_seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -134,6 +158,7 @@ class Config:
     tasks: TasksConfig
     train: TrainConfig
     model: ModelConfig = field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
 
@@ -284,6 +309,20 @@ def _check_values(c: Config, source: str) -> None:
     lo, hi = c.data.min_duration_s, c.data.max_duration_s
     if lo is not None and hi is not None and lo >= hi:
         fail(f"data.min_duration_s ({lo}) must be below data.max_duration_s ({hi})")
+    p = c.pretrain
+    if p.enabled:
+        if c.model.random_init is not None or Path(c.model.name_or_path) != Path(p.out):
+            fail(f"with pretrain.enabled, fine-tuning must load the pretrained encoder: set "
+                 f"model.name_or_path: {p.out} and model.random_init: null")
+        if p.epochs < 1 or p.clusters < 2 or p.batch_size < 1 or p.lr <= 0:
+            fail("pretrain.epochs, batch_size and lr must be positive and clusters at least 2")
+        if not 0.5 <= p.crop_seconds <= 10:
+            fail("pretrain.crop_seconds must lie in [0.5, 10]")
+    a = c.analysis
+    if not 0 < a.fdr < 1 or not 0 < a.ci_level < 1:
+        fail("analysis.fdr and analysis.ci_level must lie strictly between 0 and 1")
+    if a.bootstrap < 0 or a.permutations < 0:
+        fail("analysis.bootstrap and analysis.permutations must be >= 0 (0 turns them off)")
     t = c.train
     if t.lr <= 0 or t.epochs < 1 or t.batch_size < 1 or t.grad_clip <= 0 or t.weight_decay < 0:
         fail("train.lr, train.epochs, train.batch_size and train.grad_clip must be positive and "

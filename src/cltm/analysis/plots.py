@@ -12,6 +12,7 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
@@ -63,8 +64,15 @@ def plot_heatmap(
     names: Mapping[str, str],
     self_gain: Mapping[str, float] | None = None,
     title: str = "CLTM",
+    marks: pd.DataFrame | None = None,
+    marks_note: str | None = None,
 ) -> None:
-    """The CLTM (rows = targets, columns = donors) grouped by family, undefined rows hatched."""
+    """The CLTM (rows = targets, columns = donors) grouped by family, undefined rows hatched.
+
+    `marks` (target x donor, +1 / -1 / 0 or NaN) puts a small "+" / "−" in the cells that differ
+    from 1 upwards / downwards (stats.marks_from_tests); `marks_note` explains it under the axis.
+    Without marks the figure is the plain heatmap.
+    """
     order = language_order(matrix.index, families, names)
     data = matrix.loc[order, order].to_numpy(dtype=float)
     n = len(order)
@@ -75,7 +83,10 @@ def plot_heatmap(
     cmap = matplotlib.colormaps["RdBu"].with_extremes(bad="0.85")
     norm = TwoSlopeNorm(vcenter=0.0, vmin=-VLIM, vmax=VLIM)
     image = ax.imshow(np.ma.masked_invalid(data), cmap=cmap, norm=norm, interpolation="nearest")
-    fig.colorbar(image, ax=ax, shrink=0.8, label="CLTM[target, donor]", extend="both")
+    # The marks' legend goes under the colour scale's label: below the axes it collided with the
+    # rotated donor names on large heatmaps.
+    note = f"\n{marks_note}" if marks is not None and marks_note else ""
+    fig.colorbar(image, ax=ax, shrink=0.8, label=f"CLTM[target, donor]{note}", extend="both")
 
     labels = [names.get(loc, loc) for loc in order]
     row_labels = [f"{lab} (undefined)" if k in undefined else lab for k, lab in enumerate(labels)]
@@ -109,7 +120,24 @@ def plot_heatmap(
                 if np.isfinite(v):
                     ax.text(k, r, f"{v:.2f}", ha="center", va="center", fontsize=7,
                             color="white" if abs(v) > 0.9 * VLIM else "black")
+    if marks is not None:
+        _draw_marks(ax, data, marks.reindex(index=order, columns=order).to_numpy(dtype=float),
+                    annotated=n <= ANNOTATE_MAX)
     fig.savefig(path, dpi=120)
+
+
+def _draw_marks(ax: Axes, data: np.ndarray, marks: np.ndarray, *,
+                annotated: bool) -> None:
+    """A sign in each marked cell: in its top-right corner when the value is printed (so the
+    value stays readable), centred otherwise."""
+    dx, dy, align = (0.45, -0.45, {"ha": "right", "va": "top"}) if annotated else (
+        0.0, 0.0, {"ha": "center", "va": "center"})
+    # Only drawn cells carry a mark: an undefined (NaN) cell has no value to qualify.
+    for r, k in zip(*np.nonzero((np.nan_to_num(marks) != 0) & np.isfinite(data))):
+        v = data[r, k]
+        colour = "white" if abs(v) > 0.9 * VLIM else "black"
+        ax.text(k + dx, r + dy, "+" if marks[r, k] > 0 else "−", fontsize=7, fontweight="bold",
+                color=colour, **align)
 
 
 def plot_highlight(
@@ -121,10 +149,13 @@ def plot_highlight(
     names: Mapping[str, str],
     self_gain: Mapping[str, float] | None = None,
     title: str = "CLTM",
+    marks: pd.DataFrame | None = None,
+    marks_note: str | None = None,
 ) -> list[str]:
     """The heatmap of the highlight languages present in the matrix; returns those drawn.
 
-    With none of them present the file is still written, as a note saying so.
+    With none of them present the file is still written, as a note saying so. `marks` and
+    `marks_note` as in plot_heatmap (the marks keep the full matrix's decisions).
     """
     wanted = list(highlight)
     present = [loc for loc in wanted if loc in matrix.index]
@@ -133,7 +164,7 @@ def plot_highlight(
                    + ") is in this CLTM.")
         return present
     plot_heatmap(matrix.loc[present, present], path, families=families, names=names,
-                 self_gain=self_gain,
+                 self_gain=self_gain, marks=marks, marks_note=marks_note,
                  title=f"{title} ({len(present)} of {len(wanted)} highlight languages)")
     return present
 

@@ -1,7 +1,9 @@
 """`metrics/report.md`: Table 1 beside the paper's values, the heatmaps and the notable cells.
 
 Built only from the files the cltm stage writes, so it can be regenerated without rerunning
-anything; a task whose diagnostics.json is missing is left out.
+anything; a task whose diagnostics.json is missing is left out. Each task ends with "Can these
+numbers be trusted?": self-gains with SEs, the bootstrap intervals, the cell tests' counts and
+the family-structure check (stats.py's files; a missing one is named, not fatal).
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ def _fmt(v: object, kind: str) -> str:
         return "n/a"
     if kind == "int":
         return str(int(v))
+    if kind == "count":  # a count, or a bootstrap quantile of one (which may fall between two)
+        return f"{float(v):g}"
     if kind == "pct":
         return f"{100 * float(v):.2f}%"
     return f"{float(v):.3f}"
@@ -157,6 +161,103 @@ def _task_section(task: str, task_dir: Path, d: dict, report: Path) -> list[str]
     out += _pairs(task_dir)
     out += ["**Runs**", ""]
     out += _run_counts(task_dir)
+    out += _trust_section(task_dir, d)
+    return out
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def _self_gains(task_dir: Path) -> list[str]:
+    path = task_dir / "self_gain.csv"
+    if not path.is_file():
+        return ["self_gain.csv is missing.", ""]
+    table = pd.read_csv(path)
+    names = display_names(table["target"])
+    lines = ["**Self-gains** (Δ_ii with its SE over seeds; a row is defined where Δ_ii > 0)", "",
+             "| target | self-gain | SE | gain / SE | defined |", "|---|---|---|---|---|"]
+    for t, g, se in zip(table["target"], table["self_gain"], table["se"]):
+        ratio = "n/a" if pd.isna(se) or se <= 0 else f"{g / se:.1f}"
+        se_text = "n/a" if pd.isna(se) else f"{se:.4f}"
+        lines.append(f"| {_label(t, names)} | {g:.4f} | {se_text} | {ratio} | "
+                     f"{'yes' if g > 0 else 'no'} |")
+    return [*lines, ""]
+
+
+def _intervals(task_dir: Path, d: dict, info: dict) -> list[str]:
+    ci = _read_json(task_dir / "diagnostics_ci.json")
+    if ci is None:
+        return ["diagnostics_ci.json is missing.", ""]
+    level = info.get("ci_level")
+    reps = info.get("bootstrap")
+    head = (f"**Diagnostic intervals** ({100 * level:g}% percentile bootstrap, {reps} resamples "
+            "of each cell's seeds)" if level is not None and reps else
+            "**Diagnostic intervals** (percentile bootstrap over seeds)")
+    lines = [head, "", "| key | value | low | high |", "|---|---|---|---|"]
+    for key, bounds in ci.items():
+        kind = "count" if key == "n_languages" else "num"
+        cells = [_fmt(v, kind) for v in (d.get(key), bounds.get("low"), bounds.get("high"))]
+        lines.append(f"| `{key}` | " + " | ".join(cells) + " |")
+    lines.append("")
+    moved = (info.get("bootstrap_replicates") or {}).get("all_defined_stayed_defined_share")
+    if moved is not None:
+        lines += [f"Every defined target stayed defined in {100 * moved:.1f}% of the resamples "
+                  "(elsewhere the diagnostics are computed on the languages defined there). "
+                  "Distances from the ideal (rfd1, asym_rel, 1 − cos_rows) only grow with noise: "
+                  "their intervals describe the noisy value, not a noise-free matrix.", ""]
+    return lines
+
+
+def _cell_counts(task_dir: Path, info: dict) -> list[str]:
+    path = task_dir / "cltm_significance.csv"
+    if not path.is_file():
+        return ["cltm_significance.csv is missing.", ""]
+    tests = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    total = len(tests)
+    fdr = info.get("fdr")
+    at = f"FDR {fdr:g}" if fdr is not None else "the chosen FDR"
+    above = int((tests["direction"] == "above 1").sum())
+    below = int((tests["direction"] == "below 1").sum())
+    tested0, tested1 = int(tests["p_vs0"].notna().sum()), int(tests["p_vs1"].notna().sum())
+    return [
+        f"**Cells** (Welch t-tests on the seed scores, Benjamini–Hochberg at {at}): of {total} "
+        f"off-diagonal cells, {int(tests['differs_from_0'].astype(bool).sum())} of the {tested0} "
+        f"testable differ from 0 and {int(tests['differs_from_1'].astype(bool).sum())} of the "
+        f"{tested1} testable differ from 1 ({above} above, {below} below; marked + / − on the "
+        "heatmaps). Untestable: undefined rows and cells with fewer than 2 seeds a side.", ""]
+
+
+def _family_check(task_dir: Path) -> list[str]:
+    fam = _read_json(task_dir / "family_structure.json")
+    if fam is None:
+        return ["family_structure.json is missing.", ""]
+    if fam.get("contrast") is None:
+        return [f"**Family structure** ({fam.get('family_level')}): not testable here (a "
+                "language without a family, fewer than 2 families or no same-family pair).", ""]
+
+    def num(key: str) -> str:
+        return _fmt(fam.get(key), "num")
+
+    share = fam.get("same_family_pair_share")
+    return [
+        f"**Family structure** ({fam.get('family_level')} level, {fam.get('n_families')} "
+        f"families, {fam.get('permutations')} label permutations):", "",
+        f"- same-family minus cross-family mean entry: {num('contrast')} (two-sided permutation "
+        f"p = {num('contrast_p')}; chance {num('contrast_chance')})",
+        f"- intra_family_pos: {_fmt(fam.get('intra_family_pos'), 'pct')} (one-sided p = "
+        f"{num('intra_family_pos_p')}, towards more within-family mass; chance "
+        f"{_fmt(share, 'pct')} = the share of same-family pairs, permutation mean "
+        f"{_fmt(fam.get('intra_family_pos_chance'), 'pct')})", ""]
+
+
+def _trust_section(task_dir: Path, d: dict) -> list[str]:
+    info = _read_json(task_dir / "stats_info.json") or {}
+    out = ["### Can these numbers be trusted?", ""]
+    out += _self_gains(task_dir)
+    out += _intervals(task_dir, d, info)
+    out += _cell_counts(task_dir, info)
+    out += _family_check(task_dir)
     return out
 
 

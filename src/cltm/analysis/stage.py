@@ -7,6 +7,12 @@ Per task the `cltm` stage writes, under `metrics/<task>/`:
   undefined.csv                target, self_gain of the targets whose self-gain is not positive
   self_gain.csv, offdiag.csv   data for DVC's plots
   heatmap.png, heatmap_highlight.png, self_gain.png, offdiag_hist.png
+and, from the seed-level data (stats.py says how):
+  cltm_significance.csv        per off-diagonal cell: tests against 0 and 1, BH q-values
+  diagnostics_ci.json          bootstrap percentile interval of each numeric diagnostic
+  family_structure.json        family-block contrast, intra_family_pos, permutation p-values
+  stats_info.json              the settings, cell counts, how the bootstrap's language set moved
+The heatmaps mark the cells that differ from 1 at the FDR with a "+" or "−".
 """
 
 from __future__ import annotations
@@ -24,6 +30,15 @@ from cltm.analysis.cltm import CltmResult, compute_cltm, read_run_store
 from cltm.analysis.diagnostics import KEYS, PROPORTIONS, diagnostics, json_ready
 from cltm.analysis.languages import check_family_level, display_names, family_map
 from cltm.analysis.report import run_report
+from cltm.analysis.stats import (
+    STATS_FILES,
+    family_structure,
+    format_family,
+    marks_from_tests,
+    streams,
+    write_json,
+    write_stats,
+)
 from cltm.errors import CltmError
 
 log = logging.getLogger(__name__)
@@ -37,7 +52,7 @@ PAPER_HIGHLIGHT = ("ar", "en", "de", "ckb", "kmr", "fr", "ca", "es", "be", "ru",
 OUTPUT_FILES = (
     "cltm.csv", "cltm_se.csv", "performance.csv", "diagnostics.json", "undefined.csv",
     "self_gain.csv", "offdiag.csv", "heatmap.png", "heatmap_highlight.png", "self_gain.png",
-    "offdiag_hist.png",
+    "offdiag_hist.png", *STATS_FILES,
 )  # fmt: skip
 
 
@@ -75,27 +90,40 @@ def run_cltm(
     family_level: str = "genus",
     highlight: list[str] | None = None,
     families_csv: Path | None = None,
+    fdr: float = 0.05,
+    bootstrap: int = 1000,
+    ci_level: float = 0.95,
+    permutations: int = 2000,
+    stats_seed: int = 0,
 ) -> dict:
     """Compute a task's CLTM from its run store and write every output; returns the diagnostics.
 
     `runs_dir` is `metrics/runs/<task>` (or its runs.jsonl); `highlight` defaults to the paper's
     16 languages (those present are drawn); `families_csv` (a demo corpus's planted families)
-    overrides the language metadata for the locales it lists.
+    overrides the language metadata for the locales it lists. `fdr`, `bootstrap` (resamples;
+    0: none), `ci_level`, `permutations` (0: none) and `stats_seed` set the uncertainty
+    outputs (stats.write_stats); they leave diagnostics.json as it is.
     """
     check_family_level(family_level)
     out_dir = Path(out_dir)
     families = family_map(family_level, families_csv)
-    result = compute_cltm(read_run_store(Path(runs_dir), task))
+    runs = read_run_store(Path(runs_dir), task)
+    result = compute_cltm(runs)
     out_dir.mkdir(parents=True, exist_ok=True)
     offdiag = _write_tables(result, out_dir)
 
     diag = json_ready(diagnostics(result.matrix, result.se, families,
                                   self_gain=result.self_gain))
     _write_json(diag, out_dir / "diagnostics.json")
+    tests = write_stats(runs, result, diag, families, out_dir, family_level=family_level,
+                        fdr=fdr, bootstrap=bootstrap, ci_level=ci_level,
+                        permutations=permutations, stats_seed=stats_seed)
 
     names = display_names(result.matrix.index)
     gains = result.self_gain.to_dict()
-    common = {"families": families, "names": names, "self_gain": gains}
+    common = {"families": families, "names": names, "self_gain": gains,
+              "marks": marks_from_tests(tests),
+              "marks_note": f"+ / −: above / below 1 (BH, FDR {fdr:g})"}
     plots.plot_heatmap(result.matrix, out_dir / "heatmap.png", title=f"{task} CLTM", **common)
     drawn = plots.plot_highlight(result.matrix, out_dir / "heatmap_highlight.png",
                                  highlight or PAPER_HIGHLIGHT, title=f"{task} CLTM", **common)
@@ -165,12 +193,17 @@ def run_diagnostics(
     *,
     families_csv: Path | None = None,
     self_gain_csv: Path | None = None,
+    permutations: int = 0,
+    stats_seed: int = 0,
+    family_json: Path | None = None,
 ) -> dict:
     """The diagnostics of a CLTM stored as CSV (from this pipeline or any other); returns them.
 
     Self-gains are not in the matrix: they are read from `self_gain_csv`, by default the
     self_gain.csv that the cltm stage writes beside cltm.csv; without one, self_gain_mean/std
-    are null.
+    are null. A matrix carries no seed-level data, so of the uncertainty outputs only the family
+    permutation test can be run: with `permutations` > 0 it is logged and, given `family_json`,
+    written there (as family_structure.json); the return value stays the diagnostics alone.
     """
     check_family_level(family_level)
     matrix_csv = Path(matrix_csv)
@@ -191,6 +224,13 @@ def run_diagnostics(
         )
     if json_out is not None:
         _write_json(diag, Path(json_out))
+    if permutations > 0 or family_json is not None:
+        fam = family_structure(matrix, families, family_level=family_level,
+                               permutations=permutations, rng=streams(stats_seed)[1])
+        log.info("%s", format_family(fam))
+        if family_json is not None:
+            Path(family_json).parent.mkdir(parents=True, exist_ok=True)
+            write_json(json_ready(fam), Path(family_json))
     return diag
 
 

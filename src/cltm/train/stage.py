@@ -49,6 +49,20 @@ def _code_digest() -> str:
     return h.hexdigest()[:16]
 
 
+def _model_digest(name_or_path: str) -> str | None:
+    """Content hash of a local model directory: new weights under the same path are a new model."""
+    path = Path(name_or_path)
+    if not path.is_dir():
+        return None  # a hub id names fixed weights (pin a revision by downloading it)
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(path)).encode())
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
+
+
 def train_params(config: Config) -> TrainParams:
     t = config.train
     return TrainParams(lr=t.lr, weight_decay=t.weight_decay, grad_clip=t.grad_clip,
@@ -63,6 +77,7 @@ def settings_of(config: Config, task: str) -> dict[str, Any]:
         "model": m.name_or_path if m.random_init is None else "random",
         "random_init": m.random_init,
         "init_seed": m.init_seed if m.random_init is not None else None,
+        "weights": _model_digest(m.name_or_path) if m.random_init is None else None,
         **{f"train.{k}": v for k, v in asdict(train_params(config)).items()},
         "N": getattr(config.tasks, task).N,
         "code": _code_digest(),

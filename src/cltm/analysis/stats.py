@@ -1,0 +1,567 @@
+"""How far each CLTM figure can be trusted: cell tests, bootstrap intervals, family permutations.
+
+Everything here starts from the run store's seed-level scores (one score per run), the data the
+CLTM itself is built from (cltm.py), or, for the family test alone, from a matrix.
+
+Per-cell tests (`cell_tests`, written as cltm_significance.csv)
+    CLTM[i, j] = Δ_ij / Δ_ii is a ratio, and with a handful of seeds its sampling distribution is
+    far from normal (the denominator is itself noisy), so a Wald z-test on the delta-method SE
+    would lean on an approximation that is weakest where it matters. Instead each hypothesis is
+    restated as a difference of two means, given a defined row (Δ_ii > 0):
+        CLTM[i, j] = 1  ⇔  Perf(i+j) − Perf(i+i) = 0    (cross against self)
+        CLTM[i, j] = 0  ⇔  Perf(i+j) − Perf(i)   = 0    (cross against base)
+    and tested with Welch's two-sample t-test on the seed scores (two-sided, unequal variances).
+    Seeds are independent training runs; the base, self and cross runs that share a seed number
+    are not treated as paired: they train on different data, so nothing makes their scores move
+    together, and the delta-method SE of PROTOCOL.md treats them as independent as well. (If a
+    shared seed did correlate them, the unpaired test would only be conservative.)
+    A test is undefined (NaN p) when either side has fewer than 2 seeds or both sides have zero
+    spread (identical scores say nothing about seed noise, so no p-value is claimed). The row's
+    definedness is decided on the estimated Δ_ii > 0, as in the CLTM itself.
+    Benjamini–Hochberg adjusts the p-values over all defined off-diagonal cells, separately for
+    the "vs 0" and the "vs 1" families; undefined rows and NaN p-values are not counted in a
+    family. The cells of one row share their base and self runs, so their tests are positively
+    dependent; BH is the usual choice there (Benjamini–Yekutieli would be the distribution-free,
+    far less powerful alternative). A cell differs from 0 / 1 when its q-value is ≤ the FDR.
+    With 2 seeds per condition Welch's test has 1–2 degrees of freedom: valid but weak.
+
+Bootstrap intervals (`diagnostic_intervals`, diagnostics_ci.json)
+    Every (target, condition, donor) cell's seeds are resampled with replacement, independently
+    and with the cell's own seed count; the CLTM, its delta-method SEs, the self-gains and all
+    numeric diagnostics are recomputed per replicate, and the interval is the percentile interval
+    at the chosen level over the replicates where the diagnostic is defined. A replicate whose
+    self-gain for some target is ≤ 0 leaves that row undefined, exactly as the real computation
+    does, and its diagnostics are computed on the languages defined in that replicate (a target
+    undefined in the data may likewise become defined). How often the language set moved is
+    reported apart (stats_info.json). Known limits: the bootstrap variance of a k-seed mean is
+    (k − 1)/k of the usual estimate, so with 2 seeds the intervals are too narrow; and for
+    distances from an ideal (rfd1, asym_rel, 1 − cos_rows), noise only adds, so the percentile
+    interval sits above the noise-free value and should be read as "the value this much seed
+    noise produces", not as an interval for a noise-free matrix.
+
+Family structure (`family_structure`, family_structure.json)
+    contrast = mean same-family off-diagonal entry − mean cross-family entry, over the defined
+    languages; intra_family_pos as in diagnostics.py. Family labels are shuffled over the defined
+    languages (family sizes kept), and p-values count the shuffles at least as extreme as the
+    data, with the usual +1 in numerator and denominator. The number of same-family pairs does not
+    change under a shuffle, so the contrast's null mean is exactly 0 and its p is two-sided
+    (|contrast|); intra_family_pos's p is one-sided, towards more positive mass within families
+    than chance, whose expected value is the share of same-family pairs.
+
+Randomness comes from one `stats_seed`, split into independent streams for the bootstrap and
+the permutations, so the outputs are identical for identical inputs and settings.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+from cltm.analysis.cltm import CltmResult
+from cltm.analysis.diagnostics import KEYS, check_matrix, json_ready
+from cltm.errors import CltmError
+
+log = logging.getLogger(__name__)
+
+SIGNIFICANCE_FILE = "cltm_significance.csv"
+CI_FILE = "diagnostics_ci.json"
+FAMILY_FILE = "family_structure.json"
+INFO_FILE = "stats_info.json"
+STATS_FILES = (SIGNIFICANCE_FILE, CI_FILE, FAMILY_FILE, INFO_FILE)
+
+#: The numeric keys of diagnostics.json, the ones that get a bootstrap interval.
+NUMERIC_KEYS = tuple(k for k in KEYS if k != "undefined_targets")
+
+SIGNIFICANCE_COLUMNS = ("target", "donor", "cltm", "se", "p_vs0", "q_vs0", "p_vs1", "q_vs1",
+                        "differs_from_0", "differs_from_1", "direction")
+FAMILY_KEYS = ("family_level", "contrast", "contrast_p", "contrast_chance", "intra_family_pos",
+               "intra_family_pos_p", "intra_family_pos_chance", "same_family_pair_share",
+               "n_families", "permutations")
+
+#: Replicates drawn at once: bounds memory (B x cells x seeds doubles) for a 44 x 44 grid.
+CHUNK = 200
+
+
+# --- seed-level data --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SeedCells:
+    """Every cell's seed scores, NaN-padded to the largest seed count, and where each cell is.
+
+    `base[i]` and `self_[i]` are the rows of `values` holding target i's base and self runs;
+    `cross[i, j]` the row of the cross run i+j (-1 on the diagonal, which has none).
+    """
+
+    languages: list[str]
+    values: np.ndarray  # (cells, max seeds)
+    counts: np.ndarray  # (cells,)
+    base: np.ndarray  # (n,)
+    self_: np.ndarray  # (n,)
+    cross: np.ndarray  # (n, n)
+
+
+def seed_cells(runs: pd.DataFrame, languages: Sequence[str] | None = None) -> SeedCells:
+    """The run table (one row per run, as compute_cltm takes it) as padded seed arrays.
+
+    Seeds are ordered by their seed value, so the same store gives the same arrays (and the same
+    bootstrap) whatever order its records were written in.
+    """
+    keys = ["target", "condition", "donor"]
+    frame = runs.assign(score=pd.to_numeric(runs["score"], errors="coerce"))
+    langs = list(languages) if languages is not None else sorted(
+        set(frame["target"]) | set(frame["donor"]))
+    wanted = [(i, "base", i) for i in langs] + [(i, "self", i) for i in langs]
+    wanted += [(i, "cross", j) for i in langs for j in langs if j != i]
+    groups = {k: g.sort_values("seed")["score"].to_numpy(dtype=float)
+              for k, g in frame.groupby(keys, sort=True)}
+    missing = [k for k in wanted if k not in groups or len(groups[k]) == 0]
+    if missing:
+        raise CltmError(f"the run store has no runs for {len(missing)} cells (e.g. {missing[0]}); "
+                        "finish the grid (`cltm grid`) first")
+    counts = np.array([len(groups[k]) for k in wanted])
+    values = np.full((len(wanted), int(counts.max())), np.nan)
+    for row, k in enumerate(wanted):
+        values[row, : counts[row]] = groups[k]
+    n = len(langs)
+    cross = np.full((n, n), -1)
+    off = ~np.eye(n, dtype=bool)
+    cross[off] = np.arange(2 * n, len(wanted))  # row-major, the order `wanted` lists them
+    return SeedCells(langs, values, counts, np.arange(n), np.arange(n, 2 * n), cross)
+
+
+def _moments(values: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and sample variance (ddof=1; NaN with one seed) over the last axis, padding ignored."""
+    valid = np.arange(values.shape[-1]) < counts[..., None]
+    filled = np.where(valid, values, 0.0)
+    mean = filled.sum(-1) / counts
+    dev = np.where(valid, values - mean[..., None], 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        var = (dev**2).sum(-1) / (counts - 1)
+    return mean, np.where(counts > 1, var, np.nan)
+
+
+# --- the CLTM of many replicates at once --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Replicates:
+    """B CLTMs (NaN rows where undefined), their SEs and self-gains, over all languages."""
+
+    cltm: np.ndarray  # (B, n, n)
+    se: np.ndarray  # (B, n, n)
+    gain: np.ndarray  # (B, n)
+
+
+def _assemble(cells: SeedCells, mean: np.ndarray, var_mean: np.ndarray) -> Replicates:
+    """compute_cltm's arithmetic, vectorised over a leading replicate axis of cell means."""
+    n = len(cells.languages)
+    b, vb = mean[:, cells.base, None], var_mean[:, cells.base, None]
+    c, vc = mean[:, cells.self_, None], var_mean[:, cells.self_, None]
+    idx = np.where(cells.cross >= 0, cells.cross, 0)
+    a, va = mean[:, idx], var_mean[:, idx]
+    num, den = a - b, c - b
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = num / den
+        var = (va + vb) / den**2 + num**2 * (vc + vb) / den**4 - 2 * num * vb / den**3
+    se = np.sqrt(np.maximum(var, 0.0))  # NaN (one seed) stays NaN: maximum propagates it
+    eye = np.eye(n, dtype=bool)
+    ratio[:, eye], se[:, eye] = 1.0, 0.0
+    undefined = ~(den[..., 0] > 0)
+    ratio[undefined], se[undefined] = np.nan, np.nan
+    return Replicates(ratio, se, (c - b)[..., 0])
+
+
+def point_estimate(cells: SeedCells) -> Replicates:
+    """The data's own CLTM as a single replicate (equal to compute_cltm's)."""
+    mean, var = _moments(cells.values, cells.counts)
+    return _assemble(cells, mean[None], (var / cells.counts)[None])
+
+
+def bootstrap_replicates(cells: SeedCells, replicates: int,
+                         rng: np.random.Generator) -> Iterator[Replicates]:
+    """Replicates in chunks: each cell's seeds resampled with replacement, same count."""
+    for start in range(0, replicates, CHUNK):
+        size = min(CHUNK, replicates - start)
+        # A uniform draw scaled by each cell's count picks a seed among that cell's own ones.
+        pick = (rng.random((size, *cells.values.shape)) * cells.counts[:, None]).astype(int)
+        drawn = np.take_along_axis(np.broadcast_to(cells.values, pick.shape), pick, axis=-1)
+        mean, var = _moments(drawn, cells.counts)
+        yield _assemble(cells, mean, var / cells.counts)
+
+
+# --- diagnostics of many replicates -------------------------------------------------------------
+
+
+def _ratio(num: np.ndarray, den: np.ndarray | float) -> np.ndarray:
+    num, den = np.broadcast_arrays(np.asarray(num, float), np.asarray(den, float))
+    out = np.full(num.shape, np.nan)
+    np.divide(num, den, out=out, where=den > 0)
+    return out
+
+
+def _group_diagnostics(c: np.ndarray, se: np.ndarray, gain: np.ndarray,
+                       same: np.ndarray | None) -> dict[str, np.ndarray]:
+    """diagnostics() of G matrices over the same m defined languages; NaN where it gives None.
+
+    `same` is the same-family mask of those languages, None when a family is unknown.
+    """
+    g, m = c.shape[:2]
+    out = {k: np.full(g, np.nan) for k in NUMERIC_KEYS}
+    out["n_languages"] = np.full(g, float(m))
+    if m == 0:
+        return out
+    off = ~np.eye(m, dtype=bool)
+    pos = off & (c > 0)
+    norm_c = np.sqrt((c**2).sum((1, 2)))
+    out["rfd1"] = np.sqrt(((c - 1.0) ** 2).sum((1, 2))) / m
+    out["asym_rel"] = _ratio(np.sqrt(((c - c.transpose(0, 2, 1)) ** 2).sum((1, 2))), norm_c)
+    out["prop_pos"] = _ratio(pos.sum((1, 2)), off.sum())
+    out["reciprocity_pos"] = _ratio((pos & pos.transpose(0, 2, 1)).sum((1, 2)), pos.sum((1, 2)))
+    out["rms"] = norm_c / m
+    out["self_gain_mean"] = gain.mean(1)
+    if m < 2:
+        return out
+    unit = c / np.linalg.norm(c, axis=2, keepdims=True)
+    out["cos_rows"] = np.einsum("gik,gjk->gij", unit, unit)[:, off].mean(1)
+    if same is not None:
+        mass = np.where(pos, c, 0.0)
+        out["intra_family_pos"] = _ratio(mass[:, same & off].sum(1), mass.sum((1, 2)))
+    ses = se[:, off]
+    ok = np.isfinite(ses).all(1)  # diagnostics() nulls both SE statistics on any undefined SE
+    out["se_median"] = np.where(ok, np.median(ses, axis=1), np.nan)
+    out["se_mean"] = np.where(ok, ses.mean(1), np.nan)
+    out["self_gain_std"] = gain.std(1, ddof=1)
+    return out
+
+
+def _family_codes(languages: Sequence[str], families: Mapping[str, str] | None) -> np.ndarray:
+    """Integer family code per language, -1 where no family is known."""
+    labels = [(families or {}).get(t) or None for t in languages]
+    names = sorted({x for x in labels if x is not None})
+    return np.array([names.index(x) if x is not None else -1 for x in labels])
+
+
+def replicate_diagnostics(rep: Replicates, codes: np.ndarray) -> dict[str, np.ndarray]:
+    """Every numeric diagnostic of every replicate, each on its own defined languages.
+
+    Replicates are grouped by their set of defined rows, and each group is computed at once.
+    """
+    defined = ~np.isnan(rep.cltm).all(2)
+    patterns, which = np.unique(defined, axis=0, return_inverse=True)
+    out = {k: np.full(len(defined), np.nan) for k in NUMERIC_KEYS}
+    for p, mask in enumerate(patterns):
+        rows = np.flatnonzero(which.ravel() == p)
+        keep = np.flatnonzero(mask)
+        sub = np.ix_(rows, keep, keep)
+        sub_codes = codes[keep]
+        same = None if (sub_codes < 0).any() else sub_codes[:, None] == sub_codes[None, :]
+        part = _group_diagnostics(rep.cltm[sub], rep.se[sub], rep.gain[np.ix_(rows, keep)], same)
+        for k, v in part.items():
+            out[k][rows] = v
+    return out
+
+
+def diagnostic_intervals(
+    cells: SeedCells,
+    families: Mapping[str, str] | None,
+    point: Mapping[str, object],
+    *,
+    replicates: int,
+    level: float,
+    rng: np.random.Generator,
+) -> tuple[dict[str, dict[str, float | None]], dict[str, object]]:
+    """Percentile bootstrap intervals of the numeric diagnostics, and facts about the replicates.
+
+    `point` is the data's diagnostics dict: a diagnostic that is None there gets no interval.
+    The second dict holds the share of replicates where every target defined in the data stayed
+    defined, each target's defined share, and each diagnostic's defined share.
+    """
+    if not 0 < level < 1:
+        raise CltmError(f"ci_level must lie strictly between 0 and 1, not {level}")
+    codes = _family_codes(cells.languages, families)
+    nulls = {k: {"low": None, "high": None} for k in NUMERIC_KEYS}
+    if replicates <= 0:
+        return nulls, {"replicates": 0}
+    draws: dict[str, list[np.ndarray]] = {k: [] for k in NUMERIC_KEYS}
+    defined: list[np.ndarray] = []
+    for rep in bootstrap_replicates(cells, replicates, rng):
+        for k, v in replicate_diagnostics(rep, codes).items():
+            draws[k].append(v)
+        defined.append(~np.isnan(rep.cltm).all(2))
+    values = {k: np.concatenate(v) for k, v in draws.items()}
+    ci = {}
+    for k in NUMERIC_KEYS:
+        finite = values[k][np.isfinite(values[k])]
+        if point.get(k) is None or finite.size == 0:
+            ci[k] = {"low": None, "high": None}
+            continue
+        low, high = np.quantile(finite, [(1 - level) / 2, (1 + level) / 2])
+        ci[k] = {"low": float(low), "high": float(high)}
+    return ci, _replicate_info(cells, np.concatenate(defined), values, point)
+
+
+def _replicate_info(cells: SeedCells, defined: np.ndarray, values: Mapping[str, np.ndarray],
+                    point: Mapping[str, object]) -> dict[str, object]:
+    data_defined = [t not in (point.get("undefined_targets") or []) for t in cells.languages]
+    kept = defined[:, np.array(data_defined, dtype=bool)].all(1)
+    return {
+        "replicates": len(defined),
+        "all_defined_stayed_defined_share": float(kept.mean()),
+        "same_language_set_share": float((defined == np.array(data_defined)).all(1).mean()),
+        "defined_share": dict(zip(cells.languages, map(float, defined.mean(0)))),
+        "diagnostic_defined_share": {k: float(np.isfinite(v).mean()) for k, v in values.items()},
+    }
+
+
+# --- per-cell tests -----------------------------------------------------------------------------
+
+
+def welch_p(mean_x: np.ndarray, var_x: np.ndarray, n_x: np.ndarray,
+            mean_y: np.ndarray, var_y: np.ndarray, n_y: np.ndarray) -> np.ndarray:
+    """Two-sided Welch t-test p-values from sample moments (ddof=1 variances), vectorised.
+
+    NaN where a side has fewer than 2 seeds or the standard error is 0 (no measured noise).
+    """
+    mean_x, var_x, n_x, mean_y, var_y, n_y = (np.asarray(v, dtype=float) for v in (
+        mean_x, var_x, n_x, mean_y, var_y, n_y))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ax, ay = var_x / n_x, var_y / n_y
+        se2 = ax + ay
+        t = (mean_x - mean_y) / np.sqrt(se2)
+        df = se2**2 / (ax**2 / (n_x - 1) + ay**2 / (n_y - 1))  # Welch–Satterthwaite
+        p = 2.0 * sps.t.sf(np.abs(t), df)
+    ok = (n_x >= 2) & (n_y >= 2) & (se2 > 0) & np.isfinite(se2)
+    return np.where(ok, p, np.nan)
+
+
+def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
+    """BH q-values (adjusted p-values) of the finite p's; NaN p's stay NaN and are not counted."""
+    p = np.asarray(p, dtype=float)
+    q = np.full(p.shape, np.nan)
+    ok = np.isfinite(p)
+    m = int(ok.sum())
+    if m == 0:
+        return q
+    order = np.argsort(p[ok], kind="stable")
+    scaled = p[ok][order] * m / np.arange(1, m + 1)
+    # q_(k) = min over j >= k of p_(j) m / j: a running minimum from the largest p down.
+    adjusted = np.minimum(np.minimum.accumulate(scaled[::-1])[::-1], 1.0)
+    out = np.empty(m)
+    out[order] = adjusted
+    q[ok] = out
+    return q
+
+
+def cell_tests(cells: SeedCells, fdr: float, result: CltmResult | None = None) -> pd.DataFrame:
+    """One row per off-diagonal cell: the CLTM, its SE, the tests against 0 and 1, BH-adjusted.
+
+    The CLTM and SE columns are `result`'s (compute_cltm's, so that they equal cltm.csv to the
+    bit) when given, else the same values computed here from the seeds.
+    """
+    if not 0 < fdr < 1:
+        raise CltmError(f"fdr must lie strictly between 0 and 1, not {fdr}")
+    langs = cells.languages
+    n = len(langs)
+    mean, var = _moments(cells.values, cells.counts)
+    tgt, don = np.nonzero(~np.eye(n, dtype=bool))
+    x = cells.cross[tgt, don]
+    point = point_estimate(cells)
+    value, se = point.cltm[0, tgt, don], point.se[0, tgt, don]
+    if result is not None:
+        value = result.matrix.reindex(index=langs, columns=langs).to_numpy()[tgt, don]
+        se = result.se.reindex(index=langs, columns=langs).to_numpy()[tgt, don]
+    defined = (point.gain[0] > 0)[tgt]
+    moments = (mean[x], var[x], cells.counts[x])
+
+    def test(other: np.ndarray) -> np.ndarray:
+        y = other[tgt]
+        p = welch_p(*moments, mean[y], var[y], cells.counts[y])
+        return np.where(defined, p, np.nan)
+
+    p0, p1 = test(cells.base), test(cells.self_)
+    q0, q1 = benjamini_hochberg(p0), benjamini_hochberg(p1)
+    differs0, differs1 = q0 <= fdr, q1 <= fdr  # NaN compares False: never a discovery
+    direction = np.where(differs1, np.where(value > 1, "above 1", "below 1"), "")
+    return pd.DataFrame({
+        "target": np.array(langs)[tgt], "donor": np.array(langs)[don], "cltm": value, "se": se,
+        "p_vs0": p0, "q_vs0": q0, "p_vs1": p1, "q_vs1": q1,
+        "differs_from_0": differs0, "differs_from_1": differs1, "direction": direction,
+    }, columns=list(SIGNIFICANCE_COLUMNS))
+
+
+def marks_from_tests(tests: pd.DataFrame) -> pd.DataFrame:
+    """Target x donor frame: +1 where a cell is above 1 at the FDR, -1 below, 0 otherwise."""
+    sign = np.select([tests["direction"] == "above 1", tests["direction"] == "below 1"],
+                     [1.0, -1.0], 0.0)
+    return tests.assign(mark=sign).pivot(index="target", columns="donor", values="mark")
+
+
+# --- family structure ---------------------------------------------------------------------------
+
+
+def _defined_square(matrix: pd.DataFrame) -> pd.DataFrame:
+    m = check_matrix(matrix)
+    keep = [t for t in m.index if not m.loc[t].isna().all()]
+    return m.loc[keep, keep]
+
+
+def _family_sums(c_off: np.ndarray, onehot: np.ndarray) -> np.ndarray:
+    """Sum of c_off over same-family pairs, for each labelling in `onehot` (P, m, F)."""
+    return np.einsum("pif,ij,pjf->p", onehot, c_off, onehot)
+
+
+def _perm_p(null: np.ndarray, observed: float, *, two_sided: bool) -> float:
+    # A small tolerance so that a shuffle equal to the data (up to float rounding) counts.
+    tol = 1e-12 * max(1.0, abs(observed))
+    hits = (np.abs(null) >= abs(observed) - tol) if two_sided else (null >= observed - tol)
+    return float((1 + hits.sum()) / (1 + null.size))
+
+
+def family_structure(
+    matrix: pd.DataFrame,
+    families: Mapping[str, str] | None,
+    *,
+    family_level: str,
+    permutations: int,
+    rng: np.random.Generator,
+) -> dict[str, object]:
+    """The family-block contrast and intra_family_pos with permutation p-values and chance values.
+
+    Works on the defined languages of `matrix` (all-NaN rows and their columns left out). Null
+    statistics where a language has no family, or there are fewer than 2 families or no
+    same-family pair; null p and chance values when `permutations` is 0.
+    """
+    out: dict[str, object] = dict.fromkeys(FAMILY_KEYS)
+    out.update(family_level=family_level, permutations=int(permutations))
+    sub = _defined_square(matrix)
+    codes = _family_codes(list(sub.index), families)
+    if codes.size == 0 or (codes < 0).any():
+        return out
+    n_fam = int(np.unique(codes).size)
+    out["n_families"] = n_fam
+    m = len(codes)
+    off = ~np.eye(m, dtype=bool)
+    same = (codes[:, None] == codes[None, :]) & off
+    if n_fam < 2 or not same.any():
+        return out
+    c_off = np.where(off, sub.to_numpy(), 0.0)
+    mass = np.where(c_off > 0, c_off, 0.0)
+    n_same, n_all = int(same.sum()), int(off.sum())
+    total, pos_total = c_off.sum(), mass.sum()
+
+    def stats_of(same_sum: np.ndarray, mass_sum: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        contrast = same_sum / n_same - (total - same_sum) / (n_all - n_same)
+        intra = mass_sum / pos_total if pos_total > 0 else np.full(same_sum.shape, np.nan)
+        return contrast, intra
+
+    onehot = np.eye(n_fam)[codes][None]
+    contrast, intra = stats_of(_family_sums(c_off, onehot), _family_sums(mass, onehot))
+    out.update(contrast=float(contrast[0]), same_family_pair_share=n_same / n_all,
+               intra_family_pos=float(intra[0]) if pos_total > 0 else None)
+    if permutations <= 0:
+        return out
+    null_c, null_i = [], []
+    for start in range(0, permutations, CHUNK):
+        size = min(CHUNK, permutations - start)
+        shuffled = rng.permuted(np.broadcast_to(codes, (size, m)), axis=1)
+        hot = np.eye(n_fam)[shuffled]
+        c_perm, i_perm = stats_of(_family_sums(c_off, hot), _family_sums(mass, hot))
+        null_c.append(c_perm)
+        null_i.append(i_perm)
+    nc, ni = np.concatenate(null_c), np.concatenate(null_i)
+    out.update(contrast_p=_perm_p(nc, out["contrast"], two_sided=True),
+               contrast_chance=float(nc.mean()))
+    if out["intra_family_pos"] is not None:
+        out.update(intra_family_pos_p=_perm_p(ni, out["intra_family_pos"], two_sided=False),
+                   intra_family_pos_chance=float(ni.mean()))
+    return out
+
+
+def format_family(fs: Mapping[str, object]) -> str:
+    """A family_structure dict as one readable line."""
+    def num(key: str, fmt: str = ".4f") -> str:
+        v = fs.get(key)
+        return "n/a" if v is None else format(v, fmt)
+
+    if fs.get("contrast") is None:
+        return (f"family structure ({fs.get('family_level')}): not testable (a language without "
+                "a family, fewer than 2 families, or no same-family pair)")
+    return (f"family structure ({fs.get('family_level')}, {fs.get('n_families')} families): "
+            f"contrast {num('contrast')} (two-sided permutation p {num('contrast_p')}, chance "
+            f"{num('contrast_chance')}); intra_family_pos {num('intra_family_pos')} (one-sided p "
+            f"{num('intra_family_pos_p')}, chance {num('intra_family_pos_chance')}, same-family "
+            f"pair share {num('same_family_pair_share')}); {fs.get('permutations')} permutations")
+
+
+# --- the stage's files --------------------------------------------------------------------------
+
+
+def streams(stats_seed: int) -> tuple[np.random.Generator, np.random.Generator]:
+    """Independent bootstrap and permutation generators from one seed (so that changing the
+    number of permutations leaves the bootstrap as it was)."""
+    if int(stats_seed) < 0:
+        raise CltmError(f"stats_seed must be a non-negative integer, not {stats_seed}")
+    boot, perm = np.random.SeedSequence(int(stats_seed)).spawn(2)
+    return np.random.default_rng(boot), np.random.default_rng(perm)
+
+
+def write_json(d: Mapping, path: Path) -> None:
+    path.write_text(json.dumps(d, indent=2) + "\n", encoding="utf-8")
+
+
+def write_stats(
+    runs: pd.DataFrame,
+    result: CltmResult,
+    diag: Mapping[str, object],
+    families: Mapping[str, str] | None,
+    out_dir: Path,
+    *,
+    family_level: str,
+    fdr: float = 0.05,
+    bootstrap: int = 1000,
+    ci_level: float = 0.95,
+    permutations: int = 2000,
+    stats_seed: int = 0,
+) -> pd.DataFrame:
+    """Write cltm_significance.csv, diagnostics_ci.json, family_structure.json, stats_info.json.
+
+    `diag` is the data's diagnostics (as written to diagnostics.json); returns the cell tests.
+    Every file is written even when the bootstrap or the permutations are off (0): with nulls.
+    """
+    out_dir = Path(out_dir)
+    boot_rng, perm_rng = streams(stats_seed)
+    cells = seed_cells(runs, list(result.matrix.index))
+    tests = cell_tests(cells, fdr, result)
+    tests.to_csv(out_dir / SIGNIFICANCE_FILE, index=False)
+
+    ci, info = diagnostic_intervals(cells, families, diag, replicates=bootstrap, level=ci_level,
+                                    rng=boot_rng)
+    write_json({k: json_ready(v) for k, v in ci.items()}, out_dir / CI_FILE)
+    fam = family_structure(result.matrix, families, family_level=family_level,
+                           permutations=permutations, rng=perm_rng)
+    write_json(json_ready(fam), out_dir / FAMILY_FILE)
+
+    settings = {"fdr": fdr, "bootstrap": int(bootstrap), "ci_level": ci_level,
+                "permutations": int(permutations), "stats_seed": int(stats_seed)}
+    counts = {"tested_vs0": int(tests["p_vs0"].notna().sum()),
+              "tested_vs1": int(tests["p_vs1"].notna().sum()),
+              "differs_from_0": int(tests["differs_from_0"].sum()),
+              "differs_from_1": int(tests["differs_from_1"].sum())}
+    write_json(_rounded({**settings, "cells": counts, "bootstrap_replicates": info}),
+               out_dir / INFO_FILE)
+    log.info("%d of %d tested cells differ from 1 at FDR %g; %s", counts["differs_from_1"],
+             counts["tested_vs1"], fdr, format_family(fam))
+    return tests
+
+
+def _rounded(d: Mapping) -> dict:
+    return {k: _rounded(v) if isinstance(v, Mapping) else json_ready({"v": v})["v"]
+            for k, v in d.items()}
