@@ -57,7 +57,8 @@ _DELETE = object()
     ("key", "value", "message"),
     [
         ("data.sorce", "demo", r"unknown key data\.sorce"),
-        ("tasks.gender.N", "eight", r"tasks\.gender\.N must be an integer, got str"),
+        ("tasks.gender.N", "eight",
+         r"tasks\.gender\.N must be an integer or one of .auto., got str"),
         ("tasks.gender.N", True, r"tasks\.gender\.N must be an integer"),
         ("train.seeds", 3, r"train\.seeds must be a list of integers"),
         ("train.seeds", [1, "x"], r"train\.seeds\[1\] must be an integer"),

@@ -1,5 +1,6 @@
 """The demo stages end to end through `dvc repro`, in a temporary copy of the repository."""
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -19,10 +20,14 @@ TINY = {
     "data": {"languages": ["es", "de"]},
     "demo": {"speakers_per_language": 16, "clips_per_speaker": 3, "dev_speakers": 2,
              "test_speakers": 4},
-    "tasks": {"gender": {"N": 2, "clips_per_speaker": 1},
+    "tasks": {"gender": {"N": "auto", "clips_per_speaker": 1},
               "speaker": {"N": 4, "clips_per_speaker": 2}},
     "train": {"seeds": [0]},
     "pretrain": {"epochs": 2},
+    "analysis": {"probe_clips": 4},
+    # gender's N comes from its learning curve; speaker's curve runs too (its N stays fixed)
+    "curve": {"enabled": True, "N_grid": {"gender": [1, 2, 4], "speaker": [4, 8]},
+              "seeds": [0, 1]},
 }
 
 
@@ -80,7 +85,9 @@ def test_repro_writes_corpus_manifests_trials_and_pack(repo):
 
     gender = pd.read_csv(repo / "data" / "subsets" / "gender" / "manifest.csv")
     train = gender[gender["role"] != "eval"]
-    assert (train.groupby(["language", "role", "gender"]).size() == 2).all()
+    chosen = json.loads((repo / "metrics" / "curves" / "gender.json").read_text())["chosen_N"]
+    assert chosen in (1, 2)  # 2N must be on the grid [1, 2, 4]
+    assert (train.groupby(["language", "role", "gender"]).size() == chosen).all()
 
     trials = pd.read_csv(repo / "data" / "subsets" / "speaker" / "trials.csv")
     assert {"a", "b", "label", "language"} <= set(trials.columns)
@@ -111,16 +118,61 @@ def test_repro_trains_every_run_and_writes_the_cltm(repo):
 
 
 @pytest.mark.slow
-def test_changing_gender_N_reruns_only_what_depends_on_it(repo):
+def test_curve_stage_chooses_N_from_nested_base_runs(repo):
+    for task, grid in (("gender", [1, 2, 4]), ("speaker", [4, 8])):
+        runs = pd.read_json(repo / "metrics" / "runs" / f"{task}-curve" / "runs.jsonl",
+                            lines=True)
+        assert len(runs) == 2 * len(grid) * 2  # languages x N x seeds
+        assert set(runs["condition"]) == {"base"} and sorted(runs["n"].unique()) == grid
+        # nested: a curve run on N trains on N clips per class (gender) or N clips (speaker)
+        per_class = 2 if task == "gender" else 1
+        assert (runs["train_clips"] == runs["n"] * per_class).all()
+        choice = json.loads((repo / "metrics" / "curves" / f"{task}.json").read_text())
+        assert choice["enabled"] and choice["chosen_N"] in grid[:-1]
+        assert set(choice["implied_self_gain"]) == {"es", "de"}
+        for name in ("curve.png", "interval_scores.png", "curve.csv"):
+            assert (repo / "metrics" / "curves" / task / name).is_file()
+    shown = _run(["dvc", "metrics", "show"], repo)
+    assert "metrics/curves/gender.json" in shown and "chosen_N" in shown
+
+
+@pytest.mark.slow
+def test_geometry_and_gaps_stages_write_their_metrics(repo):
+    probes = list((repo / "metrics" / "runs" / "speaker" / "probes").glob("*.npz"))
+    assert len(probes) == 2 * 2 + 2  # one per run of the grid
+    geometry = json.loads((repo / "metrics" / "speaker" / "geometry.json").read_text())
+    assert geometry["enabled"] and geometry["probe_clips"] == 4
+    assert {"centroid", "sinkhorn"} == set(geometry["correlations"])
+    per_run = pd.read_csv(repo / "metrics" / "speaker" / "geometry" / "per_run.csv")
+    assert len(per_run) == 2  # the cross runs: 2 targets x 1 donor x 1 seed
+    assert (per_run[["centroid", "sinkhorn"]] > 0).all().all()
+    for task in ("gender", "speaker"):
+        gaps = json.loads((repo / "metrics" / task / "gaps.json").read_text())
+        assert set(gaps["performance_gap"]) == {"base", "self", "cross"}
+        assert gaps["cka"]["enabled"]
+        cka = pd.read_csv(repo / "metrics" / task / "gaps" / "cka.csv").set_index("target")
+        values = cka.to_numpy(dtype=float)
+        assert ((values >= -1e-9) & (values <= 1 + 1e-9)).all()
+    report = (repo / "metrics" / "report.md").read_text()
+    assert "Performance and linguistic gaps" in report and "Embedding geometry" in report
+    assert "Choosing N" in report
+
+
+@pytest.mark.slow
+def test_changing_speaker_N_reruns_only_what_depends_on_it(repo):
+    curve_store = repo / "metrics" / "runs" / "speaker-curve" / "runs.jsonl"
+    before = curve_store.read_text()
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["tasks"]["gender"]["N"] = 1
+    params["tasks"]["speaker"]["N"] = 8
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     ran = _ran(_run(["dvc", "repro"], repo))
-    # the report reruns only if the gender metrics changed
-    assert {"subsets@gender", "grid@gender", "cltm@gender"} <= ran
-    assert ran <= {"subsets@gender", "grid@gender", "cltm@gender", "report"}
-    manifest = pd.read_csv(repo / "data" / "subsets" / "gender" / "manifest.csv")
-    assert (manifest[manifest["role"] == "D"].groupby(["language", "gender"]).size() == 1).all()
+    # the curve keeps its runs (their hash leaves N out): only its data and choice are redone
+    downstream = {"subsets@speaker", "grid@speaker", "cltm@speaker", "gaps@speaker",
+                  "geometry"}
+    assert downstream <= ran <= downstream | {"curve@speaker", "report"}
+    assert curve_store.read_text() == before  # no curve run was retrained
+    manifest = pd.read_csv(repo / "data" / "subsets" / "speaker" / "manifest.csv")
+    assert (manifest[manifest["role"] == "D"].groupby("language").size() == 8).all()
 
 
 @pytest.mark.slow

@@ -95,6 +95,52 @@ def _grid(args: argparse.Namespace, config: Config) -> None:
         run_grid(config, task, progress=not args.no_progress)
 
 
+def _curve(args: argparse.Namespace, config: Config) -> None:
+    from cltm.analysis.beyond import curve_disabled, run_curve_analysis
+    from cltm.train.stage import curve_data_dir, curve_runs_dir
+
+    tasks = TASKS if args.task == "all" else (args.task,)
+    for task in tasks:
+        data, runs = curve_data_dir(task), curve_runs_dir(task)
+        if not config.curve.enabled:
+            # The stage exists in every pipeline (subsets reads its choice); off, it only
+            # leaves notes. The run store is kept: turning the curve on again resumes it.
+            for d in (data, runs):
+                d.mkdir(parents=True, exist_ok=True)
+                (d / "README.txt").write_text("curve.enabled is false: no learning curve.\n")
+            curve_disabled(task)
+            log.info("curve.enabled is false: no %s learning curve", task)
+            continue
+        from cltm.data.build import build_curve_subsets
+        from cltm.train.stage import run_curve
+
+        (data / "README.txt").unlink(missing_ok=True)
+        build_curve_subsets(config, task, data, progress=not args.no_progress)
+        run_curve(config, task, progress=not args.no_progress)
+        run_curve_analysis(config, task, runs)
+
+
+def _geometry(args: argparse.Namespace, config: Config) -> None:
+    from cltm.analysis.beyond import run_geometry
+
+    run_geometry(config, Path("metrics") / "runs" / "speaker")
+
+
+def _gaps(args: argparse.Namespace, config: Config) -> None:
+    from cltm.analysis.beyond import run_gaps
+
+    tasks = TASKS if args.task == "all" else (args.task,)
+    for task in tasks:
+        run_gaps(config, task, Path("metrics") / "runs" / task, families=_families(config))
+
+
+def _families(config: Config) -> dict[str, str]:
+    from cltm.analysis.languages import family_map
+
+    csv = Path(config.demo.out) / "families.csv" if config.data.source == "demo" else None
+    return family_map(config.analysis.family_level, csv if csv and csv.is_file() else None)
+
+
 def _plan(args: argparse.Namespace, config: Config) -> None:
     from cltm.train.stage import plan
 
@@ -144,10 +190,13 @@ def _languages(args: argparse.Namespace, config: Config) -> None:
     root = Path(args.root or config.data.commonvoice.root)
     locales = args.locales or config.data.languages
     table = commonvoice.read_release(root, locales)
+    from cltm.data.build import resolve_n
+
     g, s = config.tasks.gender, config.tasks.speaker
     report = subsets.language_capacity(
-        table, locales, gender_N=g.N, gender_cps=g.clips_per_speaker,
-        speaker_N=s.N, speaker_cps=s.clips_per_speaker, pool=config.data.commonvoice.pool,
+        table, locales, gender_N=resolve_n(config, "gender"), gender_cps=g.clips_per_speaker,
+        speaker_N=resolve_n(config, "speaker"), speaker_cps=s.clips_per_speaker,
+        pool=config.data.commonvoice.pool,
     )
     print(report.to_string())
 
@@ -174,6 +223,17 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("grid", help="train and score every run of a task's grid (resumable)")
     g.add_argument("--task", choices=[*TASKS, "all"], required=True)
     g.set_defaults(func=_grid)
+
+    cu = sub.add_parser("curve", help="learning curves over curve.N_grid; choose N (§2.2)")
+    cu.add_argument("--task", choices=[*TASKS, "all"], required=True)
+    cu.set_defaults(func=_curve)
+
+    ge = sub.add_parser("geometry", help="speaker embedding geometry of every cross run")
+    ge.set_defaults(func=_geometry)
+
+    ga = sub.add_parser("gaps", help="performance gap and linguistic gap (CKA) of a task")
+    ga.add_argument("--task", choices=[*TASKS, "all"], required=True)
+    ga.set_defaults(func=_gaps)
 
     pl = sub.add_parser("plan", help="runs per task, how many are done, the time left")
     pl.set_defaults(func=_plan)

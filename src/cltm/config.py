@@ -61,14 +61,16 @@ class DemoConfig:
 
 @dataclass(frozen=True)
 class GenderTaskConfig:
-    N: int  # clips per class in each of D and D'
+    # Clips per class in each of D and D'; `auto`: the N the curve stage chose.
+    N: int | Literal["auto"]
     clips_per_speaker: int = 1
     eval_max_per_language: int | None = None
 
 
 @dataclass(frozen=True)
 class SpeakerTaskConfig:
-    N: int  # clips in each of D and D'
+    # Clips in each of D and D'; `auto`: the N the curve stage chose.
+    N: int | Literal["auto"]
     clips_per_speaker: int = 1
     max_pairs_per_speaker: int = 200
 
@@ -150,6 +152,29 @@ class AnalysisConfig:
     ci_level: float = 0.95
     permutations: int = 2000
     stats_seed: int = 0
+    # Embedding probes (geometry and linear CKA): at most this many evaluation clips per
+    # language, chosen once by data.selection_seed and embedded by every fine-tuned model;
+    # 0 turns the probes off. The grid depends on it: changing it retrains.
+    probe_clips: int = 0
+    # Entropic regularisation of the Sinkhorn distance, as a fraction of the median cost.
+    sinkhorn_reg: float = 0.05
+
+
+@dataclass(frozen=True)
+class CurveConfig:
+    """Learning curves of base runs over N, and the paper's dynamic interval (§2.2)."""
+
+    enabled: bool = False
+    # Per task, the training sizes (same unit as tasks.<task>.N); nested: the clips of a
+    # smaller N are a subset of those of a larger one.
+    N_grid: dict[str, list[int]] = field(default_factory=dict)
+    languages: list[str] | None = None  # null: every language of data.languages
+    seeds: list[int] = field(default_factory=lambda: [0, 1])
+    # The interval score min(Δ/(τ·P(N)), Δ/(z·SE), (Δ/ln 2)/ε), and the smoothing over log N.
+    tau: float = 0.05
+    z: float = 1.3
+    eps: float = 0.05
+    bandwidth: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -161,6 +186,7 @@ class Config:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
+    curve: CurveConfig = field(default_factory=CurveConfig)
 
     @property
     def corpus_root(self) -> Path:
@@ -226,7 +252,18 @@ def _convert(hint: Any, value: Any, key: str, source: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _convert(inner[0], value, key, source)
+        for alternative in inner[:-1]:
+            try:
+                return _convert(alternative, value, key, source)
+            except CltmError:
+                continue
+        try:
+            return _convert(inner[-1], value, key, source)
+        except CltmError:
+            if len(inner) == 1:
+                raise
+            raise CltmError(f"{source}: {key} must be {_expected(hint)}, "
+                            f"got {_describe(value)}") from None
     if origin is Literal:
         if value not in args:
             raise CltmError(f"{source}: {key} must be one of {', '.join(map(repr, args))}, "
@@ -258,7 +295,8 @@ def _expected(hint: Any) -> str:
         return "a mapping"
     if origin in (Union, types.UnionType):
         inner = [a for a in args if a is not type(None)]
-        return f"{_expected(inner[0])} or null"
+        text = " or ".join(_expected(a) for a in inner)
+        return f"{text} or null" if type(None) in args else text
     if origin is Literal:
         return "one of " + ", ".join(map(repr, args))
     if origin is dict:
@@ -291,16 +329,17 @@ def _check_values(c: Config, source: str) -> None:
         fail("train.seeds has repeated seeds: each seed must be a distinct run")
     for name in TASKS:
         t = getattr(c.tasks, name)
-        if t.N < 1 or t.clips_per_speaker < 1:
-            fail(f"tasks.{name}.N and tasks.{name}.clips_per_speaker must be positive")
-        if t.N % t.clips_per_speaker:
-            fail(f"tasks.{name}.N ({t.N}) must be a multiple of tasks.{name}.clips_per_speaker "
-                 f"({t.clips_per_speaker}): every speaker gives the same number of clips")
-    spk = c.tasks.speaker
-    if (spk.N // spk.clips_per_speaker) % 2:
-        fail(f"tasks.speaker.N / tasks.speaker.clips_per_speaker = "
-             f"{spk.N // spk.clips_per_speaker} speakers per subset must be even "
-             "(speakers are balanced by gender)")
+        if t.clips_per_speaker < 1:
+            fail(f"tasks.{name}.clips_per_speaker must be positive")
+        if t.N == "auto":
+            if not c.curve.enabled:
+                fail(f"tasks.{name}.N is auto, which takes the N that the curve stage chooses, "
+                     "but curve.enabled is false: set curve.enabled: true (and "
+                     f"curve.N_grid.{name}) or give tasks.{name}.N a number")
+            continue
+        problem = n_problem(name, t.N, t.clips_per_speaker)
+        if problem:
+            fail(f"tasks.{name}.N ({t.N}) {problem}")
     cap = c.tasks.gender.eval_max_per_language
     if cap is not None and cap < 2:
         fail("tasks.gender.eval_max_per_language must be at least 2 (or null for no cap)")
@@ -318,7 +357,11 @@ def _check_values(c: Config, source: str) -> None:
             fail("pretrain.epochs, batch_size and lr must be positive and clusters at least 2")
         if not 0.5 <= p.crop_seconds <= 10:
             fail("pretrain.crop_seconds must lie in [0.5, 10]")
+    _check_curve(c, fail)
     a = c.analysis
+    if a.probe_clips < 0 or a.sinkhorn_reg <= 0:
+        fail("analysis.probe_clips must be >= 0 (0 turns probes off) and "
+             "analysis.sinkhorn_reg positive")
     if not 0 < a.fdr < 1 or not 0 < a.ci_level < 1:
         fail("analysis.fdr and analysis.ci_level must lie strictly between 0 and 1")
     if a.bootstrap < 0 or a.permutations < 0:
@@ -357,3 +400,48 @@ def _check_values(c: Config, source: str) -> None:
              "at an unpacked Common Voice release (the folder that holds one folder per "
              "locale, e.g. cv-corpus-22.0-2025-06-20/); download it from "
              "https://commonvoice.mozilla.org/datasets")
+
+
+def n_problem(task: str, N: int, clips_per_speaker: int) -> str | None:
+    """Why N cannot be drawn with this many clips per speaker, or None when it can."""
+    if N < 1:
+        return "must be positive"
+    if N % clips_per_speaker:
+        return (f"must be a multiple of tasks.{task}.clips_per_speaker ({clips_per_speaker}): "
+                "every speaker gives the same number of clips")
+    if task == "speaker" and (N // clips_per_speaker) % 2:
+        return (f"/ clips_per_speaker ({clips_per_speaker}) = {N // clips_per_speaker} "
+                "speakers per subset must be even (speakers are balanced by gender)")
+    return None
+
+
+def _check_curve(c: Config, fail: typing.Callable[[str], None]) -> None:
+    cv = c.curve
+    unknown = sorted(set(cv.N_grid) - set(TASKS))
+    if unknown:
+        fail(f"curve.N_grid has unknown task(s) {', '.join(unknown)}; allowed: "
+             f"{', '.join(TASKS)}")
+    for task, grid in cv.N_grid.items():
+        cps = getattr(c.tasks, task).clips_per_speaker
+        for N in grid:
+            problem = n_problem(task, N, cps)
+            if problem:
+                fail(f"curve.N_grid.{task}: N ({N}) {problem}")
+        if len(set(grid)) != len(grid):
+            fail(f"curve.N_grid.{task} repeats a value")
+    if not cv.enabled:
+        return
+    for task in TASKS:
+        grid = cv.N_grid.get(task, [])
+        if not any(2 * n in grid for n in grid):
+            fail(f"curve.N_grid.{task} must hold at least one N together with 2N (the interval "
+                 f"score compares P(N) with P(2N)); got {grid}")
+    if cv.languages is not None:
+        extra = sorted(set(cv.languages) - set(c.data.languages))
+        if extra or not cv.languages:
+            fail(f"curve.languages must be a non-empty subset of data.languages; not in "
+                 f"data.languages: {', '.join(extra) or '(empty list)'}")
+    if not cv.seeds or len(set(cv.seeds)) != len(cv.seeds):
+        fail("curve.seeds must list at least one seed, none repeated")
+    if min(cv.tau, cv.z, cv.eps, cv.bandwidth) <= 0:
+        fail("curve.tau, curve.z, curve.eps and curve.bandwidth must be positive")

@@ -196,6 +196,8 @@ def json_ready(d: Mapping, digits: int = 6) -> dict:
     """Floats rounded to `digits` decimals, NaN as None, numpy scalars as Python numbers."""
 
     def conv(v: object) -> object:
+        if isinstance(v, Mapping):
+            return {k: conv(x) for k, x in v.items()}
         if isinstance(v, (list, tuple)):
             return [conv(x) for x in v]
         if isinstance(v, (np.integer, int)) and not isinstance(v, bool):

@@ -215,3 +215,70 @@ def plot_offdiag_hist(values: np.ndarray, path: Path, *, title: str = "off-diago
     ax.set_title(title)
     ax.legend(fontsize=8)
     fig.savefig(path, dpi=120)
+
+
+def plot_vs_cltm(cltm: pd.DataFrame, others: Mapping[str, pd.DataFrame], path: Path, *,
+                 title: str) -> None:
+    """One scatter per measure: each defined off-diagonal CLTM cell against the measure."""
+    langs = list(cltm.index)
+    mask = ~np.eye(len(langs), dtype=bool)
+    y = cltm.reindex(index=langs, columns=langs).to_numpy(dtype=float)[mask]
+    fig = Figure(figsize=(4.5 * len(others), 4), layout="constrained")
+    for k, (name, matrix) in enumerate(others.items(), start=1):
+        ax = fig.add_subplot(1, len(others), k)
+        x = matrix.reindex(index=langs, columns=langs).to_numpy(dtype=float)[mask]
+        ok = np.isfinite(x) & np.isfinite(y)
+        ax.scatter(x[ok], y[ok], s=18, color="tab:blue")
+        ax.axhline(0.0, color="black", linewidth=0.8)
+        ax.axhline(1.0, color="tab:red", linewidth=0.8, linestyle="--")
+        ax.set_xlabel(f"{name} distance (mean over seeds)")
+        ax.set_ylabel("CLTM[target, donor]")
+    fig.suptitle(title)
+    fig.savefig(path, dpi=120)
+
+
+def plot_performance_gap(scores: Mapping[str, pd.Series], gaps: Mapping[str, Mapping],
+                         path: Path, *, names: Mapping[str, str], title: str) -> None:
+    """Per-language scores of each condition side by side, with each condition's SD and mean
+    RPD over languages in the legend."""
+    langs = sorted(set().union(*(s.index for s in scores.values())))
+    width = 0.8 / max(1, len(scores))
+    fig = Figure(figsize=(max(6.0, 0.6 * len(langs) + 3), 4), layout="constrained")
+    ax = fig.add_subplot()
+    for k, (cond, s) in enumerate(scores.items()):
+        g = gaps[cond]
+        label = f"{cond}: SD {g['std']:.3f}, mean RPD {g['mean_rpd']:.1f}%"
+        ax.bar(np.arange(len(langs)) + (k - (len(scores) - 1) / 2) * width,
+               s.reindex(langs).to_numpy(dtype=float), width=width, label=label)
+    ax.set_xticks(range(len(langs)), [names.get(x, x) for x in langs], rotation=90, fontsize=8)
+    ax.set_ylabel("score (mean over seeds)")
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.savefig(path, dpi=120)
+
+
+def plot_similarity(matrix: pd.DataFrame, path: Path, *, families: Mapping[str, str],
+                    names: Mapping[str, str], title: str) -> None:
+    """A target x donor similarity matrix in [0, 1], ordered by family like the CLTM."""
+    order = language_order(matrix.index, families, names)
+    data = matrix.loc[order, order].to_numpy(dtype=float)
+    n = len(order)
+    side = max(4.5, 0.34 * n + 3.0)
+    fig = Figure(figsize=(side + 1.2, side), layout="constrained")
+    ax = fig.add_subplot()
+    image = ax.imshow(np.ma.masked_invalid(data), cmap="viridis", vmin=0.0, vmax=1.0,
+                      interpolation="nearest")
+    fig.colorbar(image, ax=ax, shrink=0.8, label="similarity")
+    labels = [names.get(loc, loc) for loc in order]
+    ax.set_xticks(range(n), labels, rotation=90, fontsize=8)
+    ax.set_yticks(range(n), labels, fontsize=8)
+    ax.set_xlabel("donor")
+    ax.set_ylabel("target")
+    ax.set_title(title, fontsize=9)
+    if n <= ANNOTATE_MAX:
+        for r in range(n):
+            for k in range(n):
+                if np.isfinite(data[r, k]):
+                    ax.text(k, r, f"{data[r, k]:.2f}", ha="center", va="center", fontsize=7,
+                            color="white" if data[r, k] < 0.5 else "black")
+    fig.savefig(path, dpi=120)

@@ -261,6 +261,106 @@ def _trust_section(task_dir: Path, d: dict) -> list[str]:
     return out
 
 
+def _curve_section(metrics_dir: Path, report: Path) -> list[str]:
+    out = ["## Choosing N (learning curves, paper §2.2)", ""]
+    any_curve = False
+    for task in TASKS:
+        c = _read_json(metrics_dir / "curves" / f"{task}.json")
+        if not c or not c.get("enabled"):
+            continue
+        any_curve = True
+        p = c.get("params", {})
+        out += [f"**{TASK_TITLES.get(task, task)}**: chosen N = **{c['chosen_N']}** from base "
+                f"runs at N = {', '.join(map(str, c['N_grid']))} over {c['seeds']} seeds and "
+                f"{len(c['languages'])} languages (interval score min(Δ/(τ·P(N)), Δ/(z·SE), "
+                f"(Δ/ln 2)/ε) with τ = {p.get('tau')}, z = {p.get('z')}, ε = {p.get('eps')}; "
+                "median over languages, smoothed over ln N).", "",
+                "| N | median score | smoothed |", "|---|---|---|"]
+        for n, v in c["score_by_N"].items():
+            mark = " ←" if int(n) == c["chosen_N"] else ""
+            out.append(f"| {n}{mark} | {_fmt(v['median'], 'num')} | "
+                       f"{_fmt(v['smoothed'], 'num')} |")
+        gains = c.get("implied_self_gain", {})
+        out += ["", f"Self-gain this N implies (P(2N) − P(N) on the curve): "
+                f"{c.get('implied_self_gain_positive')} of {len(gains)} languages positive; "
+                + ", ".join(f"{k} {_fmt(v['delta'], 'num')} ± {_fmt(v['se'], 'num')}"
+                            for k, v in gains.items()), ""]
+        for file in ("curve.png", "interval_scores.png"):
+            path = metrics_dir / "curves" / task / file
+            if path.is_file():
+                out += [f"![{task} {file}]({_link(path, report)})", ""]
+    if not any_curve:
+        out += ["Not run (curve.enabled: false): N is fixed in params.yaml.", ""]
+    return out
+
+
+def _corr_row(name: str, c: dict) -> str:
+    return (f"| {name} | {c.get('n')} | {_fmt(c.get('spearman'), 'num')} | "
+            f"{_fmt(c.get('spearman_p'), 'num')} | {_fmt(c.get('kendall'), 'num')} | "
+            f"{_fmt(c.get('kendall_p'), 'num')} |")
+
+
+CORR_HEAD = ["| measure | cells | Spearman ρ | p | Kendall τ | p |", "|---|---|---|---|---|---|"]
+
+
+def _geometry_section(metrics_dir: Path, report: Path) -> list[str]:
+    out = ["## Embedding geometry (speaker, paper §4.3)", ""]
+    g = _read_json(metrics_dir / "speaker" / "geometry.json")
+    if g is None or not g.get("enabled"):
+        reason = (g or {}).get("reason", "geometry.json is missing")
+        return [*out, f"Not computed: {reason}.", ""]
+    out += [f"Each cross model (target i, donor j) embeds {g['probe_clips']} probe clips of the "
+            "donor and of the target; distances between the two clouds (centroids: Euclidean; "
+            f"Sinkhorn: entropic OT, regularisation {g['sinkhorn_reg']} × median cost), mean "
+            "over seeds, against CLTM[i, j] over the defined off-diagonal cells:", "",
+            *CORR_HEAD]
+    out += [_corr_row(k, v) for k, v in g["correlations"].items()]
+    out += ["", "The most positive and most negative cells (the paper's Table 2):", "",
+            "| target | donor | CLTM | centroid | Sinkhorn |", "|---|---|---|---|---|"]
+    for r in g.get("extreme_pairs", []):
+        out.append(f"| {r['target']} | {r['donor']} | {_fmt(r['cltm'], 'num')} | "
+                   f"{_fmt(r.get('centroid'), 'num')} | {_fmt(r.get('sinkhorn'), 'num')} |")
+    path = metrics_dir / "speaker" / "geometry" / "cltm_vs_distance.png"
+    if path.is_file():
+        out += ["", f"![geometry]({_link(path, report)})"]
+    return [*out, ""]
+
+
+def _gaps_section(metrics_dir: Path, report: Path) -> list[str]:
+    out = ["## Performance and linguistic gaps (phonemic-representations paper §3.3–3.4)", ""]
+    found = False
+    for task in TASKS:
+        g = _read_json(metrics_dir / task / "gaps.json")
+        if g is None:
+            continue
+        found = True
+        out += [f"**{TASK_TITLES.get(task, task)}**: performance gap over languages per "
+                "condition (cross: each target's mean over donors)", "",
+                "| condition | SD of scores | mean RPD (%) |", "|---|---|---|"]
+        for cond, v in g["performance_gap"].items():
+            out.append(f"| {cond} | {_fmt(v.get('std'), 'num')} | "
+                       f"{_fmt(v.get('mean_rpd'), 'num')} |")
+        cka = g.get("cka", {})
+        if cka.get("enabled"):
+            base = cka.get("self_vs_base", {})
+            mean_base = (sum(base.values()) / len(base)) if base else None
+            mean = _fmt(cka["mean_offdiag"], "num")
+            out += ["", "Linear CKA between the self model's and each cross model's "
+                    f"embeddings of the target's probe clips: mean {mean} "
+                    f"(self vs base: {_fmt(mean_base, 'num')}). Against the CLTM:", "",
+                    *CORR_HEAD, _corr_row("CKA", cka["correlation_with_cltm"])]
+        else:
+            out += ["", f"CKA not computed: {cka.get('reason', 'no probes')}."]
+        for file in ("performance.png", "cka.png"):
+            path = metrics_dir / task / "gaps" / file
+            if path.is_file():
+                out += ["", f"![{task} {file}]({_link(path, report)})"]
+        out.append("")
+    if not found:
+        out += ["No gaps.json yet: run the gaps stage.", ""]
+    return out
+
+
 def run_report(metrics_dir: Path, out_path: Path) -> None:
     """Write the Markdown report of every task whose `<metrics_dir>/<task>/diagnostics.json`
     exists."""
@@ -288,6 +388,9 @@ def run_report(metrics_dir: Path, out_path: Path) -> None:
         ]
         for task, d in diags.items():
             lines += _task_section(task, metrics_dir / task, d, out_path)
+        lines += _curve_section(metrics_dir, out_path)
+        lines += _geometry_section(metrics_dir, out_path)
+        lines += _gaps_section(metrics_dir, out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
     log.info("report written to %s", out_path)

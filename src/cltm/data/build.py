@@ -7,7 +7,9 @@ new to the selection get decoded. The selection's stable ranking keeps every oth
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -29,8 +31,13 @@ def subsets_dir(task: str, base: Path = Path("data/subsets")) -> Path:
     return base / task
 
 
-def select(config: Config, task: str, table: pd.DataFrame, exclude: frozenset[str]) -> pd.DataFrame:
-    """The manifest of `task` for this config, with `exclude` clips treated as unusable."""
+def select(config: Config, task: str, table: pd.DataFrame, exclude: frozenset[str],
+           N: int | None = None) -> pd.DataFrame:
+    """The manifest of `task` for this config, with `exclude` clips treated as unusable.
+
+    N: the resolved tasks.<task>.N (None reads it from the config or the curve's choice).
+    """
+    N = resolve_n(config, task) if N is None else N
     d = config.data
     common = dict(
         seed=d.selection_seed,
@@ -43,12 +50,12 @@ def select(config: Config, task: str, table: pd.DataFrame, exclude: frozenset[st
     if task == "gender":
         g = config.tasks.gender
         return subsets.select_gender(
-            table, d.languages, g.N, g.clips_per_speaker,
+            table, d.languages, N, g.clips_per_speaker,
             eval_max_per_language=g.eval_max_per_language, **common,
         )
     if task == "speaker":
         s = config.tasks.speaker
-        return subsets.select_speaker(table, d.languages, s.N, s.clips_per_speaker, **common)
+        return subsets.select_speaker(table, d.languages, N, s.clips_per_speaker, **common)
     raise CltmError(f"unknown task {task!r}; expected one of gender, speaker")
 
 
@@ -56,12 +63,61 @@ def build_subsets(config: Config, task: str, out_dir: Path | None = None,
                   progress: bool = True) -> pd.DataFrame:
     """Write manifest.csv, the packed audio and (speaker) trials.csv; return the manifest."""
     out_dir = Path(out_dir) if out_dir is not None else subsets_dir(task)
+    N = resolve_n(config, task)
+    manifest = _select_and_decode(
+        config, out_dir, lambda table, exclude: select(config, task, table, exclude, N),
+        what=f"{task} subsets", progress=progress)
+    _write_trials(config, task, manifest, out_dir)
+    return manifest
+
+
+def build_curve_subsets(config: Config, task: str, out_dir: Path,
+                        progress: bool = True) -> pd.DataFrame:
+    """The curve stage's data: nested training sets for every N of curve.N_grid.<task>."""
+    d, t, cv = config.data, getattr(config.tasks, task), config.curve
+
+    def choose(table: pd.DataFrame, exclude: frozenset[str]) -> pd.DataFrame:
+        return subsets.select_curve(
+            table, cv.languages or d.languages, task, cv.N_grid[task], t.clips_per_speaker,
+            seed=d.selection_seed, pool=d.commonvoice.pool, exclude=exclude,
+            eval_max_per_language=getattr(t, "eval_max_per_language", None),
+            min_duration_s=d.min_duration_s, max_duration_s=d.max_duration_s)
+
+    manifest = _select_and_decode(config, Path(out_dir), choose,
+                                  what=f"{task} curve", progress=progress)
+    _write_trials(config, task, manifest, Path(out_dir))
+    return manifest
+
+
+def resolve_n(config: Config, task: str) -> int:
+    """tasks.<task>.N, with `auto` read from the curve stage's choice."""
+    N = getattr(config.tasks, task).N
+    if N != "auto":
+        return N
+    path = curve_choice_path(task)
+    if not path.is_file():
+        raise CltmError(f"tasks.{task}.N is auto but {path} is missing: run "
+                        f"`dvc repro curve@{task}` (or `cltm curve --task {task}`) first")
+    choice = json.loads(path.read_text())
+    if not choice.get("enabled") or choice.get("chosen_N") is None:
+        raise CltmError(f"tasks.{task}.N is auto but {path} holds no chosen N (curve.enabled "
+                        f"was false when it was written): run `dvc repro curve@{task}`")
+    return int(choice["chosen_N"])
+
+
+def curve_choice_path(task: str) -> Path:
+    return Path("metrics") / "curves" / f"{task}.json"
+
+
+def _select_and_decode(config: Config, out_dir: Path, choose: Callable, what: str,
+                       progress: bool) -> pd.DataFrame:
+    """Select with `choose(table, exclude)`, decode what was chosen, replace what fails."""
     root = config.corpus_root
     table = commonvoice.read_release(root, config.data.languages)
     writer = PackWriter(out_dir)
     failed: dict[str, str] = {}
     for _ in range(MAX_ROUNDS):
-        manifest = select(config, task, table, frozenset(failed))
+        manifest = choose(table, frozenset(failed))
         todo = manifest[~manifest["clip"].isin(writer.slots.keys())]
         if todo.empty:
             break
@@ -69,7 +125,7 @@ def build_subsets(config: Config, task: str, out_dir: Path | None = None,
                  for lang, clip in zip(todo["language"], todo["clip"])]
         commonvoice.check_clips_exist(root, todo)
         for i, samples, err in decode_many(paths, config.data.workers, progress,
-                                           desc=f"decoding {task} clips"):
+                                           desc=f"decoding {what} clips"):
             clip = todo["clip"].iloc[i]
             if samples is None or samples.size == 0:
                 failed[clip] = err or "empty audio"
@@ -89,23 +145,27 @@ def build_subsets(config: Config, task: str, out_dir: Path | None = None,
         n_samples=[slots[c].n_samples for c in manifest["clip"]],
     )
     manifest.to_csv(out_dir / MANIFEST, index=False)
-    if task == "speaker":
-        trials = subsets.make_trials(
-            manifest[manifest["role"] == "eval"],
-            seed=config.data.trials_seed,
-            max_pairs_per_speaker=config.tasks.speaker.max_pairs_per_speaker,
-        )
-        trials.to_csv(out_dir / TRIALS, index=False)
-        log.info("speaker trials: %d (%d target pairs)", len(trials), int(trials["label"].sum()))
-    _log_summary(task, manifest, failed)
+    _log_summary(what, manifest, failed)
     return manifest
 
 
-def _log_summary(task: str, manifest: pd.DataFrame, failed: dict[str, str]) -> None:
+def _write_trials(config: Config, task: str, manifest: pd.DataFrame, out_dir: Path) -> None:
+    if task != "speaker":
+        return
+    trials = subsets.make_trials(
+        manifest[manifest["role"] == "eval"],
+        seed=config.data.trials_seed,
+        max_pairs_per_speaker=config.tasks.speaker.max_pairs_per_speaker,
+    )
+    trials.to_csv(out_dir / TRIALS, index=False)
+    log.info("speaker trials: %d (%d target pairs)", len(trials), int(trials["label"].sum()))
+
+
+def _log_summary(what: str, manifest: pd.DataFrame, failed: dict[str, str]) -> None:
     counts = manifest.pivot_table(index="language", columns="role", values="clip",
                                   aggfunc="count", fill_value=0)
     hours = manifest["n_samples"].sum() / 16_000 / 3600
-    log.info("%s subsets (%.2f h of audio):\n%s", task, hours, counts.to_string())
+    log.info("%s (%.2f h of audio):\n%s", what, hours, counts.to_string())
     if failed:
         log.warning("%d clips failed to decode and were replaced: %s", len(failed),
                     ", ".join(failed))

@@ -187,6 +187,88 @@ def select_speaker(
     return _manifest(parts)
 
 
+def select_curve(
+    table: pd.DataFrame,
+    languages: Sequence[str],
+    task: str,
+    N_grid: Sequence[int],
+    clips_per_speaker: int,
+    *,
+    seed: int,
+    eval_max_per_language: int | None = None,
+    pool: str = "validated",
+    exclude: Collection[str] = frozenset(),
+    min_duration_s: float | None = None,
+    max_duration_s: float | None = None,
+) -> pd.DataFrame:
+    """Learning-curve manifest: nested training sets for every N of the grid, and the eval set.
+
+    Per language and gender the eligible speakers are ranked by hash; D^(N) holds the
+    best-ranked N / clips_per_speaker speakers per class (gender) or N / (2 clips_per_speaker)
+    per gender (speaker). So D^(N) is a subset of D^(2N), and a curve measures more data, not
+    other data. Training rows have role "D" and a column `min_n`, the smallest N that includes
+    them; evaluation rows are the task's evaluation set (`min_n` 0).
+    """
+    if task not in ("gender", "speaker"):
+        raise CltmError(f"unknown task {task!r}; expected gender or speaker")
+    per_gender = max(N_grid) // clips_per_speaker // (2 if task == "speaker" else 1)
+    pools = _prepare(table, languages, pool, exclude, min_duration_s, max_duration_s)
+    short = _collect_short(
+        pools, lambda lang: _curve_needs(pools, lang, task, per_gender, clips_per_speaker)
+    )
+    _resolve_short(short, pools.languages, task, drop_short=False)
+    parts: list[pd.DataFrame] = []
+    for language in pools.languages:
+        train, test = pools.of(language)
+        prefix = f"{seed}|{language}|{task}-curve|"
+        for gender in GENDERS:
+            rows, rank = _ranked_speakers(_of_gender(train, gender), clips_per_speaker, prefix,
+                                          per_gender)
+            scale = clips_per_speaker * (2 if task == "speaker" else 1)
+            parts.append(_with_role(rows, "D").assign(min_n=(rank + 1) * scale))
+        if task == "gender":
+            evaluation = _gender_eval(test, language, seed, eval_max_per_language)
+        else:
+            evaluation = test
+        parts.append(_with_role(evaluation, "eval").assign(min_n=0))
+    manifest = pd.concat(parts, ignore_index=True)
+    manifest = manifest.sort_values(["language", "role", "speaker", "clip"], kind="stable")
+    return manifest.reset_index(drop=True).astype({"duration_s": float, "min_n": int})
+
+
+def _ranked_speakers(
+    rows: pd.DataFrame, clips_per_speaker: int, prefix: str, k: int
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """The first `clips_per_speaker` clips of the k best-ranked eligible speakers, and each
+    row's speaker rank (0 = best)."""
+    ranked = rows.assign(_key=_hash_keys(f"{prefix}clip|", rows["clip"]))
+    ranked = ranked.sort_values(["speaker", "_key", "clip"], kind="stable")
+    first = ranked[ranked.groupby("speaker", sort=False).cumcount() < clips_per_speaker]
+    sizes = first.groupby("speaker").size()
+    eligible = sizes.index[sizes >= clips_per_speaker]
+    order = pd.DataFrame({"speaker": eligible, "key": _hash_keys(f"{prefix}speaker|", eligible)})
+    chosen = order.sort_values(["key", "speaker"], kind="stable")["speaker"].head(k).tolist()
+    rank_of = {speaker: r for r, speaker in enumerate(chosen)}
+    first = first[first["speaker"].isin(rank_of)].drop(columns="_key")
+    return first, first["speaker"].map(rank_of).to_numpy()
+
+
+def _curve_needs(pools: _Pools, language: str, task: str, per_gender: int, cps: int) -> str:
+    train, test = pools.of(language)
+    needs = []
+    for gender in GENDERS:
+        has = _eligible_speakers(_of_gender(train, gender), cps)
+        if has < per_gender:
+            needs.append(f"curve: {per_gender} {gender} speakers with >= {cps} clips in the "
+                         f"training pool for the largest N of curve.N_grid.{task} (has {has})")
+    if task == "speaker" and not any(_can_make_trials(_of_gender(test, g)) for g in GENDERS):
+        needs.append("speaker eval: 2 test speakers of one gender, one with >= 2 clips")
+    if task == "gender":
+        needs += [f"gender eval: >= 1 {g} clip in the test split (has 0)" for g in GENDERS
+                  if not (test["gender"] == g).any()]
+    return "; ".join(needs)
+
+
 def make_trials(
     manifest_eval: pd.DataFrame, *, seed: int, max_pairs_per_speaker: int = 200
 ) -> pd.DataFrame:

@@ -25,14 +25,20 @@ class RunSpec:
     condition: str  # base | self | cross
     donor: str  # the target for base and self, the donor language for cross
     seed: int
+    n: int | None = None  # learning curves: a base run on the nested D^(n) (see select_curve)
 
     @property
     def run_id(self) -> str:
         cond = f"cross-{self.donor}" if self.condition == "cross" else self.condition
+        if self.n is not None:
+            cond = f"{cond}-n{self.n}"
         return f"{self.task}/{self.target}/{cond}/{self.seed}"
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if self.n is None:
+            del d["n"]  # grid runs: the record (and its hash) as before curves existed
+        return d
 
 
 def grid_specs(task: str, languages: Sequence[str], seeds: Sequence[int]) -> list[RunSpec]:
@@ -47,10 +53,42 @@ def grid_specs(task: str, languages: Sequence[str], seeds: Sequence[int]) -> lis
     return specs
 
 
+def curve_specs(task: str, languages: Sequence[str], N_grid: Sequence[int],
+                seeds: Sequence[int]) -> list[RunSpec]:
+    """The base runs of a learning curve, seed by seed, small N first."""
+    return [RunSpec(task, target, "base", target, seed, n)
+            for seed in seeds for target in languages for n in sorted(N_grid)]
+
+
+def probe_clips(manifest: pd.DataFrame, k: int, seed: int) -> dict[str, list[str]]:
+    """Per language, at most k evaluation clips ranked by a keyed hash: the embedding probes.
+
+    The same clips for every run of a grid (they depend on the data only), so embeddings of
+    different fine-tuned models can be compared clip by clip.
+    """
+    if k <= 0:
+        return {}
+    evaluation = manifest[manifest["role"] == "eval"]
+    probes = {}
+    for language, rows in evaluation.groupby("language"):
+        keys = [hashlib.blake2b(f"{seed}|probe|{c}".encode(), digest_size=8).hexdigest()
+                for c in rows["clip"]]
+        ranked = sorted(zip(keys, rows["clip"]))[:k]
+        probes[str(language)] = sorted(c for _, c in ranked)
+    return probes
+
+
 def training_clips(manifest: pd.DataFrame, spec: RunSpec) -> pd.DataFrame:
-    """The rows a run trains on: D of the target, plus D' of the target or D of the donor."""
+    """The rows a run trains on: D of the target, plus D' of the target or D of the donor.
+
+    A curve run (spec.n set) trains on the target's nested D^(n): the D rows whose min_n <= n.
+    """
     lang, role = manifest["language"], manifest["role"]
     rows = (lang == spec.target) & (role == "D")
+    if spec.n is not None:
+        if "min_n" not in manifest.columns:
+            raise ValueError("a curve run needs the curve manifest (a min_n column)")
+        return manifest[rows & (manifest["min_n"] <= spec.n)]
     if spec.condition == "self":
         rows |= (lang == spec.target) & (role == "D_prime")
     elif spec.condition == "cross":

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from cltm.config import Config
 from cltm.errors import CltmError
 from cltm.train import executors
-from cltm.train.grid import Fingerprints, RunSpec, grid_specs
+from cltm.train.grid import Fingerprints, RunSpec, curve_specs, grid_specs
 from cltm.train.store import RunStore
 from cltm.train.tasks import TrainParams
 from cltm.train.worker import WorkerSettings
@@ -39,6 +39,14 @@ def models_dir(task: str) -> Path:
 
 def subsets_dir(task: str) -> Path:
     return Path("data") / "subsets" / task
+
+
+def curve_data_dir(task: str) -> Path:
+    return Path("data") / "curves" / task
+
+
+def curve_runs_dir(task: str) -> Path:
+    return Path("metrics") / "runs" / f"{task}-curve"
 
 
 def _code_digest() -> str:
@@ -69,10 +77,14 @@ def train_params(config: Config) -> TrainParams:
                        epochs=t.epochs, batch_size=t.batch_size, precision=t.precision)
 
 
-def settings_of(config: Config, task: str) -> dict[str, Any]:
-    """Everything besides the data that determines a run's result (hashed into every run)."""
+def settings_of(config: Config, task: str, curve: bool = False) -> dict[str, Any]:
+    """Everything besides the data that determines a run's result (hashed into every run).
+
+    Curve runs leave out tasks.<task>.N: their sizes come from curve.N_grid, and the curve
+    must not be retrained when the N it chose is written into the params.
+    """
     m = config.model
-    return {
+    settings = {
         "task": task,
         "model": m.name_or_path if m.random_init is None else "random",
         "random_init": m.random_init,
@@ -80,17 +92,24 @@ def settings_of(config: Config, task: str) -> dict[str, Any]:
         "weights": _model_digest(m.name_or_path) if m.random_init is None else None,
         **{f"train.{k}": v for k, v in asdict(train_params(config)).items()},
         "N": getattr(config.tasks, task).N,
+        "probe_clips": config.analysis.probe_clips,
         "code": _code_digest(),
     }
+    if curve:
+        del settings["N"]
+    return settings
 
 
-def worker_settings(config: Config, task: str) -> WorkerSettings:
+def worker_settings(config: Config, task: str, data_dir: Path | None = None,
+                    checkpoints: str | None = None) -> WorkerSettings:
     t, m = config.train, config.model
     return WorkerSettings(
-        task=task, subsets_dir=str(subsets_dir(task).resolve()), name_or_path=m.name_or_path,
-        random_init=m.random_init, init_seed=m.init_seed, train=train_params(config),
-        device=t.device, threads=t.threads, checkpoints=t.checkpoints,
+        task=task, subsets_dir=str((data_dir or subsets_dir(task)).resolve()),
+        name_or_path=m.name_or_path, random_init=m.random_init, init_seed=m.init_seed,
+        train=train_params(config), device=t.device, threads=t.threads,
+        checkpoints=checkpoints or t.checkpoints,
         checkpoints_dir=str(models_dir(task).resolve()), first_seed=t.seeds[0],
+        probe_clips=config.analysis.probe_clips, probe_seed=config.data.selection_seed,
     )
 
 
@@ -102,7 +121,12 @@ def pending(config: Config, task: str) -> tuple[list[tuple[RunSpec, str]], dict[
     fingerprint = Fingerprints(subsets_dir(task), settings_of(config, task))
     languages = sorted(fingerprint.manifest["language"].unique())
     specs = grid_specs(task, languages, config.train.seeds)
-    stored = RunStore(runs_dir(task)).load()
+    return _split(specs, fingerprint, RunStore(runs_dir(task)))
+
+
+def _split(specs: list[RunSpec], fingerprint: Fingerprints,
+           store: RunStore) -> tuple[list[tuple[RunSpec, str]], dict[str, dict], int]:
+    stored = store.load()
     jobs, done = [], {}
     for spec in specs:
         h = fingerprint(spec)
@@ -122,17 +146,41 @@ def run_grid(config: Config, task: str, progress: bool = True) -> None:
         f"{config.train.checkpoints}), safetensors, one file per run id.\n")
     log.info("%s grid: %d runs, %d already done, %d to run", task, total, len(done), len(jobs))
     if jobs:
-        _execute(config, task, jobs, done, store, progress)
+        _execute(config, task, jobs, done, store, progress, worker_settings(config, task))
+    _finish(store, done)
+
+
+def run_curve(config: Config, task: str, progress: bool = True) -> None:
+    """The base runs of the learning curve over curve.N_grid.<task>, through the same workers
+    and the same kind of store as the grid (resumable, MLflow-logged)."""
+    data = curve_data_dir(task)
+    if not (data / "manifest.csv").is_file():
+        raise CltmError(f"{data}/manifest.csv is missing: the curve's data is built first by "
+                        f"`cltm curve --task {task}`")
+    cv = config.curve
+    fingerprint = Fingerprints(data, settings_of(config, task, curve=True))
+    languages = sorted(fingerprint.manifest["language"].unique())
+    specs = curve_specs(task, languages, cv.N_grid[task], cv.seeds)
+    store = RunStore(curve_runs_dir(task))
+    jobs, done, total = _split(specs, fingerprint, store)
+    log.info("%s curve: %d runs, %d already done, %d to run", task, total, len(done), len(jobs))
+    if jobs:
+        settings = worker_settings(config, task, data_dir=data, checkpoints="none")
+        _execute(config, task, jobs, done, store, progress, settings, name=f"{task}-curve")
+    _finish(store, done)
+
+
+def _finish(store: RunStore, done: dict[str, dict]) -> None:
     # The store now holds exactly the current grid: stale records of changed inputs go.
     store.rewrite(sorted(done.values(), key=lambda r: r["run_id"]))
+    store.prune_probes(done)
 
 
 def _execute(config: Config, task: str, jobs: list, done: dict, store: RunStore,
-             progress: bool) -> None:
+             progress: bool, settings: WorkerSettings, name: str | None = None) -> None:
     from cltm.train.tracking import Tracker
 
-    settings = worker_settings(config, task)
-    tracker = Tracker(task, settings_of(config, task))
+    tracker = Tracker(name or task, settings_of(config, task, curve=name is not None))
     t = config.train
     if t.executor == "ray":
         records = executors.run_ray(
@@ -142,9 +190,13 @@ def _execute(config: Config, task: str, jobs: list, done: dict, store: RunStore,
     else:
         records = executors.run_inline(settings, jobs)
     status = "FAILED"
-    bar = tqdm(total=len(jobs), desc=f"{task} runs", unit="run", disable=not progress)
+    bar = tqdm(total=len(jobs), desc=f"{name or task} runs", unit="run",
+               disable=not progress)
     try:
         for record in records:
+            probes = record.pop("probes", None)
+            if probes:
+                store.write_probes(record["hash"], probes)
             store.append(record)
             done[record["hash"]] = record
             tracker.log_run(record)

@@ -15,11 +15,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 log = logging.getLogger(__name__)
 
 STORE_NAME = "runs.jsonl"
+PROBES_DIR = "probes"  # one .npz of embedding probes per run hash
 
 
 class RunStore:
@@ -60,6 +62,25 @@ class RunStore:
         with open(self.path, "rb") as fh:
             fh.seek(-1, os.SEEK_END)
             return fh.read(1) == b"\n"
+
+    def write_probes(self, run_hash: str, arrays: dict[str, np.ndarray]) -> None:
+        """Store a run's embedding probes; call before appending its record, so a record in
+        the store always has its probes on disk."""
+        directory = self.directory / PROBES_DIR
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = directory / f"{run_hash}.tmp.npz"
+        np.savez(tmp, **arrays)
+        tmp.replace(directory / f"{run_hash}.npz")
+
+    def prune_probes(self, keep: Iterable[str]) -> None:
+        """Delete the probes of runs no longer in the grid (and leftovers of killed writes)."""
+        directory = self.directory / PROBES_DIR
+        if not directory.is_dir():
+            return
+        wanted = {f"{h}.npz" for h in keep}
+        for f in directory.iterdir():
+            if f.name not in wanted:
+                f.unlink()
 
     def rewrite(self, records: Iterable[dict[str, Any]]) -> None:
         """Replace the store's content (write aside, then rename: never half-written)."""

@@ -123,10 +123,9 @@ def embed(encoder: HubertModel, waves: list[torch.Tensor], device: torch.device,
 
 
 @torch.no_grad()
-def predict(encoder: HubertModel, head: nn.Linear, waves: list[torch.Tensor],
-            device: torch.device, do_normalize: bool, precision: str) -> np.ndarray:
+def classify(head: nn.Linear, features: torch.Tensor, device: torch.device) -> np.ndarray:
+    """The head's class for each pooled feature row."""
     head.eval()
-    features = embed(encoder, waves, device, do_normalize, precision, last_layers=1)
     return head(features.to(device)).argmax(-1).cpu().numpy()
 
 

@@ -73,6 +73,8 @@ class Tracker:
             tags={**self.tags, MLFLOW_PARENT_RUN_ID: self.parent_id},
         )
         params = {k: record[k] for k in PARAM_KEYS}
+        if record.get("n") is not None:
+            params["n"] = record["n"]  # a learning-curve run
         params.update(self.settings)
         metrics = {k: record[k] for k in METRIC_KEYS if record.get(k) is not None}
         self._log(run.info.run_id, params, metrics,

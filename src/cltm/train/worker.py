@@ -21,7 +21,7 @@ from torch import nn
 
 from cltm.data.pack import PackedAudio
 from cltm.train import tasks
-from cltm.train.grid import RunSpec, training_clips
+from cltm.train.grid import RunSpec, probe_clips, training_clips
 from cltm.train.model import load_encoder, resolve_device
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,11 @@ class WorkerSettings:
     checkpoints: str = "none"  # none | self | all
     checkpoints_dir: str | None = None
     first_seed: int = 0
+    # Embedding probes: at most this many evaluation clips per language (0: none), chosen by
+    # probe_seed. Every run returns its model's embeddings of the target's probe clips (and,
+    # for speaker cross runs, of the donor's), for the geometry and CKA analyses.
+    probe_clips: int = 0
+    probe_seed: int = 0
 
 
 class Worker:
@@ -67,6 +72,7 @@ class Worker:
         self.waves = {c: torch.from_numpy(audio[c]) for c in self.manifest["clip"]}
         self.trials = (pd.read_csv(subsets / "trials.csv") if settings.task == "speaker"
                        else None)
+        self.probes = probe_clips(self.manifest, settings.probe_clips, settings.probe_seed)
         self.device_name = (torch.cuda.get_device_name(self.device)
                             if self.device.type == "cuda" else f"cpu ({platform.machine()})")
 
@@ -105,23 +111,42 @@ class Worker:
             "device": self.device_name,
         }
 
-    def _score(self, spec: RunSpec, head: nn.Linear) -> dict[str, float]:
+    def _score(self, spec: RunSpec, head: nn.Linear) -> dict[str, Any]:
         m = self.manifest
         eval_rows = m[(m["language"] == spec.target) & (m["role"] == "eval")]
-        waves = [self.waves[c] for c in eval_rows["clip"]]
-        precision = self.s.train.precision
+        emb = self._embed(eval_rows["clip"])
         if spec.task == "gender":
-            pred = tasks.predict(self.encoder, head, waves, self.device, self.do_normalize,
-                                 precision)
+            pred = tasks.classify(head, emb, self.device)
             truth = (eval_rows["gender"] == "male").astype(int).to_numpy()
-            return {"score": tasks.macro_f1(truth, pred), "eval_clips": len(waves)}
-        emb = tasks.embed(self.encoder, waves, self.device, self.do_normalize, precision,
-                          last_layers=SPEAKER_LAYERS)
-        index = {c: i for i, c in enumerate(eval_rows["clip"])}
-        trials = self.trials[self.trials["language"] == spec.target]
-        scores = tasks.cosine_scores(emb, index, trials["a"].tolist(), trials["b"].tolist())
-        auc, eer = tasks.auc_eer(scores, trials["label"].to_numpy())
-        return {"score": auc, "eer": eer, "eval_trials": len(trials)}
+            result: dict[str, Any] = {"score": tasks.macro_f1(truth, pred),
+                                      "eval_clips": len(eval_rows)}
+        else:
+            index = {c: i for i, c in enumerate(eval_rows["clip"])}
+            trials = self.trials[self.trials["language"] == spec.target]
+            scores = tasks.cosine_scores(emb, index, trials["a"].tolist(), trials["b"].tolist())
+            auc, eer = tasks.auc_eer(scores, trials["label"].to_numpy())
+            result = {"score": auc, "eer": eer, "eval_trials": len(trials)}
+        if self.probes:
+            result["probes"] = self._probe_embeddings(spec, eval_rows, emb)
+        return result
+
+    def _embed(self, clips: pd.Series) -> torch.Tensor:
+        """The task's embedding: the head's input (gender) or the verification embedding."""
+        layers = 1 if self.s.task == "gender" else SPEAKER_LAYERS
+        return tasks.embed(self.encoder, [self.waves[c] for c in clips], self.device,
+                           self.do_normalize, self.s.train.precision, last_layers=layers)
+
+    def _probe_embeddings(self, spec: RunSpec, eval_rows: pd.DataFrame,
+                          emb: torch.Tensor) -> dict[str, np.ndarray]:
+        # float16: a probe's purpose is distances and similarities, and at paper scale the
+        # probes of 20,000 runs are the largest thing the grid writes.
+        position = {c: i for i, c in enumerate(eval_rows["clip"])}
+        target = emb[[position[c] for c in self.probes[spec.target]]]
+        out = {"target": target.numpy().astype(np.float16)}
+        if spec.task == "speaker" and spec.condition == "cross":
+            donor = self._embed(pd.Series(self.probes[spec.donor]))
+            out["donor"] = donor.numpy().astype(np.float16)
+        return out
 
     def _checkpoint(self, spec: RunSpec, head: nn.Linear) -> None:
         policy = self.s.checkpoints
