@@ -72,7 +72,8 @@ def test_config_checks_curve_and_auto():
     with pytest.raises(CltmError, match="together with 2N"):
         _config(**{"curve.enabled": True, "curve.N_grid": {"gender": [2, 6], "speaker": [10, 20]}})
     with pytest.raises(CltmError, match=r"curve.N_grid.speaker: N \(15\)"):
-        _config(**{"curve.N_grid": {"gender": [2, 4], "speaker": [15, 30]}})
+        _config(**{"curve.enabled": True,
+                   "curve.N_grid": {"gender": [2, 4], "speaker": [15, 30]}})
     c = _config(**{"curve.enabled": True, "tasks.gender.N": "auto"})
     assert c.tasks.gender.N == "auto"
 

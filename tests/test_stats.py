@@ -362,3 +362,46 @@ def test_run_diagnostics_family_test_only(store, tmp_path):
     assert with_test == plain
     # Same matrix, seed and permutations: the same result as the stage's.
     assert (tmp_path / "fs.json").read_text() == (out / "family_structure.json").read_text()
+
+
+# --- the noise floor: what seed noise alone makes of the diagnostics ------------------------------
+
+
+def test_null_cells_move_cross_means_to_self_and_keep_the_spread():
+    rng = np.random.default_rng(3)
+    gains = np.linspace(0.1, 0.3, 6)
+    cross = rng.uniform(-0.2, 0.4, (6, 6))
+    cells = st.seed_cells(make_runs(rng, LANGS, gains, cross))
+    null = st.null_cells(cells)
+    mean, var = st._moments(cells.values, cells.counts)
+    nmean, nvar = st._moments(null.values, null.counts)
+    for i in range(6):
+        for j in range(6):
+            if i != j:
+                row = cells.cross[i, j]
+                assert nmean[row] == pytest.approx(mean[cells.self_[i]])
+                assert nvar[row] == pytest.approx(var[row])
+    assert np.allclose(st.point_estimate(null).cltm[0], 1.0)
+
+
+def test_noise_floor_covers_a_ones_matrix_and_not_a_structured_one():
+    rng = np.random.default_rng(5)
+    gains = np.linspace(0.15, 0.3, 6)
+    inside = 0
+    reps = 30
+    for _ in range(reps):
+        cells = st.seed_cells(make_runs(rng, LANGS, gains, sd=0.03))
+        observed = float(st.replicate_diagnostics(st.point_estimate(cells),
+                                                  st._family_codes(LANGS, None))["rfd1"][0])
+        floor = st.noise_floor(cells, None, replicates=200, level=0.95,
+                               rng=np.random.default_rng(int(rng.integers(2**32))))
+        inside += floor["rfd1"]["low"] <= observed <= floor["rfd1"]["high"]
+    assert inside / reps >= 0.8  # a ones matrix looks like noise
+    structured = np.repeat(gains[:, None], 6, axis=1) * np.where(
+        np.add.outer(range(6), range(6)) % 2 == 0, 1.0, 0.2)
+    cells = st.seed_cells(make_runs(rng, LANGS, gains, structured, sd=0.03))
+    observed = float(st.replicate_diagnostics(st.point_estimate(cells),
+                                              st._family_codes(LANGS, None))["rfd1"][0])
+    floor = st.noise_floor(cells, None, replicates=200, level=0.95,
+                           rng=np.random.default_rng(0))
+    assert observed > 2 * floor["rfd1"]["high"]

@@ -172,7 +172,8 @@ def _cltm(args: argparse.Namespace, config: Config) -> None:
 def _report(args: argparse.Namespace, config: Config) -> None:
     from cltm.analysis.report import run_report
 
-    run_report(Path("metrics"), Path("metrics") / "report.md")
+    null = config.data.source == "demo" and config.demo.null_control
+    run_report(Path("metrics"), Path("metrics") / "report.md", null_control=null)
 
 
 def _diagnostics(args: argparse.Namespace) -> None:

@@ -421,6 +421,8 @@ def _check_curve(c: Config, fail: typing.Callable[[str], None]) -> None:
     if unknown:
         fail(f"curve.N_grid has unknown task(s) {', '.join(unknown)}; allowed: "
              f"{', '.join(TASKS)}")
+    if not cv.enabled:
+        return  # an unused grid may not fit other task settings; it is checked when used
     for task, grid in cv.N_grid.items():
         cps = getattr(c.tasks, task).clips_per_speaker
         for N in grid:
@@ -429,8 +431,6 @@ def _check_curve(c: Config, fail: typing.Callable[[str], None]) -> None:
                 fail(f"curve.N_grid.{task}: N ({N}) {problem}")
         if len(set(grid)) != len(grid):
             fail(f"curve.N_grid.{task} repeats a value")
-    if not cv.enabled:
-        return
     for task in TASKS:
         grid = cv.N_grid.get(task, [])
         if not any(2 * n in grid for n in grid):

@@ -151,7 +151,8 @@ def _run_counts(task_dir: Path) -> list[str]:
     return [*lines, ""]
 
 
-def _task_section(task: str, task_dir: Path, d: dict, report: Path) -> list[str]:
+def _task_section(task: str, task_dir: Path, d: dict, report: Path,
+                  null_control: bool = False) -> list[str]:
     out = [f"## {TASK_TITLES.get(task, task)}", ""]
     for file, alt in (("heatmap.png", "CLTM"), ("heatmap_highlight.png", "highlight CLTM"),
                       ("self_gain.png", "self-gains"), ("offdiag_hist.png", "off-diagonal")):
@@ -161,7 +162,7 @@ def _task_section(task: str, task_dir: Path, d: dict, report: Path) -> list[str]
     out += _pairs(task_dir)
     out += ["**Runs**", ""]
     out += _run_counts(task_dir)
-    out += _trust_section(task_dir, d)
+    out += _trust_section(task_dir, d, null_control)
     return out
 
 
@@ -194,12 +195,22 @@ def _intervals(task_dir: Path, d: dict, info: dict) -> list[str]:
     head = (f"**Diagnostic intervals** ({100 * level:g}% percentile bootstrap, {reps} resamples "
             "of each cell's seeds)" if level is not None and reps else
             "**Diagnostic intervals** (percentile bootstrap over seeds)")
-    lines = [head, "", "| key | value | low | high |", "|---|---|---|---|"]
+    floor = info.get("noise_floor") or {}
+    lines = [head, "", "| key | value | low | high | seed noise alone (CLTM = 1) |",
+             "|---|---|---|---|---|"]
     for key, bounds in ci.items():
         kind = "count" if key == "n_languages" else "num"
         cells = [_fmt(v, kind) for v in (d.get(key), bounds.get("low"), bounds.get("high"))]
-        lines.append(f"| `{key}` | " + " | ".join(cells) + " |")
+        f = floor.get(key) or {}
+        noise = (f"{_fmt(f.get('mean'), 'num')} [{_fmt(f.get('low'), 'num')}, "
+                 f"{_fmt(f.get('high'), 'num')}]" if f.get("mean") is not None else "")
+        lines.append(f"| `{key}` | " + " | ".join(cells) + f" | {noise} |")
     lines.append("")
+    if floor:
+        lines += ["The last column is the diagnostic's bootstrap distribution (mean [interval]) "
+                  "when every cross cell is moved to its target's self mean and keeps its own "
+                  "seed spread: what a language-agnostic truth would look like through this "
+                  "much seed noise.", ""]
     moved = (info.get("bootstrap_replicates") or {}).get("all_defined_stayed_defined_share")
     if moved is not None:
         lines += [f"Every defined target stayed defined in {100 * moved:.1f}% of the resamples "
@@ -248,16 +259,58 @@ def _family_check(task_dir: Path) -> list[str]:
         f"- intra_family_pos: {_fmt(fam.get('intra_family_pos'), 'pct')} (one-sided p = "
         f"{num('intra_family_pos_p')}, towards more within-family mass; chance "
         f"{_fmt(share, 'pct')} = the share of same-family pairs, permutation mean "
-        f"{_fmt(fam.get('intra_family_pos_chance'), 'pct')})", ""]
+        f"{_fmt(fam.get('intra_family_pos_chance'), 'pct')})",
+        _direction(fam), ""]
 
 
-def _trust_section(task_dir: Path, d: dict) -> list[str]:
+def _direction(fam: dict) -> str:
+    contrast, p = fam.get("contrast"), fam.get("contrast_p")
+    if contrast is None or p is None:
+        return "- direction: not testable"
+    way = "more" if contrast > 0 else "less"
+    verdict = ("detected (p < 0.05)" if p < 0.05 else
+               "not distinguishable from chance family labels (p ≥ 0.05)")
+    return (f"- direction: donors of the target's own family transfer {way} than donors of "
+            f"other families; family structure {verdict}")
+
+
+def _null_control(task_dir: Path, info: dict) -> list[str]:
+    """The verdict of a null-control corpus: is the CLTM consistent with all ones?"""
+    ci = _read_json(task_dir / "diagnostics_ci.json") or {}
+    fam = _read_json(task_dir / "family_structure.json") or {}
+    cells = info.get("cells") or {}
+    fdr = info.get("fdr")
+    tested, differ = cells.get("tested_vs1"), cells.get("differs_from_1")
+    rfd1 = ci.get("rfd1") or {}
+    floor = (info.get("noise_floor") or {}).get("rfd1") or {}
+    out = ["**Null control** (demo.null_control: every language spoken by the same voices with "
+           "no family trait; only the labels differ, so the true CLTM is all ones):", ""]
+    if None in (tested, differ, fdr):
+        return [*out, "- cell tests missing", ""]
+    cells_ok = differ <= fdr * tested
+    out.append(f"- {differ} of {tested} cells differ from 1 at FDR {fdr:g} (a true null allows "
+               f"about {fdr * tested:.1f}): {'consistent' if cells_ok else 'NOT consistent'} "
+               "with a CLTM of ones")
+    if rfd1.get("low") is not None and floor.get("mean") is not None:
+        covers = rfd1["low"] <= floor["mean"] <= rfd1["high"]
+        out.append(f"- rfd1 interval [{_fmt(rfd1['low'], 'num')}, {_fmt(rfd1['high'], 'num')}] "
+                   f"{'covers' if covers else 'does NOT cover'} the value seed noise alone "
+                   f"gives ({_fmt(floor['mean'], 'num')})")
+    if fam.get("contrast_p") is not None:
+        out.append(f"- family-block contrast permutation p = {_fmt(fam['contrast_p'], 'num')} "
+                   f"({'no' if fam['contrast_p'] >= 0.05 else 'spurious'} family structure)")
+    return [*out, ""]
+
+
+def _trust_section(task_dir: Path, d: dict, null_control: bool = False) -> list[str]:
     info = _read_json(task_dir / "stats_info.json") or {}
     out = ["### Can these numbers be trusted?", ""]
     out += _self_gains(task_dir)
     out += _intervals(task_dir, d, info)
     out += _cell_counts(task_dir, info)
     out += _family_check(task_dir)
+    if null_control:
+        out += _null_control(task_dir, info)
     return out
 
 
@@ -361,9 +414,10 @@ def _gaps_section(metrics_dir: Path, report: Path) -> list[str]:
     return out
 
 
-def run_report(metrics_dir: Path, out_path: Path) -> None:
+def run_report(metrics_dir: Path, out_path: Path, null_control: bool = False) -> None:
     """Write the Markdown report of every task whose `<metrics_dir>/<task>/diagnostics.json`
-    exists."""
+    exists; `null_control`: the runs come from a null-control corpus, so say whether the CLTMs
+    are consistent with all ones."""
     metrics_dir, out_path = Path(metrics_dir), Path(out_path)
     diags = {}
     for task in TASKS:
@@ -387,7 +441,7 @@ def run_report(metrics_dir: Path, out_path: Path) -> None:
             "",
         ]
         for task, d in diags.items():
-            lines += _task_section(task, metrics_dir / task, d, out_path)
+            lines += _task_section(task, metrics_dir / task, d, out_path, null_control)
         lines += _curve_section(metrics_dir, out_path)
         lines += _geometry_section(metrics_dir, out_path)
         lines += _gaps_section(metrics_dir, out_path)

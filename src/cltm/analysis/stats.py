@@ -57,7 +57,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -308,6 +308,51 @@ def diagnostic_intervals(
     return ci, _replicate_info(cells, np.concatenate(defined), values, point)
 
 
+NOISE_KEYS = ("rfd1", "asym_rel", "cos_rows", "prop_pos")
+
+
+def null_cells(cells: SeedCells) -> SeedCells:
+    """The same seed noise around the language-agnostic ideal: every cross cell's seed scores
+    shifted so that its mean equals its target's self mean (CLTM = 1 everywhere)."""
+    mean, _ = _moments(cells.values, cells.counts)
+    values = cells.values.copy()
+    n = len(cells.languages)
+    for i in range(n):
+        for j in range(n):
+            row = cells.cross[i, j]
+            if row >= 0:
+                values[row] += mean[cells.self_[i]] - mean[row]
+    return replace(cells, values=values)
+
+
+def noise_floor(cells: SeedCells, families: Mapping[str, str] | None, *, replicates: int,
+                level: float, rng: np.random.Generator) -> dict[str, dict[str, float | None]]:
+    """What seed noise alone makes of the diagnostics: their bootstrap distribution when the
+    true CLTM is all ones and every cell keeps its observed seed spread (null_cells).
+
+    rfd1, asym_rel and 1 − cos_rows are distances from the ideal, so noise alone makes them
+    positive; a value inside this range is no evidence of language-dependent transfer.
+    """
+    if replicates <= 0:
+        return {k: {"mean": None, "low": None, "high": None} for k in NOISE_KEYS}
+    codes = _family_codes(cells.languages, families)
+    draws: dict[str, list[np.ndarray]] = {k: [] for k in NOISE_KEYS}
+    for rep in bootstrap_replicates(null_cells(cells), replicates, rng):
+        diag = replicate_diagnostics(rep, codes)
+        for k in NOISE_KEYS:
+            draws[k].append(diag[k])
+    out = {}
+    for k, parts in draws.items():
+        v = np.concatenate(parts)
+        v = v[np.isfinite(v)]
+        if v.size == 0:
+            out[k] = {"mean": None, "low": None, "high": None}
+            continue
+        low, high = np.quantile(v, [(1 - level) / 2, (1 + level) / 2])
+        out[k] = {"mean": float(v.mean()), "low": float(low), "high": float(high)}
+    return out
+
+
 def _replicate_info(cells: SeedCells, defined: np.ndarray, values: Mapping[str, np.ndarray],
                     point: Mapping[str, object]) -> dict[str, object]:
     data_defined = [t not in (point.get("undefined_targets") or []) for t in cells.languages]
@@ -513,6 +558,11 @@ def streams(stats_seed: int) -> tuple[np.random.Generator, np.random.Generator]:
     return np.random.default_rng(boot), np.random.default_rng(perm)
 
 
+def noise_stream(stats_seed: int) -> np.random.Generator:
+    """A third independent generator (the noise floor); the first two stay as they were."""
+    return np.random.default_rng(np.random.SeedSequence(int(stats_seed)).spawn(3)[2])
+
+
 def write_json(d: Mapping, path: Path) -> None:
     path.write_text(json.dumps(d, indent=2) + "\n", encoding="utf-8")
 
@@ -549,14 +599,16 @@ def write_stats(
                            permutations=permutations, rng=perm_rng)
     write_json(json_ready(fam), out_dir / FAMILY_FILE)
 
+    floor = noise_floor(cells, families, replicates=bootstrap, level=ci_level,
+                        rng=noise_stream(stats_seed))
     settings = {"fdr": fdr, "bootstrap": int(bootstrap), "ci_level": ci_level,
                 "permutations": int(permutations), "stats_seed": int(stats_seed)}
     counts = {"tested_vs0": int(tests["p_vs0"].notna().sum()),
               "tested_vs1": int(tests["p_vs1"].notna().sum()),
               "differs_from_0": int(tests["differs_from_0"].sum()),
               "differs_from_1": int(tests["differs_from_1"].sum())}
-    write_json(_rounded({**settings, "cells": counts, "bootstrap_replicates": info}),
-               out_dir / INFO_FILE)
+    write_json(_rounded({**settings, "cells": counts, "noise_floor": floor,
+                         "bootstrap_replicates": info}), out_dir / INFO_FILE)
     log.info("%d of %d tested cells differ from 1 at FDR %g; %s", counts["differs_from_1"],
              counts["tested_vs1"], fdr, format_family(fam))
     return tests
