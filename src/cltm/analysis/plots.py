@@ -253,7 +253,7 @@ def plot_performance_gap(scores: Mapping[str, pd.Series], gaps: Mapping[str, Map
     ax.set_xticks(range(len(langs)), [names.get(x, x) for x in langs], rotation=90, fontsize=8)
     ax.set_ylabel("score (mean over seeds)")
     ax.set_title(title)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # never over bars
     fig.savefig(path, dpi=120)
 
 
