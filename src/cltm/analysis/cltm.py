@@ -7,7 +7,6 @@ in the store; no seed is ever dropped (the reference's seed filtering inflated s
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from cltm.errors import CltmError
+from cltm.records import read_records
 
 log = logging.getLogger(__name__)
 
@@ -47,16 +47,8 @@ def read_run_store(runs_dir: Path, task: str | None = None) -> pd.DataFrame:
         hint = f"`cltm grid --task {task}`" if task else "`cltm grid`"
         raise CltmError(f"no run store at {path}; run {hint} first")
     records: dict[object, dict] = {}
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                log.warning("%s:%d is a torn record (an interrupted write); ignoring it", path, n)
-                continue
-            records[rec.get("hash", ("line", n))] = rec
+    for n, rec in read_records(path):
+        records[rec.get("hash", ("line", n))] = rec
     runs = pd.DataFrame(list(records.values()))
     missing = [c for c in REQUIRED_COLUMNS if c not in runs.columns]
     if runs.empty or missing:

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cltm.records import read_records
+
 log = logging.getLogger(__name__)
 
 STORE_NAME = "runs.jsonl"
@@ -34,17 +36,8 @@ class RunStore:
         records: dict[str, dict[str, Any]] = {}
         if not self.path.is_file():
             return records
-        with open(self.path, encoding="utf-8") as fh:
-            for n, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    log.warning("%s:%d is a torn record (an interrupted write); ignoring it",
-                                self.path, n)
-                    continue
-                records[rec["hash"]] = rec
+        for _, rec in read_records(self.path):
+            records[rec["hash"]] = rec
         return records
 
     def append(self, record: dict[str, Any]) -> None:
