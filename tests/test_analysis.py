@@ -349,7 +349,7 @@ def test_languages_cover_the_common_voice_list():
 
 
 def test_analysis_imports_no_training_stack():
-    code = ("import sys, cltm.analysis.stage, cltm.analysis.report\n"
+    code = ("import sys, cltm.analysis.stage, cltm.analysis.report, cltm.analysis.beyond\n"
             "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')\n"
             "       or m.startswith(('cltm.train', 'cltm.data'))]\n"
             "print(bad); sys.exit(bool(bad))")
