@@ -64,6 +64,8 @@ class GenderTaskConfig:
     N: int  # clips per class in each of D and D'
     clips_per_speaker: int = 1
     eval_max_per_language: int | None = None
+    lr: float | None = None  # overrides train.lr for this task; null: train.lr
+    epochs: int | None = None  # overrides train.epochs for this task; null: train.epochs
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,8 @@ class SpeakerTaskConfig:
     N: int  # clips in each of D and D'
     clips_per_speaker: int = 1
     max_pairs_per_speaker: int = 200
+    lr: float | None = None  # overrides train.lr for this task; null: train.lr
+    epochs: int | None = None  # overrides train.epochs for this task; null: train.epochs
 
 
 @dataclass(frozen=True)
@@ -293,6 +297,8 @@ def _check_values(c: Config, source: str) -> None:
         t = getattr(c.tasks, name)
         if t.N < 1 or t.clips_per_speaker < 1:
             fail(f"tasks.{name}.N and tasks.{name}.clips_per_speaker must be positive")
+        if (t.lr is not None and not t.lr > 0) or (t.epochs is not None and t.epochs < 1):
+            fail(f"tasks.{name}.lr and tasks.{name}.epochs must be positive (or null: train's)")
         if t.N % t.clips_per_speaker:
             fail(f"tasks.{name}.N ({t.N}) must be a multiple of tasks.{name}.clips_per_speaker "
                  f"({t.clips_per_speaker}): every speaker gives the same number of clips")
