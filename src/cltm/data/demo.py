@@ -507,33 +507,14 @@ class FamilyTrait:
     hum_db: float
     noise_slope: float
     noise_db: float
-    # Session variability: bands of the family's own where the colouring changes from one clip
-    # to the next (each band's gain drawn per clip, uniform in +-session_db at strength 1).
-    session_hz: tuple[float, ...] = ()
-    session_octaves: tuple[float, ...] = ()
-    session_db: float = 0.0
 
-    def gain_db(self, freqs_hz: np.ndarray, session: Sequence[float] | None = None) -> np.ndarray:
-        """The colouring's gain at ``freqs_hz`` (dB, strength 1). ``session`` (one weight in
-        [-1, 1] per session band) adds one clip's session colouring; None leaves it out."""
+    def gain_db(self, freqs_hz: np.ndarray) -> np.ndarray:
+        """The colouring's gain at ``freqs_hz`` (dB, strength 1)."""
         octaves = np.log2(np.maximum(freqs_hz, 100.0) / 1000.0)
         gain = self.tilt_db_per_octave * np.clip(octaves, -3.0, 3.0)
         for hz, db, width in zip(self.peak_hz, self.peak_db, self.peak_octaves, strict=True):
             gain = gain + db * np.exp(-0.5 * ((octaves - np.log2(hz / 1000.0)) / width) ** 2)
-        if session is not None:
-            for hz, width, w in zip(self.session_hz, self.session_octaves, session, strict=True):
-                gain = gain + w * self.session_db * np.exp(
-                    -0.5 * ((octaves - np.log2(hz / 1000.0)) / width) ** 2)
         return gain
-
-
-#: Session variability of the planted trait: each family has SESSION_BANDS bands of its own
-#: (placed in 200-7000 Hz by the family's name) whose gain changes
-#: from clip to clip by up to +-SESSION_DB dB at strength 1. A speaker's clips differ along the
-#: family's bands, so a speaker model trained on a family's data learns to discount exactly
-#: those bands: same-family data is in-domain for the channel, other families' data is not.
-SESSION_BANDS = 4
-SESSION_DB = 10.0
 
 
 @cache
@@ -542,11 +523,6 @@ def family_trait(family: str) -> FamilyTrait:
     languages are generated and in whatever order."""
     rng = np.random.default_rng(stable_int(f"cltm-demo-family/{family}"))
     n_peaks = int(rng.integers(2, 4))
-    # The session bands come from a stream of their own, so the fixed colouring and background
-    # are the same as without them.
-    srng = np.random.default_rng([stable_int(f"cltm-demo-family/{family}"), 1])
-    session_hz = tuple(float(f) for f in np.sort(np.exp(
-        srng.uniform(np.log(200), np.log(7000), SESSION_BANDS))))
     return FamilyTrait(
         family=family,
         tilt_db_per_octave=float(rng.uniform(-2.0, 2.0)),
@@ -558,19 +534,15 @@ def family_trait(family: str) -> FamilyTrait:
         hum_db=float(rng.uniform(-34.0, -26.0)),
         noise_slope=float(rng.uniform(0.0, 2.0)),
         noise_db=float(rng.uniform(-38.0, -30.0)),
-        session_hz=session_hz,
-        session_octaves=tuple(float(w) for w in srng.uniform(0.2, 0.35, SESSION_BANDS)),
-        session_db=SESSION_DB,
     )
 
 
-def family_filter(trait: FamilyTrait, strength: float = 1.0, n_taps: int = 257,
-                  session: Sequence[float] | None = None) -> np.ndarray:
+def family_filter(trait: FamilyTrait, strength: float = 1.0, n_taps: int = 257) -> np.ndarray:
     """The trait's colouring as a linear-phase FIR at 22050 Hz (gains in dB scaled by
-    ``strength``; strength 0 gives a unit impulse), with one clip's ``session`` colouring."""
+    ``strength``; strength 0 gives a unit impulse)."""
     n_fft = 2 * (n_taps - 1)
     freqs = np.fft.rfftfreq(n_fft, 1.0 / SYNTH_RATE)
-    magnitude = 10 ** (strength * trait.gain_db(freqs, session) / 20)
+    magnitude = 10 ** (strength * trait.gain_db(freqs) / 20)
     # Zero-phase response -> centre it -> window it to n_taps.
     impulse = np.roll(np.fft.irfft(magnitude, n_fft), n_taps // 2)[:n_taps]
     return impulse * np.hanning(n_taps + 2)[1:-1]
@@ -583,8 +555,7 @@ def apply_family_trait(
     Strength 0 returns the input untouched: the switch must be exact, not merely small."""
     if strength == 0:
         return speech
-    session = rng.uniform(-1.0, 1.0, len(trait.session_hz))
-    taps = family_filter(trait, strength, session=session)
+    taps = family_filter(trait, strength)
     delay = len(taps) // 2
     y = _fft_convolve(speech, taps)[delay : delay + len(speech)]
     n = len(y)
