@@ -70,7 +70,7 @@ def test_config_checks_curve_and_auto():
     with pytest.raises(CltmError, match=r"curve\.enabled is false"):
         _config(**{"tasks.gender.N": "auto"})
     with pytest.raises(CltmError, match="together with 2N"):
-        _config(**{"curve.enabled": True, "curve.N_grid": {"gender": [2, 6], "speaker": [10, 20]}})
+        _config(**{"curve.enabled": True, "curve.N_grid": {"gender": [2, 6], "speaker": [4, 8]}})
     with pytest.raises(CltmError, match=r"curve.N_grid.speaker: N \(15\)"):
         _config(**{"curve.enabled": True,
                    "curve.N_grid": {"gender": [2, 4], "speaker": [15, 30]}})
@@ -201,3 +201,14 @@ def test_n_auto_reads_the_curve_choice(tmp_path, monkeypatch):
     (tmp_path / "metrics" / "curves" / "gender.json").write_text('{"enabled": true, "chosen_N": 4}')
     assert resolve_n(config, "gender") == 4
     assert resolve_n(replace(config), "speaker") == config.tasks.speaker.N
+
+
+def test_a_task_can_have_its_own_lr_and_epochs():
+    from cltm.train.stage import settings_of, train_params
+
+    c = _config(**{"tasks.speaker.lr": 3e-4, "tasks.speaker.epochs": 2, "train.lr": 1e-3})
+    assert (train_params(c, "speaker").lr, train_params(c, "speaker").epochs) == (3e-4, 2)
+    assert train_params(c, "gender").epochs == c.train.epochs
+    assert settings_of(c, "speaker")["train.lr"] == 3e-4
+    with pytest.raises(CltmError, match=r"tasks\.gender\.lr"):
+        _config(**{"tasks.gender.lr": -1.0})

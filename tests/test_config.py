@@ -67,7 +67,7 @@ _DELETE = object()
         ("data.languages", ["es"], r"data\.languages needs at least 2"),
         ("data.languages", ["es", "de", "es"], r"data\.languages lists es more than once"),
         ("tasks.gender.N", 7, r"tasks\.gender\.N \(7\) must be a multiple of"),
-        ("tasks.speaker.N", 15, r"speakers per subset must be even"),
+        ("tasks.speaker.N", 18, r"speakers per subset must be even"),
         ("tasks.speaker.N", _DELETE, r"missing key tasks\.speaker\.N"),
         ("demo.family_trait_strength", 2, r"demo\.family_trait_strength must lie in \[0, 1\]"),
         ("data.commonvoice.root", "elsewhere", r"must be the demo corpus directory"),

@@ -65,6 +65,8 @@ class GenderTaskConfig:
     N: int | Literal["auto"]
     clips_per_speaker: int = 1
     eval_max_per_language: int | None = None
+    lr: float | None = None  # overrides train.lr for this task; null: train.lr
+    epochs: int | None = None  # overrides train.epochs for this task; null: train.epochs
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,8 @@ class SpeakerTaskConfig:
     N: int | Literal["auto"]
     clips_per_speaker: int = 1
     max_pairs_per_speaker: int = 200
+    lr: float | None = None  # overrides train.lr for this task; null: train.lr
+    epochs: int | None = None  # overrides train.epochs for this task; null: train.epochs
 
 
 @dataclass(frozen=True)
@@ -331,6 +335,8 @@ def _check_values(c: Config, source: str) -> None:
         t = getattr(c.tasks, name)
         if t.clips_per_speaker < 1:
             fail(f"tasks.{name}.clips_per_speaker must be positive")
+        if (t.lr is not None and not t.lr > 0) or (t.epochs is not None and t.epochs < 1):
+            fail(f"tasks.{name}.lr and tasks.{name}.epochs must be positive (or null: train's)")
         if t.N == "auto":
             if not c.curve.enabled:
                 fail(f"tasks.{name}.N is auto, which takes the N that the curve stage chooses, "

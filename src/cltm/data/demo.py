@@ -525,15 +525,15 @@ def family_trait(family: str) -> FamilyTrait:
     n_peaks = int(rng.integers(2, 4))
     return FamilyTrait(
         family=family,
-        tilt_db_per_octave=float(rng.uniform(-2.0, 2.0)),
+        tilt_db_per_octave=float(rng.uniform(-4.0, 4.0)),
         peak_hz=tuple(float(f) for f in np.exp(rng.uniform(np.log(150), np.log(7000), n_peaks))),
-        peak_db=tuple(float(g) for g in rng.choice([-1, 1], n_peaks) * rng.uniform(3, 8, n_peaks)),
+        peak_db=tuple(float(g) for g in rng.choice([-1, 1], n_peaks) * rng.uniform(8, 15, n_peaks)),
         peak_octaves=tuple(float(w) for w in rng.uniform(0.4, 1.2, n_peaks)),
         hum_hz=float(rng.uniform(50.0, 160.0)),
         hum_harmonic_db=tuple(float(g) for g in -rng.uniform(4.0, 16.0, 3)),
-        hum_db=float(rng.uniform(-34.0, -26.0)),
+        hum_db=float(rng.uniform(-24.0, -16.0)),
         noise_slope=float(rng.uniform(0.0, 2.0)),
-        noise_db=float(rng.uniform(-38.0, -30.0)),
+        noise_db=float(rng.uniform(-28.0, -20.0)),
     )
 
 

@@ -71,10 +71,15 @@ def _model_digest(name_or_path: str) -> str | None:
     return h.hexdigest()[:16]
 
 
-def train_params(config: Config) -> TrainParams:
+def train_params(config: Config, task: str | None = None) -> TrainParams:
+    """The training params of `task`'s runs: `train.*`, with the task's own `lr` and `epochs`
+    (`tasks.<task>.lr`, `tasks.<task>.epochs`) where set."""
     t = config.train
-    return TrainParams(lr=t.lr, weight_decay=t.weight_decay, grad_clip=t.grad_clip,
-                       epochs=t.epochs, batch_size=t.batch_size, precision=t.precision)
+    own = getattr(config.tasks, task) if task is not None else None
+    lr = own.lr if own is not None and own.lr is not None else t.lr
+    epochs = own.epochs if own is not None and own.epochs is not None else t.epochs
+    return TrainParams(lr=lr, weight_decay=t.weight_decay, grad_clip=t.grad_clip,
+                       epochs=epochs, batch_size=t.batch_size, precision=t.precision)
 
 
 def settings_of(config: Config, task: str, curve: bool = False) -> dict[str, Any]:
@@ -90,7 +95,7 @@ def settings_of(config: Config, task: str, curve: bool = False) -> dict[str, Any
         "random_init": m.random_init,
         "init_seed": m.init_seed if m.random_init is not None else None,
         "weights": _model_digest(m.name_or_path) if m.random_init is None else None,
-        **{f"train.{k}": v for k, v in asdict(train_params(config)).items()},
+        **{f"train.{k}": v for k, v in asdict(train_params(config, task)).items()},
         "N": getattr(config.tasks, task).N,
         "probe_clips": config.analysis.probe_clips,
         "code": _code_digest(),
@@ -106,7 +111,7 @@ def worker_settings(config: Config, task: str, data_dir: Path | None = None,
     return WorkerSettings(
         task=task, subsets_dir=str((data_dir or subsets_dir(task)).resolve()),
         name_or_path=m.name_or_path, random_init=m.random_init, init_seed=m.init_seed,
-        train=train_params(config), device=t.device, threads=t.threads,
+        train=train_params(config, task), device=t.device, threads=t.threads,
         checkpoints=checkpoints or t.checkpoints,
         checkpoints_dir=str(models_dir(task).resolve()), first_seed=t.seeds[0],
         probe_clips=config.analysis.probe_clips, probe_seed=config.data.selection_seed,
