@@ -10,12 +10,17 @@ import json
 import logging
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from cltm.config import DEFAULT_PARAMS, TASKS, Config, load_config
 from cltm.errors import CltmError
 
 log = logging.getLogger("cltm")
+
+
+def _tasks(args: argparse.Namespace) -> tuple[str, ...]:
+    return TASKS if args.task == "all" else (args.task,)
 
 
 def _demo_corpus(args: argparse.Namespace, config: Config) -> None:
@@ -82,16 +87,14 @@ def _pretrain(args: argparse.Namespace, config: Config) -> None:
 def _subsets(args: argparse.Namespace, config: Config) -> None:
     from cltm.data.build import build_subsets
 
-    tasks = TASKS if args.task == "all" else (args.task,)
-    for task in tasks:
+    for task in _tasks(args):
         build_subsets(config, task, progress=not args.no_progress)
 
 
 def _grid(args: argparse.Namespace, config: Config) -> None:
     from cltm.train.stage import run_grid
 
-    tasks = TASKS if args.task == "all" else (args.task,)
-    for task in tasks:
+    for task in _tasks(args):
         run_grid(config, task, progress=not args.no_progress)
 
 
@@ -99,8 +102,7 @@ def _curve(args: argparse.Namespace, config: Config) -> None:
     from cltm.analysis.beyond import curve_disabled, run_curve_analysis
     from cltm.train.stage import curve_data_dir, curve_runs_dir
 
-    tasks = TASKS if args.task == "all" else (args.task,)
-    for task in tasks:
+    for task in _tasks(args):
         data, runs = curve_data_dir(task), curve_runs_dir(task)
         if not config.curve.enabled:
             # The stage exists in every pipeline (subsets reads its choice); off, it only
@@ -129,9 +131,9 @@ def _geometry(args: argparse.Namespace, config: Config) -> None:
 def _gaps(args: argparse.Namespace, config: Config) -> None:
     from cltm.analysis.beyond import run_gaps
 
-    tasks = TASKS if args.task == "all" else (args.task,)
-    for task in tasks:
-        run_gaps(config, task, Path("metrics") / "runs" / task, families=_families(config))
+    families = _families(config)
+    for task in _tasks(args):
+        run_gaps(config, task, Path("metrics") / "runs" / task, families=families)
 
 
 def _families(config: Config) -> dict[str, str]:
@@ -158,8 +160,7 @@ def _cltm(args: argparse.Namespace, config: Config) -> None:
 
     families = Path(config.demo.out) / "families.csv" if config.data.source == "demo" else None
     a = config.analysis
-    tasks = TASKS if args.task == "all" else (args.task,)
-    for task in tasks:
+    for task in _tasks(args):
         run_cltm(
             task, Path("metrics") / "runs" / task, Path("metrics") / task,
             family_level=config.analysis.family_level,
@@ -202,6 +203,14 @@ def _languages(args: argparse.Namespace, config: Config) -> None:
     print(report.to_string())
 
 
+def _task_command(sub: argparse._SubParsersAction, name: str, help: str,
+                  func: Callable[[argparse.Namespace, Config], None]) -> None:
+    """A stage subcommand that runs per task: --task gender, speaker or all."""
+    p = sub.add_parser(name, help=help)
+    p.add_argument("--task", choices=[*TASKS, "all"], required=True)
+    p.set_defaults(func=func)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cltm", description=__doc__)
     p.add_argument("--params", default=str(DEFAULT_PARAMS),
@@ -217,31 +226,21 @@ def build_parser() -> argparse.ArgumentParser:
     pt = sub.add_parser("pretrain", help="pretrain the demo's small HuBERT on the corpus")
     pt.set_defaults(func=_pretrain)
 
-    s = sub.add_parser("subsets", help="select D, D' and evaluation clips; pack their audio")
-    s.add_argument("--task", choices=[*TASKS, "all"], required=True)
-    s.set_defaults(func=_subsets)
+    _task_command(sub, "subsets", "select D, D' and evaluation clips; pack their audio", _subsets)
 
-    g = sub.add_parser("grid", help="train and score every run of a task's grid (resumable)")
-    g.add_argument("--task", choices=[*TASKS, "all"], required=True)
-    g.set_defaults(func=_grid)
+    _task_command(sub, "grid", "train and score every run of a task's grid (resumable)", _grid)
 
-    cu = sub.add_parser("curve", help="learning curves over curve.N_grid; choose N (§2.2)")
-    cu.add_argument("--task", choices=[*TASKS, "all"], required=True)
-    cu.set_defaults(func=_curve)
+    _task_command(sub, "curve", "learning curves over curve.N_grid; choose N (§2.2)", _curve)
 
     ge = sub.add_parser("geometry", help="speaker embedding geometry of every cross run")
     ge.set_defaults(func=_geometry)
 
-    ga = sub.add_parser("gaps", help="performance gap and linguistic gap (CKA) of a task")
-    ga.add_argument("--task", choices=[*TASKS, "all"], required=True)
-    ga.set_defaults(func=_gaps)
+    _task_command(sub, "gaps", "performance gap and linguistic gap (CKA) of a task", _gaps)
 
     pl = sub.add_parser("plan", help="runs per task, how many are done, the time left")
     pl.set_defaults(func=_plan)
 
-    c = sub.add_parser("cltm", help="the CLTM of a task, its standard errors, diagnostics, plots")
-    c.add_argument("--task", choices=[*TASKS, "all"], required=True)
-    c.set_defaults(func=_cltm)
+    _task_command(sub, "cltm", "the CLTM of a task, its standard errors, diagnostics, plots", _cltm)
 
     r = sub.add_parser("report", help="write metrics/report.md")
     r.set_defaults(func=_report)

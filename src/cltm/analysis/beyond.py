@@ -101,16 +101,18 @@ def run_curve_analysis(config: Config, task: str, runs_dir: Path,
 # --------------------------------------------------------------------------- probes
 
 
-def _probes(runs_dir: Path, runs: pd.DataFrame) -> dict[str, dict[str, np.ndarray]]:
-    """The embedding probes of the store's runs, by run hash (float64 for the analyses)."""
+def _probes(runs_dir: Path, runs: pd.DataFrame) -> dict[str, Path]:
+    """The probe files of the store's runs that exist, by run hash. They are read one at a
+    time (_load): at paper scale all of them together would not fit in memory."""
     directory = Path(runs_dir) / PROBES_DIR
-    out = {}
-    for h in runs["hash"]:
-        path = directory / f"{h}.npz"
-        if path.is_file():
-            with np.load(path) as z:
-                out[h] = {k: z[k].astype(np.float64) for k in z.files}
-    return out
+    paths = {h: directory / f"{h}.npz" for h in runs["hash"]}
+    return {h: path for h, path in paths.items() if path.is_file()}
+
+
+def _load(path: Path) -> dict[str, np.ndarray]:
+    """One run's probes, in float64 for the analyses."""
+    with np.load(path) as z:
+        return {k: z[k].astype(np.float64) for k in z.files}
 
 
 def _no_probes_reason(config: Config, runs: pd.DataFrame, probes: Mapping) -> str | None:
@@ -161,7 +163,7 @@ def run_geometry(config: Config, runs_dir: Path, task: str = "speaker",
     rows = []
     cross = runs[runs["condition"] == "cross"]
     for r in cross.itertuples():
-        p = probes[r.hash]
+        p = _load(probes[r.hash])
         rows.append({"target": r.target, "donor": r.donor, "seed": r.seed,
                      "centroid": geometry.centroid_distance(p["donor"], p["target"]),
                      "sinkhorn": geometry.sinkhorn_distance(p["donor"], p["target"], reg)})
@@ -212,17 +214,16 @@ def _condition_scores(runs: pd.DataFrame) -> dict[str, pd.Series]:
 def _cka(runs: pd.DataFrame, probes: Mapping) -> tuple[pd.DataFrame, pd.Series]:
     """Linear CKA between the self model's and each cross model's embeddings of the target's
     probe clips (same seed), mean over seeds; and the same for base vs self per target."""
-    key = runs.set_index(["target", "condition", "donor", "seed"])["hash"]
     rows = []
-    for (target, condition, donor, seed), h in key.items():
-        if condition == "self":
+    for (target, seed), group in runs.groupby(["target", "seed"]):
+        own = group[group["condition"] == "self"]
+        if own.empty:
             continue
-        self_hash = key.get((target, "self", target, seed))
-        if self_hash is None:
-            continue
-        value = gaps.linear_cka(probes[self_hash]["target"], probes[h]["target"])
-        rows.append({"target": target, "condition": condition, "donor": donor, "seed": seed,
-                     "value": value})
+        reference = _load(probes[own["hash"].iloc[0]])["target"]  # read once per group
+        for r in group[group["condition"] != "self"].itertuples():
+            value = gaps.linear_cka(reference, _load(probes[r.hash])["target"])
+            rows.append({"target": target, "condition": r.condition, "donor": r.donor,
+                         "seed": seed, "value": value})
     per_run = pd.DataFrame(rows)
     languages = sorted(runs["target"].unique())
     matrix = _cross_matrix(per_run[per_run["condition"] == "cross"], languages)
