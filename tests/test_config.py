@@ -103,3 +103,14 @@ def test_invalid_yaml(tmp_path):
 def test_demo_language_without_espeak_voice_lists_the_supported(raw):
     with pytest.raises(CltmError, match=r"ckb.*es"):
         config_from_dict(_set(raw, "data.languages", ["es", "ckb"]))
+
+
+def test_exponent_floats_that_yaml_reads_as_strings_are_numbers(tmp_path, raw):
+    # PyYAML (YAML 1.1) loads `lr: 1e-3` as the string "1e-3"; users write it that way.
+    text = yaml.safe_dump(raw).replace("lr: 0.001", "lr: 1e-3")
+    assert "lr: 1e-3" in text
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    assert load_config(path).train.lr == pytest.approx(1e-3)
+    with pytest.raises(CltmError, match=r"train\.lr must be a number, got str 'fast'"):
+        config_from_dict(_set(raw, "train.lr", "fast"))

@@ -8,6 +8,7 @@ the key and what is expected, instead of deep inside a stage.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -247,6 +248,10 @@ def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
     return cls(**values)
 
 
+#: Exponent floats that YAML 1.1 leaves as strings: 1e-3, -2E+4, 5e6.
+_YAML11_FLOAT = re.compile(r"[-+]?[0-9]+(\.[0-9]*)?[eE][-+]?[0-9]+")
+
+
 def _convert(hint: Any, value: Any, key: str, source: str) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
@@ -281,6 +286,9 @@ def _convert(hint: Any, value: Any, key: str, source: str) -> Any:
         if not isinstance(value, list):
             raise CltmError(f"{source}: {key} must be {_expected(hint)}, got {_describe(value)}")
         return [_convert(args[0], v, f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if hint is float and isinstance(value, str) and _YAML11_FLOAT.fullmatch(value.strip()):
+        # PyYAML follows YAML 1.1, which reads `1e-3` (no dot) as a string; it is a number.
+        return float(value)
     ok = {
         int: isinstance(value, int) and not isinstance(value, bool),
         float: isinstance(value, (int, float)) and not isinstance(value, bool),
