@@ -212,3 +212,18 @@ def test_a_task_can_have_its_own_lr_and_epochs():
     assert settings_of(c, "speaker")["train.lr"] == 3e-4
     with pytest.raises(CltmError, match=r"tasks\.gender\.lr"):
         _config(**{"tasks.gender.lr": -1.0})
+
+
+def test_a_task_can_have_its_own_seeds(tmp_path, monkeypatch):
+    from cltm.train.stage import plan, task_seeds
+
+    c = _config(**{"tasks.gender.seeds": [0, 1, 2, 3], "train.seeds": [0, 1]})
+    assert task_seeds(c, "gender") == [0, 1, 2, 3] and task_seeds(c, "speaker") == [0, 1]
+    monkeypatch.chdir(tmp_path)  # no subsets here: plan counts the grid from the params
+    n = len(c.data.languages)
+    runs = {row["task"]: row["runs"] for row in plan(c)}
+    assert runs == {"gender": (n * n + n) * 4, "speaker": (n * n + n) * 2}
+    with pytest.raises(CltmError, match=r"tasks\.speaker\.seeds has repeated seeds"):
+        _config(**{"tasks.speaker.seeds": [1, 1]})
+    with pytest.raises(CltmError, match=r"tasks\.gender\.seeds must list at least one seed"):
+        _config(**{"tasks.gender.seeds": []})

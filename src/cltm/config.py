@@ -68,6 +68,7 @@ class GenderTaskConfig:
     eval_max_per_language: int | None = None
     lr: float | None = None  # overrides train.lr for this task; null: train.lr
     epochs: int | None = None  # overrides train.epochs for this task; null: train.epochs
+    seeds: list[int] | None = None  # overrides train.seeds for this task; null: train.seeds
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ class SpeakerTaskConfig:
     max_pairs_per_speaker: int = 200
     lr: float | None = None  # overrides train.lr for this task; null: train.lr
     epochs: int | None = None  # overrides train.epochs for this task; null: train.epochs
+    seeds: list[int] | None = None  # overrides train.seeds for this task; null: train.seeds
 
 
 @dataclass(frozen=True)
@@ -341,6 +343,10 @@ def _check_values(c: Config, source: str) -> None:
         fail("train.seeds has repeated seeds: each seed must be a distinct run")
     for name in TASKS:
         t = getattr(c.tasks, name)
+        if t.seeds is not None and not t.seeds:
+            fail(f"tasks.{name}.seeds must list at least one seed (null: train.seeds)")
+        if t.seeds is not None and len(set(t.seeds)) != len(t.seeds):
+            fail(f"tasks.{name}.seeds has repeated seeds: each seed must be a distinct run")
         if t.clips_per_speaker < 1:
             fail(f"tasks.{name}.clips_per_speaker must be positive")
         if (t.lr is not None and not t.lr > 0) or (t.epochs is not None and t.epochs < 1):

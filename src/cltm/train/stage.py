@@ -82,6 +82,12 @@ def train_params(config: Config, task: str | None = None) -> TrainParams:
                        epochs=epochs, batch_size=t.batch_size, precision=t.precision)
 
 
+def task_seeds(config: Config, task: str) -> list[int]:
+    """The seeds of `task`'s grid: `tasks.<task>.seeds` where set, else `train.seeds`."""
+    own = getattr(config.tasks, task).seeds
+    return list(own) if own is not None else list(config.train.seeds)
+
+
 def settings_of(config: Config, task: str, curve: bool = False) -> dict[str, Any]:
     """Everything besides the data that determines a run's result (hashed into every run).
 
@@ -113,7 +119,7 @@ def worker_settings(config: Config, task: str, data_dir: Path | None = None,
         name_or_path=m.name_or_path, random_init=m.random_init, init_seed=m.init_seed,
         train=train_params(config, task), device=t.device, threads=t.threads,
         checkpoints=checkpoints or t.checkpoints,
-        checkpoints_dir=str(models_dir(task).resolve()), first_seed=t.seeds[0],
+        checkpoints_dir=str(models_dir(task).resolve()), first_seed=task_seeds(config, task)[0],
         probe_clips=config.analysis.probe_clips, probe_seed=config.data.selection_seed,
     )
 
@@ -125,7 +131,7 @@ def pending(config: Config, task: str) -> tuple[list[tuple[RunSpec, str]], dict[
                         f"`dvc repro subsets@{task}` (or `cltm subsets --task {task}`) first")
     fingerprint = Fingerprints(subsets_dir(task), settings_of(config, task))
     languages = sorted(fingerprint.manifest["language"].unique())
-    specs = grid_specs(task, languages, config.train.seeds)
+    specs = grid_specs(task, languages, task_seeds(config, task))
     return _split(specs, fingerprint, RunStore(runs_dir(task)))
 
 
@@ -224,7 +230,7 @@ def plan(config: Config) -> list[dict[str, Any]]:
             jobs, done, total = pending(config, task)
         except CltmError:
             n = len(config.data.languages)
-            rows.append({"task": task, "runs": (n * n + n) * len(config.train.seeds),
+            rows.append({"task": task, "runs": (n * n + n) * len(task_seeds(config, task)),
                          "done": 0, "left": None, "s_per_run": None, "eta_h": None,
                          "note": "subsets not built yet"})
             continue
