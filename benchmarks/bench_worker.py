@@ -37,9 +37,10 @@ import pandas as pd
 import torch
 
 from cltm.data.pack import PackedAudio, PackWriter, to_int16
-from cltm.train.grid import RunSpec
+from cltm.train.grid import RunSpec, training_clips
+from cltm.train.model import resolve_device
 from cltm.train.tasks import TrainParams
-from cltm.train.worker import Worker, WorkerSettings
+from cltm.train.worker import SPEAKER_LAYERS, Worker, WorkerSettings
 
 # mHuBERT-147's encoder is HuBERT-base: transformers' HubertConfig defaults are that shape.
 MHUBERT_147: dict = {}
@@ -64,7 +65,7 @@ def clip_seconds(rng: np.random.Generator, n: int) -> np.ndarray:
 
 
 def voice(rng: np.random.Generator, f0: float, seconds: float) -> np.ndarray:
-    t = np.arange(int(16_000 * seconds)) / 16_000
+    t = np.arange(int(SAMPLE_RATE * seconds)) / SAMPLE_RATE
     x = sum(np.sin(2 * np.pi * f0 * k * t) / k for k in range(1, 6))
     return (0.3 * x / 2.3 + 0.02 * rng.standard_normal(t.size)).astype(np.float32)
 
@@ -82,9 +83,11 @@ def write_subsets(out: Path, task: str, languages: list[str], n_train: int, n_ev
                     gender = "male" if spk % 2 else "female"
                     f0 = (110 if gender == "male" else 210) + 30 * rng.random()
                 clip = f"{lang}_{role}_{i}.mp3"
-                writer.append(clip, to_int16(voice(rng, f0, float(clip_seconds(rng, 1)[0]))))
+                samples = to_int16(voice(rng, f0, float(clip_seconds(rng, 1)[0])))
+                writer.append(clip, samples)
                 rows.append({"clip": clip, "language": lang, "speaker": f"{lang}-{spk}",
-                             "gender": gender, "role": role})
+                             "gender": gender, "role": role,
+                             "duration_s": samples.size / SAMPLE_RATE})
     manifest = pd.DataFrame(rows)
     writer.finish(list(manifest["clip"]))
     manifest.to_csv(out / "manifest.csv", index=False)
@@ -107,39 +110,37 @@ def peak_flops(device: str, precision: str) -> float | None:
     return None
 
 
-def forward_flops(config: dict, seconds: list[float], device: torch.device) -> float:
-    """Model FLOPs of one forward pass over clips of these lengths, counted by torch."""
-    from torch.utils.flop_counter import FlopCounterMode
-    from transformers import HubertConfig, HubertModel
+class FlopCount:
+    """Model FLOPs of forward passes, counted by torch's FlopCounterMode on one model built
+    once. Clip lengths are rounded to 0.1 s and each length is counted once: FLOPs grow with
+    length (linearly, but for attention), so the rounding error is below 0.05 s a clip."""
 
-    model = HubertModel(HubertConfig(**config)).to(device).eval()
-    total = 0.0
-    # FLOPs are linear in length up to the attention term; count a few distinct lengths.
-    lengths = sorted({round(x, 1) for x in seconds})
-    per = {}
-    with torch.no_grad():
-        for length in lengths:
-            x = torch.zeros(1, int(length * SAMPLE_RATE), device=device)
-            with FlopCounterMode(display=False) as counter:
-                model(x)
-            per[length] = counter.get_total_flops()
-    for x in seconds:
-        total += per[round(x, 1)]
-    return float(total)
+    def __init__(self, config: dict, device: torch.device) -> None:
+        from transformers import HubertConfig, HubertModel
 
+        self.model = HubertModel(HubertConfig(**config)).to(device).eval()
+        self.device = device
+        self.per_length: dict[float, int] = {}
 
-def run_flops(manifest: pd.DataFrame, spec: RunSpec, config: dict, epochs: int,
-              device: torch.device, cache: dict) -> float:
-    """Training (forward + backward = 3 forwards) plus evaluation FLOPs of one run."""
-    from cltm.train.grid import training_clips
+    def forward(self, seconds: list[float]) -> float:
+        from torch.utils.flop_counter import FlopCounterMode
 
-    train = training_clips(manifest, spec)["duration_s"].tolist()
-    ev = manifest[(manifest["language"] == spec.target) & (manifest["role"] == "eval")]
-    key = (spec.target, spec.condition, spec.donor)
-    if key not in cache:
-        cache[key] = (3 * epochs * forward_flops(config, train, device)
-                      + forward_flops(config, ev["duration_s"].tolist(), device))
-    return cache[key]
+        total = 0
+        for x in seconds:
+            length = round(x, 1)
+            if length not in self.per_length:
+                wave = torch.zeros(1, int(length * SAMPLE_RATE), device=self.device)
+                with torch.no_grad(), FlopCounterMode(display=False) as counter:
+                    self.model(wave)
+                self.per_length[length] = counter.get_total_flops()
+            total += self.per_length[length]
+        return float(total)
+
+    def run(self, manifest: pd.DataFrame, spec: RunSpec, epochs: int) -> float:
+        """Training (forward + backward = 3 forwards) plus evaluation FLOPs of one run."""
+        train = training_clips(manifest, spec)["duration_s"].tolist()
+        ev = manifest[(manifest["language"] == spec.target) & (manifest["role"] == "eval")]
+        return 3 * epochs * self.forward(train) + self.forward(ev["duration_s"].tolist())
 
 
 def write_clip_files(subsets: Path, out: Path) -> None:
@@ -172,8 +173,6 @@ def reference_run(job: dict) -> dict:
     from transformers import HubertModel
 
     from cltm.train import tasks
-    from cltm.train.grid import training_clips
-    from cltm.train.model import resolve_device
 
     device = resolve_device(job["device"])
     spec = RunSpec(**job["spec"])
@@ -198,7 +197,7 @@ def reference_run(job: dict) -> dict:
         opt.step()
     encoder.eval()
     ev = manifest[(manifest["language"] == spec.target) & (manifest["role"] == "eval")]
-    layers = 1 if spec.task == "gender" else 4
+    layers = 1 if spec.task == "gender" else SPEAKER_LAYERS
     with torch.no_grad():
         emb = torch.cat([tasks.pooled(encoder, [_decode(clips / c.replace(".mp3", ".wav"))],
                                       device, True, layers).cpu() for c in ev["clip"]])
@@ -258,8 +257,6 @@ def main() -> None:
         t0 = time.perf_counter()
         write_subsets(subsets, args.task, languages, n_train, n_eval, per_speaker)
         manifest = pd.read_csv(subsets / "manifest.csv")
-        manifest["duration_s"] = [PackedAudio(subsets)[c].size / SAMPLE_RATE
-                                  for c in manifest["clip"]]
         setup_s = time.perf_counter() - t0
         train = TrainParams(lr=1e-5, weight_decay=0.0, grad_clip=1.0, epochs=1,
                             batch_size=args.batch_size, precision="fp32")
@@ -271,9 +268,8 @@ def main() -> None:
             specs += [RunSpec(args.task, target, "base", target, 0),
                       RunSpec(args.task, target, "self", target, 0),
                       RunSpec(args.task, target, "cross", donor, 0)]
-        flop_cache: dict = {}
-        flops = sum(run_flops(manifest, s, config, 1, torch.device(device if gpu else "cpu"),
-                              flop_cache) for s in specs)
+        counter = FlopCount(config, resolve_device(device))
+        flops = sum(counter.run(manifest, s, train.epochs) for s in specs)
         worker_s_per_run = {}
         for precision in precisions:
             settings = replace(base, train=replace(base.train, precision=precision))
@@ -314,7 +310,7 @@ def main() -> None:
             write_clip_files(subsets, clips)
             chosen = specs[: args.reference_runs]
             wall, jobs = measure_reference(chosen, subsets, clips, model_dir, device, train.lr)
-            ref_flops = sum(flop_cache[(s.target, s.condition, s.donor)] for s in chosen)
+            ref_flops = sum(counter.run(manifest, s, train.epochs) for s in chosen)
             ref = wall / len(chosen)
             print(json.dumps({
                 "measure": "reference_style", "task": args.task, "precision": "fp32",
