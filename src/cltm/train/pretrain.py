@@ -68,14 +68,22 @@ def _mel_filterbank(n_fft: int, n_mels: int, sr: int) -> np.ndarray:
     return bank
 
 
-def mfcc(wave: np.ndarray) -> np.ndarray:
-    """(frames, 39): 13 MFCCs with their first and second differences, per-clip normalised."""
+def log_mel(wave: np.ndarray) -> np.ndarray:
+    """(frames, 40) log-mel energies in HuBERT's frames (25 ms windows every 20 ms)."""
     n = 1 + (len(wave) - WIN) // HOP
     if n < 1:
-        return np.zeros((0, 3 * N_MFCC), np.float32)
+        return np.zeros((0, N_MELS))
     frames = np.lib.stride_tricks.sliding_window_view(wave, WIN)[::HOP][:n] * np.hanning(WIN)
     power = np.abs(np.fft.rfft(frames, n=512)) ** 2
-    logmel = np.log(power @ _mel_filterbank(512, N_MELS, SAMPLE_RATE).T + 1e-10)
+    return np.log(power @ _mel_filterbank(512, N_MELS, SAMPLE_RATE).T + 1e-10)
+
+
+def mfcc(wave: np.ndarray) -> np.ndarray:
+    """(frames, 39): 13 MFCCs with their first and second differences, per-clip normalised."""
+    logmel = log_mel(wave)
+    n = len(logmel)
+    if n < 1:
+        return np.zeros((0, 3 * N_MFCC), np.float32)
     k = np.arange(N_MELS)
     dct = np.cos(np.pi / N_MELS * (k[None, :] + 0.5) * np.arange(N_MFCC)[:, None])
     c = logmel @ dct.T
