@@ -337,16 +337,14 @@ def _check_values(c: Config, source: str) -> None:
     dupes = sorted({x for x in langs if langs.count(x) > 1})
     if dupes:
         fail(f"data.languages lists {', '.join(dupes)} more than once")
-    if not c.train.seeds:
-        fail("train.seeds must list at least one seed")
-    if len(set(c.train.seeds)) != len(c.train.seeds):
-        fail("train.seeds has repeated seeds: each seed must be a distinct run")
+    problem = _seeds_problem(c.train.seeds)
+    if problem:
+        fail(f"train.seeds {problem}")
     for name in TASKS:
         t = getattr(c.tasks, name)
-        if t.seeds is not None and not t.seeds:
-            fail(f"tasks.{name}.seeds must list at least one seed (null: train.seeds)")
-        if t.seeds is not None and len(set(t.seeds)) != len(t.seeds):
-            fail(f"tasks.{name}.seeds has repeated seeds: each seed must be a distinct run")
+        problem = _seeds_problem(t.seeds) if t.seeds is not None else None
+        if problem:
+            fail(f"tasks.{name}.seeds {problem} (null: train.seeds)")
         if t.clips_per_speaker < 1:
             fail(f"tasks.{name}.clips_per_speaker must be positive")
         if (t.lr is not None and not t.lr > 0) or (t.epochs is not None and t.epochs < 1):
@@ -422,6 +420,15 @@ def _check_values(c: Config, source: str) -> None:
              "https://commonvoice.mozilla.org/datasets")
 
 
+def _seeds_problem(seeds: list[int]) -> str | None:
+    """Why a list of seeds cannot be a set of runs, or None when it can."""
+    if not seeds:
+        return "must list at least one seed"
+    if len(set(seeds)) != len(seeds):
+        return "has repeated seeds: each seed must be a distinct run"
+    return None
+
+
 def n_problem(task: str, N: int, clips_per_speaker: int) -> str | None:
     """Why N cannot be drawn with this many clips per speaker, or None when it can."""
     if N < 1:
@@ -461,7 +468,8 @@ def _check_curve(c: Config, fail: typing.Callable[[str], None]) -> None:
         if extra or not cv.languages:
             fail(f"curve.languages must be a non-empty subset of data.languages; not in "
                  f"data.languages: {', '.join(extra) or '(empty list)'}")
-    if not cv.seeds or len(set(cv.seeds)) != len(cv.seeds):
-        fail("curve.seeds must list at least one seed, none repeated")
+    problem = _seeds_problem(cv.seeds)
+    if problem:
+        fail(f"curve.seeds {problem}")
     if min(cv.tau, cv.z, cv.eps, cv.bandwidth) <= 0:
         fail("curve.tau, curve.z, curve.eps and curve.bandwidth must be positive")
