@@ -18,6 +18,7 @@ from cltm.analysis.diagnostics import KEYS, diagnostics
 from cltm.analysis.plots import plot_heatmap, plot_highlight
 from cltm.analysis.report import run_report
 from cltm.analysis.stage import run_cltm, run_diagnostics
+from cltm.errors import CltmError
 
 LANGS = ["l0", "l1", "l2", "l3", "l4", "l5"]
 #: Two planted families, alternating, so that every language has same-family partners.
@@ -25,17 +26,20 @@ FAMILIES = {loc: "AB"[k % 2] for k, loc in enumerate(LANGS)}
 
 
 def make_runs(rng: np.random.Generator, langs: list[str], gains: np.ndarray,
-              cross: np.ndarray | None = None, *, seeds: int = 8, sd: float = 0.03) -> pd.DataFrame:
+              cross: np.ndarray | None = None, *, seeds: int = 8, sd: float = 0.03,
+              seed_sd: float = 0.0) -> pd.DataFrame:
     """Seed-level runs: base 0.5, self 0.5 + gain_i, cross 0.5 + cross[i, j] (default: gain_i,
-    i.e. a true CLTM of ones), Gaussian seed noise."""
+    i.e. a true CLTM of ones), Gaussian seed noise; `seed_sd` adds a Gaussian effect per seed
+    number shared by every run of that seed (a seed that trains badly everywhere)."""
     n = len(langs)
     cross = np.repeat(np.asarray(gains, float)[:, None], n, axis=1) if cross is None else cross
+    shared = rng.normal(0.0, seed_sd, seeds) if seed_sd else np.zeros(seeds)
     rows = []
     for a, i in enumerate(langs):
         cells = [("base", i, 0.0), ("self", i, gains[a])]
         cells += [("cross", j, cross[a, b]) for b, j in enumerate(langs) if b != a]
         for cond, donor, shift in cells:
-            noise = rng.normal(0.0, sd, seeds)
+            noise = rng.normal(0.0, sd, seeds) + shared
             rows += [(i, cond, donor, s, 0.5 + shift + e) for s, e in enumerate(noise)]
     return pd.DataFrame(rows, columns=["target", "condition", "donor", "seed", "score"])
 
@@ -100,6 +104,56 @@ def test_cell_tests_against_scipy():
     assert undefined[["p_vs0", "q_vs0", "p_vs1", "q_vs1", "cltm"]].isna().all()
     assert not undefined["differs_from_0"] and not undefined["differs_from_1"]
     assert undefined["direction"] == ""
+
+
+def test_paired_tests_against_scipy():
+    rng = np.random.default_rng(12)
+    diff = rng.normal(0.1, 0.05, (7, 4))
+    expected = [sps.ttest_1samp(d, 0.0).pvalue for d in diff]
+    assert st.paired_p(diff) == pytest.approx(expected, rel=1e-10)
+    assert np.isnan(st.paired_p(np.full((1, 3), 0.2))).all()  # no spread: no p-value
+    assert np.isnan(st.paired_p(np.ones((2, 1)))).all()  # one seed
+
+    runs = make_runs(rng, LANGS[:3], np.array([0.2, 0.25, 0.3]), seeds=4, seed_sd=0.2)
+    result = compute_cltm(runs, pair_seeds=True)
+    cells = st.seed_cells(runs)
+    assert st.pairing(cells, True) and not st.pairing(cells, False)
+    tests = st.cell_tests(cells, 0.05, result, paired=True).set_index(["target", "donor"])
+    score = runs.set_index(["target", "condition", "donor", "seed"])["score"].sort_index()
+    for (t, d), row in tests.iterrows():
+        cross, base, self_ = (score.loc[(t, c, dd)].sort_index().to_numpy()
+                              for c, dd in (("cross", d), ("base", t), ("self", t)))
+        assert row["p_vs0"] == pytest.approx(sps.ttest_rel(cross, base).pvalue, rel=1e-10)
+        assert row["p_vs1"] == pytest.approx(sps.ttest_rel(cross, self_).pvalue, rel=1e-10)
+        diff = self_ - base
+        assert result.self_gain_se[t] == pytest.approx(diff.std(ddof=1) / 2.0)
+    # Unpaired, the shared seed effect (SD 0.2 against 0.03 within a seed) swamps the gains.
+    unpaired = compute_cltm(runs)
+    assert (unpaired.self_gain_se > 2 * result.self_gain_se).all()
+
+
+def test_seeds_that_differ_between_cells_are_not_paired(store, tmp_path):
+    runs = make_runs(np.random.default_rng(13), LANGS[:3], np.array([0.2, 0.25, 0.3]), seeds=3)
+    moved = (runs["target"] == "l0") & (runs["condition"] == "self") & (runs["seed"] == 2)
+    runs.loc[moved, "seed"] = 7  # l0's self cell has seeds 0, 1, 7; every other 0, 1, 2
+    cells = st.seed_cells(runs)
+    assert cells.seeds is None and not st.pairing(cells, True)
+    with pytest.raises(CltmError, match="same seeds"):
+        st.cell_tests(cells, 0.05, paired=True)
+    # compute_cltm pairs what it can: l0's base and self share only seeds 0 and 1, so its SE
+    # falls back to the unpaired one; the stage says which design it used.
+    result = compute_cltm(runs, pair_seeds=True)
+    base, self_ = (runs[(runs["target"] == "l0") & (runs["condition"] == c)]["score"]
+                   for c in ("base", "self"))
+    assert result.self_gain_se["l0"] == pytest.approx(
+        math.sqrt(base.var() / 3 + self_.var() / 3))
+    run_cltm("gender", write_store(tmp_path / "runs", runs), tmp_path / "out", bootstrap=20,
+             permutations=10)
+    info = json.loads((tmp_path / "out" / st.INFO_FILE).read_text())
+    assert info["seed_design"] == "independent seeds"
+    run_cltm("gender", store, tmp_path / "paired", bootstrap=20, permutations=10)
+    info = json.loads((tmp_path / "paired" / st.INFO_FILE).read_text())
+    assert info["seed_design"] == "paired by seed" and info["seeds_per_cell"] == 4
 
 
 def test_one_seed_gives_nan_tests_and_null_se_intervals():
@@ -180,6 +234,28 @@ def test_bootstrap_covers_a_ones_matrix():
     # sets; allow a generous margin for the dependence between the cells of a row.
     assert np.mean(np.array(discoveries) > 0) <= 0.2, discoveries
     assert np.mean(discoveries) <= 0.5
+
+
+def test_paired_bootstrap_covers_a_ones_matrix_under_a_seed_effect():
+    """As above, with a shared seed effect 3x the within-seed noise: the paired bootstrap
+    (whole seeds resampled) keeps the nominal coverage with intervals far narrower than the
+    unpaired one, which counts the seed effect as noise in every difference."""
+    rng = np.random.default_rng(14)
+    gains = np.linspace(0.15, 0.3, 6)
+    reps, hits, widths = 60, 0, {True: [], False: []}
+    for _ in range(reps):
+        cells = st.seed_cells(make_runs(rng, LANGS, gains, seed_sd=0.09))
+        point = {"self_gain_mean": 0.0, "rms": 1.0}
+        for paired in (True, False):
+            ci, _ = st.diagnostic_intervals(cells, FAMILIES, point, replicates=300, level=0.95,
+                                            rng=np.random.default_rng(int(rng.integers(2**32))),
+                                            paired=paired)
+            iv = ci["self_gain_mean"]
+            widths[paired].append(iv["high"] - iv["low"])
+            if paired:
+                hits += iv["low"] <= gains.mean() <= iv["high"]
+    assert 0.8 <= hits / reps <= 1.0, hits
+    assert np.median(widths[True]) < 0.5 * np.median(widths[False]), widths
 
 
 def test_bootstrap_follows_a_target_that_becomes_undefined():
@@ -272,7 +348,7 @@ def store(tmp_path_factory) -> Path:
     gains = np.array([0.2, 0.3, -0.05, 0.25, 0.15, 0.2])  # l2 undefined
     cross = gains[:, None] * rng.uniform(-0.5, 1.6, (6, 6))
     root = tmp_path_factory.mktemp("runs")
-    return write_store(root / "gender", make_runs(rng, LANGS, gains, cross, seeds=2))
+    return write_store(root / "gender", make_runs(rng, LANGS, gains, cross, seeds=4))
 
 
 def _families_csv(directory: Path) -> Path:

@@ -166,7 +166,7 @@ def _cltm(args: argparse.Namespace, config: Config) -> None:
             family_level=config.analysis.family_level,
             highlight=config.analysis.highlight_languages, families_csv=families,
             fdr=a.fdr, bootstrap=a.bootstrap, ci_level=a.ci_level,
-            permutations=a.permutations, stats_seed=a.stats_seed,
+            permutations=a.permutations, stats_seed=a.stats_seed, pair_seeds=a.pair_seeds,
         )
 
 

@@ -159,6 +159,9 @@ class AnalysisConfig:
     ci_level: float = 0.95
     permutations: int = 2000
     stats_seed: int = 0
+    # Pair runs by seed (tests, bootstrap, self-gain SE) where every cell has the same seeds:
+    # one seed's runs share its head initialisation and data order (analysis/stats.py).
+    pair_seeds: bool = True
     # Embedding probes (geometry and linear CKA): at most this many evaluation clips per
     # language, chosen once by data.selection_seed and embedded by every fine-tuned model;
     # 0 turns the probes off. The grid depends on it: changing it retrains.

@@ -29,7 +29,9 @@ class CltmResult:
     matrix: pd.DataFrame  # targets x donors, diagonal 1, undefined rows all NaN
     se: pd.DataFrame  # same shape, diagonal 0
     self_gain: pd.Series  # Δ_ii per target, undefined targets included
-    self_gain_se: pd.Series  # sqrt(var(mean self) + var(mean base))
+    # SE of Δ_ii: paired by seed (SD of the per-seed differences / sqrt(k)) when asked for and
+    # base and self hold the same seeds; else sqrt(var(mean self) + var(mean base)).
+    self_gain_se: pd.Series
     undefined: pd.Series  # Δ_ii of the targets whose Δ_ii <= 0
     performance: pd.DataFrame  # per (target, condition, donor): seeds, mean, std
 
@@ -113,8 +115,25 @@ def _performance(stats: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     return perf.drop(columns="_rank").reset_index(drop=True)
 
 
-def compute_cltm(runs: pd.DataFrame) -> CltmResult:
-    """The CLTM, its SEs and the self-gains from a run table (one row per run)."""
+def paired_gain_se(runs: pd.DataFrame, target: str) -> float | None:
+    """SE of target's self-gain from its per-seed differences self − base, or None when base
+    and self do not hold the same seeds (or fewer than 2)."""
+    rows = runs[(runs["target"] == target) & (runs["donor"] == target)]
+    rows = rows.assign(score=pd.to_numeric(rows["score"], errors="coerce"))
+    by_seed = rows.pivot_table(index="seed", columns="condition", values="score", aggfunc="first")
+    if not {"base", "self"} <= set(by_seed.columns) or by_seed[["base", "self"]].isna().any().any():
+        return None
+    diff = (by_seed["self"] - by_seed["base"]).to_numpy(dtype=float)
+    return float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else None
+
+
+def compute_cltm(runs: pd.DataFrame, pair_seeds: bool = False) -> CltmResult:
+    """The CLTM, its SEs and the self-gains from a run table (one row per run).
+
+    The cell SEs are PROTOCOL.md's delta-method SEs, which treat the conditions' seeds as
+    independent. `pair_seeds` gives the self-gains the SE of a design blocked by seed (the
+    base and self runs of one seed share its head initialisation and data order: stats.py).
+    """
     stats = seed_stats(runs)
     cells = stats.set_index(["target", "condition", "donor"])
     languages = sorted(set(stats["target"]) | set(stats["donor"]))
@@ -136,7 +155,8 @@ def compute_cltm(runs: pd.DataFrame) -> CltmResult:
     for r, i in enumerate(languages):
         b, vb = cells.loc[(i, "base", i), ["mean", "var_mean"]]
         c, vc = cells.loc[(i, "self", i), ["mean", "var_mean"]]
-        gain[r], gain_se[r] = c - b, np.sqrt(vc + vb)
+        paired = paired_gain_se(runs, i) if pair_seeds else None
+        gain[r], gain_se[r] = c - b, np.sqrt(vc + vb) if paired is None else paired
         if not gain[r] > 0:
             continue  # undefined row: Δ_ii is not a usable denominator; nothing is imputed
         for k, j in enumerate(languages):

@@ -170,13 +170,17 @@ def _read_json(path: Path) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
-def _self_gains(task_dir: Path) -> list[str]:
+def _self_gains(task_dir: Path, info: dict) -> list[str]:
     path = task_dir / "self_gain.csv"
     if not path.is_file():
         return ["self_gain.csv is missing.", ""]
     table = pd.read_csv(path)
     names = display_names(table["target"])
-    lines = ["**Self-gains** (Δ_ii with its SE over seeds; a row is defined where Δ_ii > 0)", "",
+    se_of = ("SE of the per-seed differences self − base" if info.get("seed_design") ==
+             "paired by seed" else "SE over seeds")
+    seeds = info.get("seeds_per_cell")
+    over = f", {seeds} seeds" if seeds else ""
+    lines = [f"**Self-gains** (Δ_ii with its {se_of}{over}; a row is defined where Δ_ii > 0)", "",
              "| target | self-gain | SE | gain / SE | defined |", "|---|---|---|---|---|"]
     for t, g, se in zip(table["target"], table["self_gain"], table["se"]):
         ratio = "n/a" if pd.isna(se) or se <= 0 else f"{g / se:.1f}"
@@ -192,8 +196,10 @@ def _intervals(task_dir: Path, d: dict, info: dict) -> list[str]:
         return ["diagnostics_ci.json is missing.", ""]
     level = info.get("ci_level")
     reps = info.get("bootstrap")
+    paired = info.get("seed_design") == "paired by seed"
+    what = "of the seeds, each drawn with all its runs" if paired else "of each cell's seeds"
     head = (f"**Diagnostic intervals** ({100 * level:g}% percentile bootstrap, {reps} resamples "
-            "of each cell's seeds)" if level is not None and reps else
+            f"{what})" if level is not None and reps else
             "**Diagnostic intervals** (percentile bootstrap over seeds)")
     floor = info.get("noise_floor") or {}
     lines = [head, "", "| key | value | low | high | seed noise alone (CLTM = 1) |",
@@ -231,8 +237,10 @@ def _cell_counts(task_dir: Path, info: dict) -> list[str]:
     above = int((tests["direction"] == "above 1").sum())
     below = int((tests["direction"] == "below 1").sum())
     tested0, tested1 = int(tests["p_vs0"].notna().sum()), int(tests["p_vs1"].notna().sum())
+    how = ("paired t-tests on the per-seed differences" if info.get("seed_design") ==
+           "paired by seed" else "Welch t-tests on the seed scores")
     return [
-        f"**Cells** (Welch t-tests on the seed scores, Benjamini–Hochberg at {at}): of {total} "
+        f"**Cells** ({how}, Benjamini–Hochberg at {at}): of {total} "
         f"off-diagonal cells, {int(tests['differs_from_0'].astype(bool).sum())} of the {tested0} "
         f"testable differ from 0 and {int(tests['differs_from_1'].astype(bool).sum())} of the "
         f"{tested1} testable differ from 1 ({above} above, {below} below; marked + / − on the "
@@ -305,7 +313,7 @@ def _null_control(task_dir: Path, info: dict) -> list[str]:
 def _trust_section(task_dir: Path, d: dict, null_control: bool = False) -> list[str]:
     info = _read_json(task_dir / "stats_info.json") or {}
     out = ["### Can these numbers be trusted?", ""]
-    out += _self_gains(task_dir)
+    out += _self_gains(task_dir, info)
     out += _intervals(task_dir, d, info)
     out += _cell_counts(task_dir, info)
     out += _family_check(task_dir)

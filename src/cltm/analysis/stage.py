@@ -95,20 +95,22 @@ def run_cltm(
     ci_level: float = 0.95,
     permutations: int = 2000,
     stats_seed: int = 0,
+    pair_seeds: bool = True,
 ) -> dict:
     """Compute a task's CLTM from its run store and write every output; returns the diagnostics.
 
     `runs_dir` is `metrics/runs/<task>` (or its runs.jsonl); `highlight` defaults to the paper's
     16 languages (those present are drawn); `families_csv` (a demo corpus's planted families)
     overrides the language metadata for the locales it lists. `fdr`, `bootstrap` (resamples;
-    0: none), `ci_level`, `permutations` (0: none) and `stats_seed` set the uncertainty
-    outputs (stats.write_stats); they leave diagnostics.json as it is.
+    0: none), `ci_level`, `permutations` (0: none), `stats_seed` and `pair_seeds` set the
+    uncertainty outputs (stats.write_stats); they leave diagnostics.json as it is.
+    `pair_seeds` also gives the self-gains their SE paired by seed (cltm.compute_cltm).
     """
     check_family_level(family_level)
     out_dir = Path(out_dir)
     families = family_map(family_level, families_csv)
     runs = read_run_store(Path(runs_dir), task)
-    result = compute_cltm(runs)
+    result = compute_cltm(runs, pair_seeds=pair_seeds)
     out_dir.mkdir(parents=True, exist_ok=True)
     offdiag = _write_tables(result, out_dir)
 
@@ -117,7 +119,8 @@ def run_cltm(
     _write_json(diag, out_dir / "diagnostics.json")
     tests = write_stats(runs, result, diag, families, out_dir, family_level=family_level,
                         fdr=fdr, bootstrap=bootstrap, ci_level=ci_level,
-                        permutations=permutations, stats_seed=stats_seed)
+                        permutations=permutations, stats_seed=stats_seed,
+                        pair_seeds=pair_seeds)
 
     names = display_names(result.matrix.index)
     gains = result.self_gain.to_dict()

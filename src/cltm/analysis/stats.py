@@ -3,6 +3,18 @@
 Everything here starts from the run store's seed-level scores (one score per run), the data the
 CLTM itself is built from (cltm.py), or, for the family test alone, from a matrix.
 
+Seeds as blocks
+    A seed number fixes the head's initialisation and the data-order generator in every run that
+    carries it, so the base, self and cross runs of one seed share a draw of that noise: on the
+    demo, seed 0 of the gender task fails on D for every target while seed 1 learns, and every
+    condition moves with it. The grid gives every cell the same seeds, so the design is blocked
+    by seed, and the analysis pairs runs by seed when every cell holds the same seed numbers
+    (`pair_seeds`, the default; stats_info.json says which design was used). Unpaired analysis
+    treats a shared seed effect as noise in every difference; pairing removes it. Without a
+    shared seed effect the paired tests lose only degrees of freedom (k − 1 instead of up to
+    2k − 2). With `pair_seeds` off, or seeds that differ between cells, seeds are treated as
+    independent across cells.
+
 Per-cell tests (`cell_tests`, written as cltm_significance.csv)
     CLTM[i, j] = Δ_ij / Δ_ii is a ratio, and with a handful of seeds its sampling distribution is
     far from normal (the denominator is itself noisy), so a Wald z-test on the delta-method SE
@@ -10,31 +22,33 @@ Per-cell tests (`cell_tests`, written as cltm_significance.csv)
     restated as a difference of two means, given a defined row (Δ_ii > 0):
         CLTM[i, j] = 1  ⇔  Perf(i+j) − Perf(i+i) = 0    (cross against self)
         CLTM[i, j] = 0  ⇔  Perf(i+j) − Perf(i)   = 0    (cross against base)
-    and tested with Welch's two-sample t-test on the seed scores (two-sided, unequal variances).
-    Seeds are independent training runs; the base, self and cross runs that share a seed number
-    are not treated as paired: they train on different data, so nothing makes their scores move
-    together, and the delta-method SE of PROTOCOL.md treats them as independent as well. (If a
-    shared seed did correlate them, the unpaired test would only be conservative.)
-    A test is undefined (NaN p) when either side has fewer than 2 seeds or both sides have zero
-    spread (identical scores say nothing about seed noise, so no p-value is claimed). The row's
-    definedness is decided on the estimated Δ_ii > 0, as in the CLTM itself.
+    Paired by seed: a one-sample t-test on the k per-seed differences (k − 1 degrees of
+    freedom). Unpaired: Welch's two-sample t-test on the seed scores (unequal variances).
+    Both two-sided. A test is undefined (NaN p) with fewer than 2 seeds a side or when the
+    differences (or both sides) have zero spread: identical scores say nothing about seed noise,
+    so no p-value is claimed. The row's definedness is decided on the estimated Δ_ii > 0, as in
+    the CLTM itself.
     Benjamini–Hochberg adjusts the p-values over all defined off-diagonal cells, separately for
     the "vs 0" and the "vs 1" families; undefined rows and NaN p-values are not counted in a
     family. The cells of one row share their base and self runs, so their tests are positively
     dependent; BH is the usual choice there (Benjamini–Yekutieli would be the distribution-free,
     far less powerful alternative). A cell differs from 0 / 1 when its q-value is ≤ the FDR.
-    With 2 seeds per condition Welch's test has 1–2 degrees of freedom: valid but weak.
+    With 2 seeds a paired test has 1 degree of freedom: valid but weak.
 
 Bootstrap intervals (`diagnostic_intervals`, diagnostics_ci.json)
-    Every (target, condition, donor) cell's seeds are resampled with replacement, independently
-    and with the cell's own seed count; the CLTM, its delta-method SEs, the self-gains and all
+    Paired: each replicate draws k seed numbers with replacement and takes every cell's runs of
+    those seeds, so a replicate is the grid rerun with a resampled set of seeds. Unpaired: each
+    (target, condition, donor) cell's seeds are resampled independently, with the cell's own
+    count. The CLTM, its delta-method SEs, the self-gains and all
     numeric diagnostics are recomputed per replicate, and the interval is the percentile interval
     at the chosen level over the replicates where the diagnostic is defined. A replicate whose
     self-gain for some target is ≤ 0 leaves that row undefined, exactly as the real computation
     does, and its diagnostics are computed on the languages defined in that replicate (a target
     undefined in the data may likewise become defined). How often the language set moved is
     reported apart (stats_info.json). Known limits: the bootstrap variance of a k-seed mean is
-    (k − 1)/k of the usual estimate, so with 2 seeds the intervals are too narrow; and for
+    (k − 1)/k of the usual estimate, so with few seeds the intervals are too narrow, and a paired
+    bootstrap of k seeds has only C(2k − 1, k) distinct replicates (3 for 2 seeds, 35 for 4): its
+    intervals are coarse below 4 seeds. For
     distances from an ideal (rfd1, asym_rel, 1 − cos_rows), noise only adds, so the percentile
     interval sits above the noise-free value and should be read as "the value this much seed
     noise produces", not as an interval for a noise-free matrix.
@@ -98,6 +112,8 @@ class SeedCells:
 
     `base[i]` and `self_[i]` are the rows of `values` holding target i's base and self runs;
     `cross[i, j]` the row of the cross run i+j (-1 on the diagonal, which has none).
+    `seeds` holds the seed numbers (column order) when every cell has the same ones, the
+    condition for pairing runs by seed; else None.
     """
 
     languages: list[str]
@@ -106,6 +122,7 @@ class SeedCells:
     base: np.ndarray  # (n,)
     self_: np.ndarray  # (n,)
     cross: np.ndarray  # (n, n)
+    seeds: np.ndarray | None = None  # (max seeds,)
 
 
 def seed_cells(runs: pd.DataFrame, languages: Sequence[str] | None = None) -> SeedCells:
@@ -120,8 +137,8 @@ def seed_cells(runs: pd.DataFrame, languages: Sequence[str] | None = None) -> Se
         set(frame["target"]) | set(frame["donor"]))
     wanted = [(i, "base", i) for i in langs] + [(i, "self", i) for i in langs]
     wanted += [(i, "cross", j) for i in langs for j in langs if j != i]
-    groups = {k: g.sort_values("seed")["score"].to_numpy(dtype=float)
-              for k, g in frame.groupby(keys, sort=True)}
+    ordered = {k: g.sort_values("seed") for k, g in frame.groupby(keys, sort=True)}
+    groups = {k: g["score"].to_numpy(dtype=float) for k, g in ordered.items()}
     missing = [k for k in wanted if k not in groups or len(groups[k]) == 0]
     if missing:
         raise CltmError(f"the run store has no runs for {len(missing)} cells (e.g. {missing[0]}); "
@@ -134,7 +151,14 @@ def seed_cells(runs: pd.DataFrame, languages: Sequence[str] | None = None) -> Se
     cross = np.full((n, n), -1)
     off = ~np.eye(n, dtype=bool)
     cross[off] = np.arange(2 * n, len(wanted))  # row-major, the order `wanted` lists them
-    return SeedCells(langs, values, counts, np.arange(n), np.arange(n, 2 * n), cross)
+    seed_sets = {tuple(ordered[k]["seed"].tolist()) for k in wanted}
+    seeds = np.array(next(iter(seed_sets))) if len(seed_sets) == 1 else None
+    return SeedCells(langs, values, counts, np.arange(n), np.arange(n, 2 * n), cross, seeds)
+
+
+def pairing(cells: SeedCells, pair_seeds: bool) -> bool:
+    """Whether runs are paired by seed: asked for, and every cell holds the same seeds."""
+    return bool(pair_seeds) and cells.seeds is not None
 
 
 def _moments(values: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -185,13 +209,21 @@ def point_estimate(cells: SeedCells) -> Replicates:
     return _assemble(cells, mean[None], (var / cells.counts)[None])
 
 
-def bootstrap_replicates(cells: SeedCells, replicates: int,
-                         rng: np.random.Generator) -> Iterator[Replicates]:
-    """Replicates in chunks: each cell's seeds resampled with replacement, same count."""
+def bootstrap_replicates(cells: SeedCells, replicates: int, rng: np.random.Generator,
+                         paired: bool = False) -> Iterator[Replicates]:
+    """Replicates in chunks. Paired: one draw of k seeds with replacement, taken in every cell.
+    Unpaired: each cell's seeds resampled with replacement, independently, same count."""
+    if paired and cells.seeds is None:
+        raise CltmError("a paired bootstrap needs the same seeds in every cell")
     for start in range(0, replicates, CHUNK):
         size = min(CHUNK, replicates - start)
-        # A uniform draw scaled by each cell's count picks a seed among that cell's own ones.
-        pick = (rng.random((size, *cells.values.shape)) * cells.counts[:, None]).astype(int)
+        if paired:
+            k = cells.values.shape[1]
+            one = (rng.random((size, 1, k)) * k).astype(int)
+            pick = np.broadcast_to(one, (size, *cells.values.shape))
+        else:
+            # A uniform draw scaled by each cell's count picks a seed among that cell's own.
+            pick = (rng.random((size, *cells.values.shape)) * cells.counts[:, None]).astype(int)
         drawn = np.take_along_axis(np.broadcast_to(cells.values, pick.shape), pick, axis=-1)
         mean, var = _moments(drawn, cells.counts)
         yield _assemble(cells, mean, var / cells.counts)
@@ -277,6 +309,7 @@ def diagnostic_intervals(
     replicates: int,
     level: float,
     rng: np.random.Generator,
+    paired: bool = False,
 ) -> tuple[dict[str, dict[str, float | None]], dict[str, object]]:
     """Percentile bootstrap intervals of the numeric diagnostics, and facts about the replicates.
 
@@ -292,7 +325,7 @@ def diagnostic_intervals(
         return nulls, {"replicates": 0}
     draws: dict[str, list[np.ndarray]] = {k: [] for k in NUMERIC_KEYS}
     defined: list[np.ndarray] = []
-    for rep in bootstrap_replicates(cells, replicates, rng):
+    for rep in bootstrap_replicates(cells, replicates, rng, paired):
         for k, v in replicate_diagnostics(rep, codes).items():
             draws[k].append(v)
         defined.append(~np.isnan(rep.cltm).all(2))
@@ -326,7 +359,8 @@ def null_cells(cells: SeedCells) -> SeedCells:
 
 
 def noise_floor(cells: SeedCells, families: Mapping[str, str] | None, *, replicates: int,
-                level: float, rng: np.random.Generator) -> dict[str, dict[str, float | None]]:
+                level: float, rng: np.random.Generator,
+                paired: bool = False) -> dict[str, dict[str, float | None]]:
     """What seed noise alone makes of the diagnostics: their bootstrap distribution when the
     true CLTM is all ones and every cell keeps its observed seed spread (null_cells).
 
@@ -337,7 +371,7 @@ def noise_floor(cells: SeedCells, families: Mapping[str, str] | None, *, replica
         return {k: {"mean": None, "low": None, "high": None} for k in NOISE_KEYS}
     codes = _family_codes(cells.languages, families)
     draws: dict[str, list[np.ndarray]] = {k: [] for k in NOISE_KEYS}
-    for rep in bootstrap_replicates(null_cells(cells), replicates, rng):
+    for rep in bootstrap_replicates(null_cells(cells), replicates, rng, paired):
         diag = replicate_diagnostics(rep, codes)
         for k in NOISE_KEYS:
             draws[k].append(diag[k])
@@ -387,6 +421,22 @@ def welch_p(mean_x: np.ndarray, var_x: np.ndarray, n_x: np.ndarray,
     return np.where(ok, p, np.nan)
 
 
+def paired_p(diff: np.ndarray) -> np.ndarray:
+    """Two-sided one-sample t-test p-values of per-seed differences (last axis) against 0.
+
+    NaN where there are fewer than 2 differences or they have no spread (no measured noise).
+    """
+    diff = np.asarray(diff, dtype=float)
+    k = diff.shape[-1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean = diff.mean(-1)
+        se = diff.std(-1, ddof=1) / np.sqrt(k) if k > 1 else np.full(mean.shape, np.nan)
+        p = 2.0 * sps.t.sf(np.abs(mean / se), k - 1)
+    # Spread judged on the values themselves: the SD of equal floats can round to 1e-17.
+    spread = np.ptp(diff, axis=-1) > 0 if k > 1 else np.zeros(mean.shape, bool)
+    return np.where(spread & np.isfinite(se), p, np.nan)
+
+
 def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
     """BH q-values (adjusted p-values) of the finite p's; NaN p's stay NaN and are not counted."""
     p = np.asarray(p, dtype=float)
@@ -405,8 +455,12 @@ def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
     return q
 
 
-def cell_tests(cells: SeedCells, fdr: float, result: CltmResult | None = None) -> pd.DataFrame:
+def cell_tests(cells: SeedCells, fdr: float, result: CltmResult | None = None,
+               paired: bool = False) -> pd.DataFrame:
     """One row per off-diagonal cell: the CLTM, its SE, the tests against 0 and 1, BH-adjusted.
+
+    `paired`: tests on the per-seed differences (the seeds must be the same in every cell);
+    else Welch's test on the two cells' seed scores.
 
     The CLTM and SE columns are `result`'s (compute_cltm's, so that they equal cltm.csv to the
     bit) when given, else the same values computed here from the seeds.
@@ -426,9 +480,15 @@ def cell_tests(cells: SeedCells, fdr: float, result: CltmResult | None = None) -
     defined = (point.gain[0] > 0)[tgt]
     moments = (mean[x], var[x], cells.counts[x])
 
+    if paired and cells.seeds is None:
+        raise CltmError("paired tests need the same seeds in every cell")
+
     def test(other: np.ndarray) -> np.ndarray:
         y = other[tgt]
-        p = welch_p(*moments, mean[y], var[y], cells.counts[y])
+        if paired:
+            p = paired_p(cells.values[x] - cells.values[y])
+        else:
+            p = welch_p(*moments, mean[y], var[y], cells.counts[y])
         return np.where(defined, p, np.nan)
 
     p0, p1 = test(cells.base), test(cells.self_)
@@ -580,29 +640,37 @@ def write_stats(
     ci_level: float = 0.95,
     permutations: int = 2000,
     stats_seed: int = 0,
+    pair_seeds: bool = True,
 ) -> pd.DataFrame:
     """Write cltm_significance.csv, diagnostics_ci.json, family_structure.json, stats_info.json.
 
     `diag` is the data's diagnostics (as written to diagnostics.json); returns the cell tests.
     Every file is written even when the bootstrap or the permutations are off (0): with nulls.
+    `pair_seeds`: pair runs by seed where every cell has the same seeds (the module docstring).
     """
     out_dir = Path(out_dir)
     boot_rng, perm_rng = streams(stats_seed)
     cells = seed_cells(runs, list(result.matrix.index))
-    tests = cell_tests(cells, fdr, result)
+    paired = pairing(cells, pair_seeds)
+    if pair_seeds and not paired:
+        log.warning("the cells of the run store do not all hold the same seeds: seeds are "
+                    "treated as independent (unpaired tests and bootstrap)")
+    tests = cell_tests(cells, fdr, result, paired)
     tests.to_csv(out_dir / SIGNIFICANCE_FILE, index=False)
 
     ci, info = diagnostic_intervals(cells, families, diag, replicates=bootstrap, level=ci_level,
-                                    rng=boot_rng)
+                                    rng=boot_rng, paired=paired)
     write_json({k: json_ready(v) for k, v in ci.items()}, out_dir / CI_FILE)
     fam = family_structure(result.matrix, families, family_level=family_level,
                            permutations=permutations, rng=perm_rng)
     write_json(json_ready(fam), out_dir / FAMILY_FILE)
 
     floor = noise_floor(cells, families, replicates=bootstrap, level=ci_level,
-                        rng=noise_stream(stats_seed))
+                        rng=noise_stream(stats_seed), paired=paired)
     settings = {"fdr": fdr, "bootstrap": int(bootstrap), "ci_level": ci_level,
-                "permutations": int(permutations), "stats_seed": int(stats_seed)}
+                "permutations": int(permutations), "stats_seed": int(stats_seed),
+                "seed_design": "paired by seed" if paired else "independent seeds",
+                "seeds_per_cell": int(cells.counts.max())}
     counts = {"tested_vs0": int(tests["p_vs0"].notna().sum()),
               "tested_vs1": int(tests["p_vs1"].notna().sum()),
               "differs_from_0": int(tests["differs_from_0"].sum()),
