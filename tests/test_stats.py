@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -424,6 +425,48 @@ def test_report_has_the_trust_section(store, tmp_path):
     assert "testable differ from 0" in text and "testable differ from 1" in text
     assert "two-sided permutation p" in text and "share of same-family pairs" in text
     assert "| metric | gender | gender (paper) |" in text  # what was there stays
+
+
+def test_report_states_the_headline_contrast_and_the_planted_check(tmp_path):
+    """Two tasks from synthetic seeds: gender near a CLTM of ones, speaker with planted family
+    blocks (same family 1.0, other families 0.2). The report must find gender nearer the ideal
+    with apart intervals, and the speaker families with p < 0.05."""
+    rng = np.random.default_rng(21)
+    langs = [f"l{k}" for k in range(8)]
+    families = {loc: "ABCD"[k // 2] for k, loc in enumerate(langs)}
+    gains = np.full(8, 0.2)
+    same = np.equal.outer([families[t] for t in langs], [families[t] for t in langs])
+    blocks = np.where(same, 1.0, 0.2) * gains[:, None]
+    root = tmp_path / "metrics"
+    fam_csv = tmp_path / "families.csv"
+    fam_csv.write_text("locale,family\n" + "".join(f"{k},{v}\n" for k, v in families.items()))
+    for task, cross in (("gender", None), ("speaker", blocks)):
+        store = write_store(tmp_path / "runs" / task, make_runs(rng, langs, gains, cross, seeds=4,
+                                                                sd=0.01), task)
+        run_cltm(task, store, root / task, families_csv=fam_csv, bootstrap=200,
+                 permutations=500)
+    run_report(root, root / "report.md", planted=True)
+    text = (root / "report.md").read_text()
+    assert "## The headline contrast" in text
+    rfd1 = next(line for line in text.splitlines() if line.startswith("- `rfd1`"))
+    assert "gender is nearer" in rfd1 and "the intervals do not overlap" in rfd1
+    assert "- gender: 8 of 8 self-gains positive (no undefined row)" in text
+    planted = next(line for line in text.splitlines() if "planted genera" in line)
+    assert "detected; same-genus donors transfer more than others" in planted
+    # The same files without the planted flag: the contrast stays, the demo check goes.
+    run_report(root, root / "plain.md")
+    plain = (root / "plain.md").read_text()
+    assert "## The headline contrast" in plain and "planted genera" not in plain
+    # Tasks swapped: the verdict turns.
+    swapped = tmp_path / "swapped"
+    shutil.copytree(root / "gender", swapped / "speaker")
+    shutil.copytree(root / "speaker", swapped / "gender")
+    run_report(swapped, swapped / "report.md", planted=True)
+    text = (swapped / "report.md").read_text()
+    rfd1 = next(line for line in text.splitlines() if line.startswith("- `rfd1`"))
+    assert "gender is NOT nearer" in rfd1 and "apart, the other way round" in rfd1
+    planted = next(line for line in text.splitlines() if "planted genera" in line)
+    assert planted.endswith("not detected")
 
 
 def test_run_diagnostics_family_test_only(store, tmp_path):

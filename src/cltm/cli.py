@@ -173,8 +173,9 @@ def _cltm(args: argparse.Namespace, config: Config) -> None:
 def _report(args: argparse.Namespace, config: Config) -> None:
     from cltm.analysis.report import run_report
 
-    null = config.data.source == "demo" and config.demo.null_control
-    run_report(Path("metrics"), Path("metrics") / "report.md", null_control=null)
+    demo = config.data.source == "demo"
+    run_report(Path("metrics"), Path("metrics") / "report.md",
+               null_control=demo and config.demo.null_control, planted=demo)
 
 
 def _diagnostics(args: argparse.Namespace) -> None:
