@@ -124,12 +124,19 @@ def worker_settings(config: Config, task: str, data_dir: Path | None = None,
     )
 
 
-def pending(config: Config, task: str) -> tuple[list[tuple[RunSpec, str]], dict[str, dict], int]:
-    """(jobs still to run, stored records of the current grid by hash, grid size)."""
+def pending(config: Config, task: str, settings: dict[str, Any] | None = None
+            ) -> tuple[list[tuple[RunSpec, str]], dict[str, dict], int]:
+    """(jobs still to run, stored records of the current grid by hash, grid size).
+
+    `settings` is settings_of(config, task), computed here when not given (it hashes the
+    model's weights, so a caller that needs it too passes it in).
+    """
     if not (subsets_dir(task) / "manifest.csv").is_file():
         raise CltmError(f"{subsets_dir(task)}/manifest.csv is missing: run "
                         f"`dvc repro subsets@{task}` (or `cltm subsets --task {task}`) first")
-    fingerprint = Fingerprints(subsets_dir(task), settings_of(config, task))
+    if settings is None:
+        settings = settings_of(config, task)
+    fingerprint = Fingerprints(subsets_dir(task), settings)
     languages = sorted(fingerprint.manifest["language"].unique())
     specs = grid_specs(task, languages, task_seeds(config, task))
     return _split(specs, fingerprint, RunStore(runs_dir(task)))
@@ -149,7 +156,8 @@ def _split(specs: list[RunSpec], fingerprint: Fingerprints,
 
 
 def run_grid(config: Config, task: str, progress: bool = True) -> None:
-    jobs, done, total = pending(config, task)
+    settings = settings_of(config, task)
+    jobs, done, total = pending(config, task, settings)
     store = RunStore(runs_dir(task))
     models_dir(task).mkdir(parents=True, exist_ok=True)
     (models_dir(task) / "README.txt").write_text(
@@ -157,7 +165,8 @@ def run_grid(config: Config, task: str, progress: bool = True) -> None:
         f"{config.train.checkpoints}), safetensors, one file per run id.\n")
     log.info("%s grid: %d runs, %d already done, %d to run", task, total, len(done), len(jobs))
     if jobs:
-        _execute(config, task, jobs, done, store, progress, worker_settings(config, task))
+        _execute(config, jobs, done, store, progress, worker_settings(config, task),
+                 run_name=task, tracked=settings)
     _finish(store, done)
 
 
@@ -169,7 +178,8 @@ def run_curve(config: Config, task: str, progress: bool = True) -> None:
         raise CltmError(f"{data}/manifest.csv is missing: the curve's data is built first by "
                         f"`cltm curve --task {task}`")
     cv = config.curve
-    fingerprint = Fingerprints(data, settings_of(config, task, curve=True))
+    tracked = settings_of(config, task, curve=True)
+    fingerprint = Fingerprints(data, tracked)
     languages = sorted(fingerprint.manifest["language"].unique())
     specs = curve_specs(task, languages, cv.N_grid[task], cv.seeds)
     store = RunStore(curve_runs_dir(task))
@@ -177,7 +187,8 @@ def run_curve(config: Config, task: str, progress: bool = True) -> None:
     log.info("%s curve: %d runs, %d already done, %d to run", task, total, len(done), len(jobs))
     if jobs:
         settings = worker_settings(config, task, data_dir=data, checkpoints="none")
-        _execute(config, task, jobs, done, store, progress, settings, name=f"{task}-curve")
+        _execute(config, jobs, done, store, progress, settings, run_name=f"{task}-curve",
+                 tracked=tracked)
     _finish(store, done)
 
 
@@ -187,11 +198,13 @@ def _finish(store: RunStore, done: dict[str, dict]) -> None:
     store.prune_probes(done)
 
 
-def _execute(config: Config, task: str, jobs: list, done: dict, store: RunStore,
-             progress: bool, settings: WorkerSettings, name: str | None = None) -> None:
+def _execute(config: Config, jobs: list, done: dict, store: RunStore, progress: bool,
+             settings: WorkerSettings, *, run_name: str, tracked: dict[str, Any]) -> None:
+    """Run `jobs` on workers, append each record to `store` and `done`, log them to MLflow
+    under `run_name` with `tracked` (the settings hashed into the runs) as its params."""
     from cltm.train.tracking import Tracker
 
-    tracker = Tracker(name or task, settings_of(config, task, curve=name is not None))
+    tracker = Tracker(run_name, tracked)
     t = config.train
     if t.executor == "ray":
         records = executors.run_ray(
@@ -201,7 +214,7 @@ def _execute(config: Config, task: str, jobs: list, done: dict, store: RunStore,
     else:
         records = executors.run_inline(settings, jobs)
     status = "FAILED"
-    bar = tqdm(total=len(jobs), desc=f"{name or task} runs", unit="run",
+    bar = tqdm(total=len(jobs), desc=f"{run_name} runs", unit="run",
                disable=not progress)
     try:
         for record in records:
