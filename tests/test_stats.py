@@ -14,7 +14,7 @@ import pytest
 from scipy import stats as sps
 
 from cltm.analysis import stats as st
-from cltm.analysis.cltm import compute_cltm
+from cltm.analysis.cltm import compute_cltm, shared_seeds
 from cltm.analysis.diagnostics import KEYS, diagnostics
 from cltm.analysis.plots import plot_heatmap, plot_highlight
 from cltm.analysis.report import run_report
@@ -79,6 +79,11 @@ def test_welch_matches_scipy():
     # Fewer than 2 seeds, or no spread on either side: no p-value rather than a false certainty.
     assert np.isnan(st.welch_p(0.6, np.nan, 1, 0.5, 0.01, 3))
     assert np.isnan(st.welch_p(0.6, 0.0, 2, 0.5, 0.0, 2))
+    # Constant cells from the seed arrays: 0.7 three times has a rounded mean whose naive
+    # variance is 1.8e-32, which would pass for measured noise and give p = 0.
+    mean, var = st._moments(np.array([[0.7, 0.7, 0.7], [0.1, 0.1, 0.1]]), np.array([3, 3]))
+    assert (var == 0.0).all()
+    assert np.isnan(st.welch_p(mean[0], var[0], 3, mean[1], var[1], 3))
 
 
 def test_cell_tests_against_scipy():
@@ -141,13 +146,16 @@ def test_seeds_that_differ_between_cells_are_not_paired(store, tmp_path):
     assert cells.seeds is None and not st.pairing(cells, True)
     with pytest.raises(CltmError, match="same seeds"):
         st.cell_tests(cells, 0.05, paired=True)
-    # compute_cltm pairs what it can: l0's base and self share only seeds 0 and 1, so its SE
-    # falls back to the unpaired one; the stage says which design it used.
+    # compute_cltm pairs by the same rule: with one cell off, no self-gain SE is paired (l1's
+    # base and self share all three seeds, yet get the unpaired SE); the stage says which
+    # design it used.
+    assert shared_seeds(runs) is None
     result = compute_cltm(runs, pair_seeds=True)
-    base, self_ = (runs[(runs["target"] == "l0") & (runs["condition"] == c)]["score"]
-                   for c in ("base", "self"))
-    assert result.self_gain_se["l0"] == pytest.approx(
-        math.sqrt(base.var() / 3 + self_.var() / 3))
+    for target in ("l0", "l1"):
+        base, self_ = (runs[(runs["target"] == target) & (runs["condition"] == c)]["score"]
+                       for c in ("base", "self"))
+        assert result.self_gain_se[target] == pytest.approx(
+            math.sqrt(base.var() / 3 + self_.var() / 3))
     run_cltm("gender", write_store(tmp_path / "runs", runs), tmp_path / "out", bootstrap=20,
              permutations=10)
     info = json.loads((tmp_path / "out" / st.INFO_FILE).read_text())

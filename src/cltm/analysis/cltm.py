@@ -30,7 +30,7 @@ class CltmResult:
     se: pd.DataFrame  # same shape, diagonal 0
     self_gain: pd.Series  # Δ_ii per target, undefined targets included
     # SE of Δ_ii: paired by seed (SD of the per-seed differences / sqrt(k)) when asked for and
-    # base and self hold the same seeds; else sqrt(var(mean self) + var(mean base)).
+    # every cell holds the same seeds; else sqrt(var(mean self) + var(mean base)).
     self_gain_se: pd.Series
     undefined: pd.Series  # Δ_ii of the targets whose Δ_ii <= 0
     performance: pd.DataFrame  # per (target, condition, donor): seeds, mean, std
@@ -115,16 +115,20 @@ def _performance(stats: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     return perf.drop(columns="_rank").reset_index(drop=True)
 
 
-def paired_gain_se(runs: pd.DataFrame, target: str) -> float | None:
-    """SE of target's self-gain from its per-seed differences self − base, or None when base
-    and self do not hold the same seeds (or fewer than 2)."""
-    rows = runs[(runs["target"] == target) & (runs["donor"] == target)]
-    rows = rows.assign(score=pd.to_numeric(rows["score"], errors="coerce"))
-    by_seed = rows.pivot_table(index="seed", columns="condition", values="score", aggfunc="first")
-    if not {"base", "self"} <= set(by_seed.columns) or by_seed[["base", "self"]].isna().any().any():
-        return None
-    diff = (by_seed["self"] - by_seed["base"]).to_numpy(dtype=float)
-    return float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else None
+def shared_seeds(runs: pd.DataFrame) -> list | None:
+    """The seed numbers, sorted, when every (target, condition, donor) cell holds the same ones
+    (the condition for pairing runs by seed); else None."""
+    sets = runs.groupby(["target", "condition", "donor"])["seed"].agg(lambda s: tuple(sorted(s)))
+    return list(sets.iloc[0]) if len(sets) and sets.nunique() == 1 else None
+
+
+def _paired_gain_se(runs: pd.DataFrame) -> pd.Series:
+    """Per target, the SE of the per-seed differences self − base (NaN with one seed)."""
+    own = runs[runs["condition"].isin(["base", "self"])]
+    own = own.assign(score=pd.to_numeric(own["score"]))
+    wide = own.pivot_table(index=["target", "seed"], columns="condition", values="score")
+    diff = (wide["self"] - wide["base"]).groupby(level="target")
+    return diff.std(ddof=1) / np.sqrt(diff.count())
 
 
 def compute_cltm(runs: pd.DataFrame, pair_seeds: bool = False) -> CltmResult:
@@ -132,7 +136,8 @@ def compute_cltm(runs: pd.DataFrame, pair_seeds: bool = False) -> CltmResult:
 
     The cell SEs are PROTOCOL.md's delta-method SEs, which treat the conditions' seeds as
     independent. `pair_seeds` gives the self-gains the SE of a design blocked by seed (the
-    base and self runs of one seed share its head initialisation and data order: stats.py).
+    base and self runs of one seed share its head initialisation and data order: stats.py)
+    when every cell holds the same seeds, the rule stats.py pairs by.
     """
     stats = seed_stats(runs)
     cells = stats.set_index(["target", "condition", "donor"])
@@ -148,6 +153,7 @@ def compute_cltm(runs: pd.DataFrame, pair_seeds: bool = False) -> CltmResult:
             "finish the grid (`cltm grid`) before computing the CLTM"
         )
 
+    paired_se = _paired_gain_se(runs) if pair_seeds and shared_seeds(runs) is not None else None
     n = len(languages)
     matrix = np.full((n, n), np.nan)
     se = np.full((n, n), np.nan)
@@ -155,8 +161,7 @@ def compute_cltm(runs: pd.DataFrame, pair_seeds: bool = False) -> CltmResult:
     for r, i in enumerate(languages):
         b, vb = cells.loc[(i, "base", i), ["mean", "var_mean"]]
         c, vc = cells.loc[(i, "self", i), ["mean", "var_mean"]]
-        paired = paired_gain_se(runs, i) if pair_seeds else None
-        gain[r], gain_se[r] = c - b, np.sqrt(vc + vb) if paired is None else paired
+        gain[r], gain_se[r] = c - b, np.sqrt(vc + vb) if paired_se is None else paired_se[i]
         if not gain[r] > 0:
             continue  # undefined row: Δ_ii is not a usable denominator; nothing is imputed
         for k, j in enumerate(languages):

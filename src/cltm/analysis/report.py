@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from cltm.analysis.languages import display_names
+from cltm.analysis.stats import PAIRED_DESIGN
 
 log = logging.getLogger(__name__)
 
@@ -170,14 +171,19 @@ def _read_json(path: Path) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
+def _paired(info: dict) -> bool:
+    """Whether stats_info.json says the runs were paired by seed."""
+    return info.get("seed_design") == PAIRED_DESIGN
+
+
 def _self_gains(task_dir: Path, info: dict) -> list[str]:
     path = task_dir / "self_gain.csv"
     if not path.is_file():
         return ["self_gain.csv is missing.", ""]
     table = pd.read_csv(path)
     names = display_names(table["target"])
-    se_of = ("SE of the per-seed differences self − base" if info.get("seed_design") ==
-             "paired by seed" else "SE over seeds")
+    se_of = ("SE of the per-seed differences self − base" if _paired(info) else
+             "SE over seeds")
     seeds = info.get("seeds_per_cell")
     over = f", {seeds} seeds" if seeds else ""
     lines = [f"**Self-gains** (Δ_ii with its {se_of}{over}; a row is defined where Δ_ii > 0)", "",
@@ -196,8 +202,7 @@ def _intervals(task_dir: Path, d: dict, info: dict) -> list[str]:
         return ["diagnostics_ci.json is missing.", ""]
     level = info.get("ci_level")
     reps = info.get("bootstrap")
-    paired = info.get("seed_design") == "paired by seed"
-    what = "of the seeds, each drawn with all its runs" if paired else "of each cell's seeds"
+    what = "of the seeds, each drawn with all its runs" if _paired(info) else "of each cell's seeds"
     head = (f"**Diagnostic intervals** ({100 * level:g}% percentile bootstrap, {reps} resamples "
             f"{what})" if level is not None and reps else
             "**Diagnostic intervals** (percentile bootstrap over seeds)")
@@ -237,8 +242,8 @@ def _cell_counts(task_dir: Path, info: dict) -> list[str]:
     above = int((tests["direction"] == "above 1").sum())
     below = int((tests["direction"] == "below 1").sum())
     tested0, tested1 = int(tests["p_vs0"].notna().sum()), int(tests["p_vs1"].notna().sum())
-    how = ("paired t-tests on the per-seed differences" if info.get("seed_design") ==
-           "paired by seed" else "Welch t-tests on the seed scores")
+    how = ("paired t-tests on the per-seed differences" if _paired(info) else
+           "Welch t-tests on the seed scores")
     return [
         f"**Cells** ({how}, Benjamini–Hochberg at {at}): of {total} "
         f"off-diagonal cells, {int(tests['differs_from_0'].astype(bool).sum())} of the {tested0} "

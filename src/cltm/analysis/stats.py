@@ -78,7 +78,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from cltm.analysis.cltm import CltmResult
+from cltm.analysis.cltm import CltmResult, shared_seeds
 from cltm.analysis.diagnostics import KEYS, check_matrix, json_ready
 from cltm.errors import CltmError
 
@@ -98,6 +98,9 @@ SIGNIFICANCE_COLUMNS = ("target", "donor", "cltm", "se", "p_vs0", "q_vs0", "p_vs
 FAMILY_KEYS = ("family_level", "contrast", "contrast_p", "contrast_chance", "intra_family_pos",
                "intra_family_pos_p", "intra_family_pos_chance", "same_family_pair_share",
                "n_families", "permutations")
+
+#: stats_info.json's `seed_design` when runs are paired by seed.
+PAIRED_DESIGN = "paired by seed"
 
 #: Replicates drawn at once: bounds memory (B x cells x seeds doubles) for a 44 x 44 grid.
 CHUNK = 200
@@ -137,8 +140,8 @@ def seed_cells(runs: pd.DataFrame, languages: Sequence[str] | None = None) -> Se
         set(frame["target"]) | set(frame["donor"]))
     wanted = [(i, "base", i) for i in langs] + [(i, "self", i) for i in langs]
     wanted += [(i, "cross", j) for i in langs for j in langs if j != i]
-    ordered = {k: g.sort_values("seed") for k, g in frame.groupby(keys, sort=True)}
-    groups = {k: g["score"].to_numpy(dtype=float) for k, g in ordered.items()}
+    groups = {k: g.sort_values("seed")["score"].to_numpy(dtype=float)
+              for k, g in frame.groupby(keys, sort=True)}
     missing = [k for k in wanted if k not in groups or len(groups[k]) == 0]
     if missing:
         raise CltmError(f"the run store has no runs for {len(missing)} cells (e.g. {missing[0]}); "
@@ -151,9 +154,10 @@ def seed_cells(runs: pd.DataFrame, languages: Sequence[str] | None = None) -> Se
     cross = np.full((n, n), -1)
     off = ~np.eye(n, dtype=bool)
     cross[off] = np.arange(2 * n, len(wanted))  # row-major, the order `wanted` lists them
-    seed_sets = {tuple(ordered[k]["seed"].tolist()) for k in wanted}
-    seeds = np.array(next(iter(seed_sets))) if len(seed_sets) == 1 else None
-    return SeedCells(langs, values, counts, np.arange(n), np.arange(n, 2 * n), cross, seeds)
+    used = frame[frame["target"].isin(langs) & frame["donor"].isin(langs)]
+    seeds = shared_seeds(used)
+    return SeedCells(langs, values, counts, np.arange(n), np.arange(n, 2 * n), cross,
+                     None if seeds is None else np.array(seeds))
 
 
 def pairing(cells: SeedCells, pair_seeds: bool) -> bool:
@@ -169,6 +173,10 @@ def _moments(values: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.nda
     dev = np.where(valid, values - mean[..., None], 0.0)
     with np.errstate(invalid="ignore", divide="ignore"):
         var = (dev**2).sum(-1) / (counts - 1)
+    # Equal scores have no spread, but their rounded mean can leave a variance of 1e-32, which
+    # the tests would read as measured noise: zero it from the values themselves.
+    constant = (np.where(valid, values, -np.inf).max(-1) == np.where(valid, values, np.inf).min(-1))
+    var = np.where(constant, 0.0, var)
     return mean, np.where(counts > 1, var, np.nan)
 
 
@@ -669,7 +677,7 @@ def write_stats(
                         rng=noise_stream(stats_seed), paired=paired)
     settings = {"fdr": fdr, "bootstrap": int(bootstrap), "ci_level": ci_level,
                 "permutations": int(permutations), "stats_seed": int(stats_seed),
-                "seed_design": "paired by seed" if paired else "independent seeds",
+                "seed_design": PAIRED_DESIGN if paired else "independent seeds",
                 "seeds_per_cell": int(cells.counts.max())}
     counts = {"tested_vs0": int(tests["p_vs0"].notna().sum()),
               "tested_vs1": int(tests["p_vs1"].notna().sum()),
