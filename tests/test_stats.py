@@ -136,6 +136,7 @@ def test_paired_tests_against_scipy():
     # Unpaired, the shared seed effect (SD 0.2 against 0.03 within a seed) swamps the gains.
     unpaired = compute_cltm(runs)
     assert (unpaired.self_gain_se > 2 * result.self_gain_se).all()
+    assert result.self_gain_se_paired and not unpaired.self_gain_se_paired
 
 
 def test_seeds_that_differ_between_cells_are_not_paired(store, tmp_path):
@@ -151,6 +152,7 @@ def test_seeds_that_differ_between_cells_are_not_paired(store, tmp_path):
     # design it used.
     assert shared_seeds(runs) is None
     result = compute_cltm(runs, pair_seeds=True)
+    assert not result.self_gain_se_paired
     for target in ("l0", "l1"):
         base, self_ = (runs[(runs["target"] == target) & (runs["condition"] == c)]["score"]
                        for c in ("base", "self"))
@@ -433,6 +435,16 @@ def test_report_has_the_trust_section(store, tmp_path):
     assert "testable differ from 0" in text and "testable differ from 1" in text
     assert "two-sided permutation p" in text and "share of same-family pairs" in text
     assert "| metric | gender | gender (paper) |" in text  # what was there stays
+    # A value outside its own interval is marked and explained; one inside is not.
+    d = json.loads((root / "gender" / "diagnostics.json").read_text())
+    ci = json.loads((root / "gender" / "diagnostics_ci.json").read_text())
+    ci = {k: {"low": d[k] - 1, "high": d[k] + 1} for k in ci if d.get(k) is not None}
+    ci["rfd1"] = {"low": d["rfd1"] + 1, "high": d["rfd1"] + 2}
+    (root / "gender" / "diagnostics_ci.json").write_text(json.dumps(ci))
+    run_report(root, root / "report.md")
+    text = (root / "report.md").read_text()
+    assert "| `rfd1` † |" in text and "† The value lies outside its own interval" in text
+    assert "| `cos_rows` |" in text and text.count(" † |") == 1
 
 
 def test_report_states_the_headline_contrast_and_the_planted_check(tmp_path):

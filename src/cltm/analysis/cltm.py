@@ -32,6 +32,7 @@ class CltmResult:
     # SE of Δ_ii: paired by seed (SD of the per-seed differences / sqrt(k)) when asked for and
     # every cell holds the same seeds; else sqrt(var(mean self) + var(mean base)).
     self_gain_se: pd.Series
+    self_gain_se_paired: bool  # which of the two SEs self_gain_se holds
     undefined: pd.Series  # Δ_ii of the targets whose Δ_ii <= 0
     performance: pd.DataFrame  # per (target, condition, donor): seeds, mean, std
 
@@ -187,6 +188,7 @@ def compute_cltm(runs: pd.DataFrame, pair_seeds: bool = False) -> CltmResult:
         se=pd.DataFrame(se, index=index, columns=columns),
         self_gain=self_gain,
         self_gain_se=pd.Series(gain_se, index=index, name="se"),
+        self_gain_se_paired=paired_se is not None,
         undefined=undefined,
         performance=_performance(stats, runs),
     )

@@ -177,6 +177,7 @@ def plot_self_gain(
     families: Mapping[str, str],
     names: Mapping[str, str],
     title: str = "self-gain",
+    se_label: str = "SE over seeds",
 ) -> None:
     """Δ_ii per target with its SE; non-positive gains (undefined rows) in grey."""
     order = language_order(self_gain.index, families, names)
@@ -191,7 +192,7 @@ def plot_self_gain(
     ax.set_xticks(range(len(order)), [names.get(loc, loc) for loc in order],
                   rotation=90, fontsize=8)
     ax.set_ylabel("Δ_ii = Perf(D_i + D'_i) − Perf(D_i)")
-    ax.set_title(title + " (error bars: SE over seeds)")
+    ax.set_title(f"{title} (error bars: {se_label})")
     fig.savefig(path, dpi=120)
 
 

@@ -209,14 +209,26 @@ def _intervals(task_dir: Path, d: dict, info: dict) -> list[str]:
     floor = info.get("noise_floor") or {}
     lines = [head, "", "| key | value | low | high | seed noise alone (CLTM = 1) |",
              "|---|---|---|---|---|"]
+    outside = []
     for key, bounds in ci.items():
         kind = "count" if key == "n_languages" else "num"
-        cells = [_fmt(v, kind) for v in (d.get(key), bounds.get("low"), bounds.get("high"))]
+        value, low, high = d.get(key), bounds.get("low"), bounds.get("high")
+        cells = [_fmt(v, kind) for v in (value, low, high)]
+        mark = ""
+        if None not in (value, low, high) and not low <= value <= high:
+            outside.append(key)
+            mark = " †"
         f = floor.get(key) or {}
         noise = (f"{_fmt(f.get('mean'), 'num')} [{_fmt(f.get('low'), 'num')}, "
                  f"{_fmt(f.get('high'), 'num')}]" if f.get("mean") is not None else "")
-        lines.append(f"| `{key}` | " + " | ".join(cells) + f" | {noise} |")
+        lines.append(f"| `{key}`{mark} | " + " | ".join(cells) + f" | {noise} |")
     lines.append("")
+    if outside:
+        lines += ["† The value lies outside its own interval. A resample in which a target's "
+                  "self-gain falls to 0 or below drops that row, so the replicates average over "
+                  "fewer, better-learnt languages; and a distance's percentile interval can sit "
+                  "beside a value that noise only pushes one way. Read such an interval as the "
+                  "spread of the resampled value, not as a range around this one.", ""]
     if floor:
         lines += ["The last column is the diagnostic's bootstrap distribution (mean [interval]) "
                   "when every cross cell is moved to its target's self mean and keeps its own "

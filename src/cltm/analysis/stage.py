@@ -133,7 +133,9 @@ def run_cltm(
     if not drawn:
         log.info("no highlight language in the %s CLTM: heatmap_highlight.png is a note", task)
     plots.plot_self_gain(result.self_gain, result.self_gain_se, out_dir / "self_gain.png",
-                         families=families, names=names, title=f"{task} self-gain")
+                         families=families, names=names, title=f"{task} self-gain",
+                         se_label=("paired SE over seeds" if result.self_gain_se_paired
+                                   else "SE over seeds"))
     plots.plot_offdiag_hist(offdiag["value"].to_numpy(), out_dir / "offdiag_hist.png",
                             title=f"{task}: off-diagonal CLTM entries")
     log.info("%s CLTM (%d languages, %d defined) written to %s", task, len(result.matrix),
