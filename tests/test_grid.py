@@ -158,20 +158,39 @@ def test_changed_training_param_makes_runs_stale(uninterrupted, monkeypatch):
 
 
 @pytest.mark.slow
-def test_ray_executor_gives_inline_results(uninterrupted, monkeypatch):
+def test_ray_executor_gives_inline_results(uninterrupted, monkeypatch, tmp_path):
+    """Every run comes back once, equal to the inline run, even when a worker process dies in
+    the middle of one (the first run it gets kills it; Ray restarts it and the run is redone)."""
     ray = pytest.importorskip("ray")
     monkeypatch.chdir(uninterrupted)
     config = load_config("params.yaml")
     settings = worker_settings(config, "gender")
     specs = _some_jobs(config)
     inline = {r["run_id"]: r for r in executors.run_inline(settings, specs)}
+    died = tmp_path / "died"
+
+    class DiesOnce(executors._RayWorker):
+        def run(self, spec, run_hash):
+            if not died.exists():
+                died.touch()
+                os._exit(1)
+            return super().run(spec, run_hash)
+
+    monkeypatch.setattr(executors, "_RayWorker", DiesOnce)
     try:
-        remote = {r["run_id"]: r for r in executors.run_ray(
+        records = list(executors.run_ray(
             settings, specs, gpus_per_worker=1.0, cpus_per_worker=1, cpu_workers=2,
-            max_retries=1)}
+            max_retries=1))
+        # Without retries the worker's death is the error the caller sees.
+        died.unlink()
+        with pytest.raises(ray.exceptions.RayActorError):
+            list(executors.run_ray(settings, specs, gpus_per_worker=1.0, cpus_per_worker=1,
+                                   cpu_workers=2, max_retries=0))
     finally:
         ray.shutdown()
-    assert set(remote) == set(inline)
+    remote = {r["run_id"]: r for r in records}
+    assert died.exists()  # a worker did die
+    assert len(records) == len(remote) and set(remote) == set(inline)  # each run once
     for run_id, rec in inline.items():
         assert remote[run_id]["score"] == rec["score"]
         assert remote[run_id]["loss_final"] == rec["loss_final"]

@@ -93,7 +93,9 @@ def run_ray(settings: WorkerSettings, jobs: Sequence[Job], *, gpus_per_worker: f
                 submit(actor, pending.pop())
             yield record
     finally:
+        # Runs still in flight when this stops early (an error, or the caller stopped reading)
+        # die with their actors; Ray refuses force-cancelling an actor task.
         for ref in running:
-            ray.cancel(ref, force=True)
+            ray.cancel(ref)
         for actor in actors:
             ray.kill(actor)
