@@ -470,6 +470,9 @@ def test_report_states_the_headline_contrast_and_the_planted_check(tmp_path):
     assert "## The headline contrast" in text
     rfd1 = next(line for line in text.splitlines() if line.startswith("- `rfd1`"))
     assert "gender is nearer" in rfd1 and "the intervals do not overlap" in rfd1
+    assert "![headline contrast](contrast.png)" in text
+    figure = (root / "contrast.png").read_bytes()
+    assert len(figure) > 10_000
     assert "- gender: 8 of 8 self-gains positive (no undefined row)" in text
     planted = next(line for line in text.splitlines() if "planted genera" in line)
     assert "detected; same-genus donors transfer more than others" in planted
@@ -483,6 +486,7 @@ def test_report_states_the_headline_contrast_and_the_planted_check(tmp_path):
     shutil.copytree(root / "speaker", swapped / "gender")
     run_report(swapped, swapped / "report.md", planted=True)
     text = (swapped / "report.md").read_text()
+    assert (swapped / "contrast.png").read_bytes() != figure  # the tasks' rows swapped
     rfd1 = next(line for line in text.splitlines() if line.startswith("- `rfd1`"))
     assert "gender is NOT nearer" in rfd1 and "apart, the other way round" in rfd1
     planted = next(line for line in text.splitlines() if "planted genera" in line)

@@ -196,6 +196,47 @@ def plot_self_gain(
     fig.savefig(path, dpi=120)
 
 
+def plot_contrast(
+    tasks: Mapping[str, Mapping[str, Mapping[str, float | None]]],
+    path: Path,
+    keys: Iterable[tuple[str, float, str]] = (("rfd1", 0.0, "distance from the ideal"),
+                                              ("cos_rows", 1.0, "row similarity")),
+) -> None:
+    """The headline contrast: per diagnostic, each task's value with its bootstrap interval,
+    the interval that seed noise alone gives (a CLTM of ones; grey band) and the ideal value.
+
+    `tasks[task][key]` holds `value`, `low`, `high`, `noise_low` and `noise_high` (any may be
+    None: that part is not drawn).
+    """
+    keys = list(keys)
+    names = list(tasks)
+    fig = Figure(figsize=(4.2 * len(keys), 3.2), layout="constrained")
+    for k, (key, ideal, what) in enumerate(keys):
+        ax = fig.add_subplot(1, len(keys), k + 1)
+        for y, task in enumerate(names):
+            d = tasks[task].get(key) or {}
+            nl, nh = d.get("noise_low"), d.get("noise_high")
+            if nl is not None and nh is not None:
+                ax.fill_betweenx([y - 0.3, y + 0.3], nl, nh, color="0.88", linewidth=0,
+                                 label="seed noise alone" if y == 0 else None)
+            v, lo, hi = d.get("value"), d.get("low"), d.get("high")
+            if v is None:
+                ax.text(ideal, y, "not available", ha="center", va="center", fontsize=8)
+                continue
+            if lo is not None and hi is not None:
+                ax.hlines(y, lo, hi, color=f"C{y}", linewidth=2)
+            ax.plot([v], [y], "o", color=f"C{y}")
+        ax.axvline(ideal, color="black", linewidth=0.8, linestyle="--", label="ideal")
+        if key == "rfd1":
+            ax.set_xscale("symlog", linthresh=1.0)  # intervals reach tens where rows are noise
+        ax.set_yticks(range(len(names)), names)
+        ax.set_ylim(-0.6, len(names) - 0.4)
+        ax.set_title(f"{key} ({what})", fontsize=10)
+        if k == 0:
+            ax.legend(fontsize=7, loc="best")
+    fig.savefig(path, dpi=120)
+
+
 def plot_offdiag_hist(values: np.ndarray, path: Path, *, title: str = "off-diagonal") -> None:
     """Histogram of the off-diagonal CLTM entries, with the no-effect (0) and as-good-as-self
     (1) lines."""

@@ -16,12 +16,15 @@ from pathlib import Path
 import pandas as pd
 
 from cltm.analysis.languages import display_names
+from cltm.analysis.plots import note_image, plot_contrast
 from cltm.analysis.stats import PAIRED_DESIGN
 
 log = logging.getLogger(__name__)
 
 TASKS = ("gender", "speaker")
 TASK_TITLES = {"gender": "Gender recognition (macro-F1)", "speaker": "Speaker verification (AUC)"}
+#: The headline-contrast figure, written beside the report.
+CONTRAST_FIGURE = "contrast.png"
 
 #: The paper's Table 1 and §4.4 (full 44 x 44, mHuBERT-147, 10 seeds), as PROTOCOL.md gives it.
 PAPER = {
@@ -468,17 +471,39 @@ def _contrast_line(metrics_dir: Path, diags: dict[str, dict], key: str, ideal: s
                    "; the intervals are apart, the other way round")
 
 
-def _headline_section(metrics_dir: Path, diags: dict[str, dict], planted: bool) -> list[str]:
+def _contrast_figure(metrics_dir: Path, diags: dict[str, dict], path: Path) -> None:
+    values: dict[str, dict[str, dict]] = {}
+    for task in ("gender", "speaker"):
+        floor = (_read_json(metrics_dir / task / "stats_info.json") or {}).get("noise_floor") or {}
+        values[task] = {}
+        for key in ("rfd1", "cos_rows"):
+            low_high = _interval(metrics_dir, task, key) or (None, None)
+            noise = floor.get(key) or {}
+            values[task][key] = {"value": diags[task].get(key), "low": low_high[0],
+                                 "high": low_high[1], "noise_low": noise.get("low"),
+                                 "noise_high": noise.get("high")}
+    plot_contrast(values, path)
+
+
+def _headline_section(metrics_dir: Path, diags: dict[str, dict], planted: bool,
+                      report: Path) -> list[str]:
     """The paper's headline contrast and, on the demo corpus, the planted-structure check."""
+    figure = report.parent / CONTRAST_FIGURE
     if not {"gender", "speaker"} <= set(diags):
+        note_image(figure, "The headline contrast needs the CLTMs of both tasks.")
         return []
+    _contrast_figure(metrics_dir, diags, figure)
     out = ["## The headline contrast", "",
            "The paper's finding: gender recognition transfers nearer the language-agnostic ideal "
            "(a CLTM of ones) than speaker verification.", "",
            _contrast_line(metrics_dir, diags, "rfd1", "distance from the ideal, lower is nearer",
                           "lower"),
            _contrast_line(metrics_dir, diags, "cos_rows", "row similarity, higher is nearer",
-                          "higher"), ""]
+                          "higher"), "",
+           f"![headline contrast]({_link(figure, report)})", "",
+           "Dots: the values; lines: their bootstrap intervals; grey: the interval of the same "
+           "diagnostic when every cross cell is moved to its target's self mean (seed noise "
+           "alone); dashed: the ideal.", ""]
     if not planted:
         return out
     out += ["## Does the pipeline recover what the demo corpus planted?", ""]
@@ -533,7 +558,8 @@ def run_report(metrics_dir: Path, out_path: Path, null_control: bool = False,
             *_table1(diags),
             "",
         ]
-        lines += _headline_section(metrics_dir, diags, planted and not null_control)
+        lines += _headline_section(metrics_dir, diags, planted and not null_control,
+                                   out_path)
         for task, d in diags.items():
             lines += _task_section(task, metrics_dir / task, d, out_path, null_control)
         lines += _curve_section(metrics_dir, out_path)
