@@ -199,14 +199,13 @@ def plot_self_gain(
 def plot_contrast(
     tasks: Mapping[str, Mapping[str, Mapping[str, float | None]]],
     path: Path,
-    keys: Iterable[tuple[str, float, str]] = (("rfd1", 0.0, "distance from the ideal"),
-                                              ("cos_rows", 1.0, "row similarity")),
+    keys: Iterable[tuple[str, float, str]],
 ) -> None:
     """The headline contrast: per diagnostic, each task's value with its bootstrap interval,
     the interval that seed noise alone gives (a CLTM of ones; grey band) and the ideal value.
 
-    `tasks[task][key]` holds `value`, `low`, `high`, `noise_low` and `noise_high` (any may be
-    None: that part is not drawn).
+    `keys` lists (key, ideal value, what it measures); `tasks[task][key]` holds `value`, `low`,
+    `high`, `noise_low` and `noise_high` (any may be None: that part is not drawn).
     """
     keys = list(keys)
     names = list(tasks)
