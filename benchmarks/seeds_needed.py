@@ -12,7 +12,11 @@ disjoint in the paper's direction, and, as the less conservative alternative, th
 so their replicates are paired at random) excludes 0 in that direction.
 
 It assumes the truth is what the observed seeds show: the projected values sit at the observed
-ones, and rows undefined in the data (self-gain not positive) stay undefined at any k. Drawing
+ones, and rows undefined in the data (self-gain not positive) stay undefined at any k. So it is
+a projection for an observed difference taken as real, not a test of it. A difference that is
+itself noise gets a seed count too: two tasks drawn from the same truth (6 languages, 4 seeds)
+gave separated rfd1 intervals in 15% of simulated experiments at 4 seeds and the difference's
+interval excluded 0 in 45% at 16. Drawing
 k > n seeds from n observed ones also understates the seed spread by a factor (n − 1)/n, so
 the projection is, if anything, optimistic.
 
