@@ -470,6 +470,7 @@ def test_report_states_the_headline_contrast_and_the_planted_check(tmp_path):
     assert "## The headline contrast" in text
     rfd1 = next(line for line in text.splitlines() if line.startswith("- `rfd1`"))
     assert "gender is nearer" in rfd1 and "the intervals do not overlap" in rfd1
+    assert "seeds_needed.py" not in text  # nothing overlaps: no advice to add seeds
     assert "![headline contrast](contrast.png)" in text
     figure = (root / "contrast.png").read_bytes()
     assert len(figure) > 10_000
@@ -489,6 +490,16 @@ def test_report_states_the_headline_contrast_and_the_planted_check(tmp_path):
     assert (swapped / "contrast.png").read_bytes() != figure  # the tasks' rows swapped
     rfd1 = next(line for line in text.splitlines() if line.startswith("- `rfd1`"))
     assert "gender is NOT nearer" in rfd1 and "apart, the other way round" in rfd1
+    # Widen gender's rfd1 interval over speaker's: an overlap, and the pointer to more seeds.
+    ci_path = swapped / "gender" / "diagnostics_ci.json"
+    ci = json.loads(ci_path.read_text())
+    ci["rfd1"] = {"low": 0.0, "high": 100.0}
+    ci_path.write_text(json.dumps(ci))
+    run_report(swapped, swapped / "overlap.md")
+    overlap = (swapped / "overlap.md").read_text()
+    rfd1 = next(line for line in overlap.splitlines() if line.startswith("- `rfd1`"))
+    assert rfd1.endswith("; the intervals overlap")
+    assert "`benchmarks/seeds_needed.py` projects" in overlap
     planted = next(line for line in text.splitlines() if "planted genera" in line)
     assert planted.endswith("not detected")
 

@@ -496,15 +496,19 @@ def _headline_section(metrics_dir: Path, diags: dict[str, dict], planted: bool,
         note_image(figure, "The headline contrast needs the CLTMs of both tasks.")
         return []
     _contrast_figure(metrics_dir, diags, figure)
+    lines = [_contrast_line(metrics_dir, diags, key, f"{what}, {nearer} is nearer", nearer)
+             for key, _, nearer, what in HEADLINE]
     out = ["## The headline contrast", "",
            "The paper's finding: gender recognition transfers nearer the language-agnostic ideal "
-           "(a CLTM of ones) than speaker verification.", "",
-           *(_contrast_line(metrics_dir, diags, key, f"{what}, {nearer} is nearer", nearer)
-             for key, _, nearer, what in HEADLINE), "",
-           f"![headline contrast]({_link(figure, report)})", "",
-           "Dots: the values; lines: their bootstrap intervals; grey: the interval of the same "
-           "diagnostic when every cross cell is moved to its target's self mean (seed noise "
-           "alone); dashed: the ideal.", ""]
+           "(a CLTM of ones) than speaker verification.", "", *lines, ""]
+    if any(line.endswith("; the intervals overlap") for line in lines):
+        # Overlap is a statement about seed noise, and seeds are what a user can add.
+        out += ["Overlapping intervals narrow with more seeds: `benchmarks/seeds_needed.py` "
+                "projects, from these run stores, how many would separate them.", ""]
+    out += [f"![headline contrast]({_link(figure, report)})", "",
+            "Dots: the values; lines: their bootstrap intervals; grey: the interval of the same "
+            "diagnostic when every cross cell is moved to its target's self mean (seed noise "
+            "alone); dashed: the ideal.", ""]
     if not planted:
         return out
     out += ["## Does the pipeline recover what the demo corpus planted?", ""]
