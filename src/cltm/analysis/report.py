@@ -25,6 +25,8 @@ TASKS = ("gender", "speaker")
 TASK_TITLES = {"gender": "Gender recognition (macro-F1)", "speaker": "Speaker verification (AUC)"}
 #: The headline-contrast figure, written beside the report.
 CONTRAST_FIGURE = "contrast.png"
+#: The verdict's ending when the two tasks' intervals of a headline diagnostic overlap.
+OVERLAP = "; the intervals overlap"
 #: The headline contrast's diagnostics: (key, ideal value, which way is nearer it, what it is).
 HEADLINE = (("rfd1", 0.0, "lower", "distance from the ideal"),
             ("cos_rows", 1.0, "higher", "row similarity"))
@@ -470,7 +472,7 @@ def _contrast_line(metrics_dir: Path, diags: dict[str, dict], key: str, ideal: s
         return text + "; no intervals to compare"
     apart = gi[1] < si[0] if gender_better == "lower" else gi[0] > si[1]
     return text + ("; the intervals do not overlap" if nearer and apart else
-                   "; the intervals overlap" if not (gi[1] < si[0] or gi[0] > si[1]) else
+                   OVERLAP if not (gi[1] < si[0] or gi[0] > si[1]) else
                    "; the intervals are apart, the other way round")
 
 
@@ -501,7 +503,7 @@ def _headline_section(metrics_dir: Path, diags: dict[str, dict], planted: bool,
     out = ["## The headline contrast", "",
            "The paper's finding: gender recognition transfers nearer the language-agnostic ideal "
            "(a CLTM of ones) than speaker verification.", "", *lines, ""]
-    if any(line.endswith("; the intervals overlap") for line in lines):
+    if any(line.endswith(OVERLAP) for line in lines):
         # Overlap is a statement about seed noise, and seeds are what a user can add.
         out += ["Overlapping intervals narrow with more seeds: `benchmarks/seeds_needed.py` "
                 "projects, from these run stores, how many would separate them.", ""]
