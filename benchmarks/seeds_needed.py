@@ -1,16 +1,18 @@
 """How many seeds the headline contrast would need: a power projection from a finished grid.
 
-The demo must show gender nearer the language-agnostic ideal than speaker, with confidence
-intervals that do not overlap (rfd1 lower, cos_rows higher). Whether they overlap is a question of
-seed noise. This script takes the two tasks' run stores, and for each seed count k simulates
-experiments of k seeds by drawing k of the observed seeds with replacement (one draw for every
-cell: runs stay paired by seed, as the cltm stage pairs them). Each simulated experiment gets the
-cltm stage's percentile bootstrap (the paired replicates of stats.bootstrap_replicates, 95%), and
-the same draws give the interval of the difference below. Reported per k: the
-median interval of each task, the share of simulated experiments whose two intervals are
-disjoint in the paper's direction, and, as the less conservative alternative, the share whose
-95% bootstrap interval of the difference (speaker minus gender; the tasks' runs are independent,
-so their replicates are paired at random) excludes 0 in that direction.
+The demo must show gender nearer the language-agnostic ideal than speaker (rfd1 lower, cos_rows
+higher), with a bootstrap interval of the difference speaker − gender that excludes 0 (the
+report's verdict, stats.difference_intervals). Whether it does is a question of seed noise.
+This script takes the two tasks' run stores, and for each seed count k simulates experiments of
+k seeds by drawing k of the observed seeds with replacement (one draw for every cell: runs stay
+paired by seed, as the cltm stage pairs them). Each simulated experiment gets the cltm stage's
+percentile bootstrap (the paired replicates of stats.diagnostic_draws, 95%), and the same draws
+give the interval of the difference. Reported per k: the median interval of each task, the
+share of simulated experiments whose two intervals are disjoint in the paper's direction (the
+stricter, older criterion), and the share whose 95% bootstrap interval of the difference
+(speaker minus gender, stats.difference_of_draws: the tasks' runs are independent, so their
+independent replicates are differenced one to one) excludes 0 in that direction, the criterion
+the report's headline uses.
 
 It assumes the truth is what the observed seeds show: the projected values sit at the observed
 ones, and rows undefined in the data (self-gain not positive) stay undefined at any k. So it is
@@ -39,18 +41,22 @@ from cltm.analysis.cltm import read_run_store
 from cltm.analysis.languages import family_map
 from cltm.analysis.stats import (
     _family_codes,
-    bootstrap_replicates,
+    diagnostic_draws,
+    difference_of_draws,
+    percentile_interval,
     point_estimate,
     replicate_diagnostics,
     seed_cells,
 )
 
 KEYS = ("rfd1", "cos_rows")
+LEVEL = 0.95
 
 
 def simulate(cells, families, k: int, experiments: int, bootstrap: int,
              rng: np.random.Generator) -> list[dict]:
-    """`experiments` simulated k-seed experiments: each one's point value and interval per key."""
+    """`experiments` simulated k-seed experiments: each one's point value, interval and
+    bootstrap draws per key (the cltm stage's paired replicates, stats.diagnostic_draws)."""
     observed = cells.values.shape[1]
     codes = _family_codes(cells.languages, families)
     out = []
@@ -59,34 +65,28 @@ def simulate(cells, families, k: int, experiments: int, bootstrap: int,
         sim = replace(cells, values=cells.values[:, pick], counts=np.full_like(cells.counts, k),
                       seeds=np.arange(k))
         point = replicate_diagnostics(point_estimate(sim), codes)
-        parts: dict[str, list[np.ndarray]] = {key: [] for key in KEYS}
-        for rep in bootstrap_replicates(sim, bootstrap, rng, paired=True):
-            diag = replicate_diagnostics(rep, codes)
-            for key in KEYS:
-                parts[key].append(diag[key])
+        draws = diagnostic_draws(sim, families, keys=KEYS, replicates=bootstrap, rng=rng,
+                                 paired=True)
         result = {}
         for key in KEYS:
-            draws = np.concatenate(parts[key])
-            finite = draws[np.isfinite(draws)]
+            value = float(point[key][0])
             # diagnostic_intervals' rule: no interval where the point or every draw is undefined.
-            if not np.isfinite(point[key][0]) or finite.size == 0:
-                result[key] = (None, None, None, draws)
-                continue
-            low, high = np.quantile(finite, [0.025, 0.975])
-            result[key] = (float(point[key][0]), float(low), float(high), draws)
+            low, high = percentile_interval(draws[key], LEVEL,
+                                            defined=bool(np.isfinite(value))) or (None, None)
+            result[key] = {"value": value, "low": low, "high": high, "draws": draws[key]}
         out.append(result)
     return out
 
 
-def difference_excludes_zero(gender: np.ndarray, speaker: np.ndarray, key: str,
-                             rng: np.random.Generator) -> bool:
-    """Whether the 95% interval of speaker − gender lies wholly on the paper's side of 0."""
-    diff = speaker - gender[rng.permutation(len(gender))]
-    diff = diff[np.isfinite(diff)]
-    if diff.size == 0:
+def difference_excludes_zero(gender: dict, speaker: dict, key: str) -> bool:
+    """Whether the 95% interval of speaker − gender (stats.difference_of_draws: the two tasks'
+    independent bootstraps differenced replicate by replicate) lies wholly on the paper's side
+    of 0."""
+    d = difference_of_draws(gender["value"], speaker["value"], gender["draws"],
+                            speaker["draws"], LEVEL)
+    if d["low"] is None:
         return False
-    low, high = np.quantile(diff, [0.025, 0.975])
-    return bool(low > 0) if key == "rfd1" else bool(high < 0)
+    return bool(d["low"] > 0) if key == "rfd1" else bool(d["high"] < 0)
 
 
 def main() -> None:
@@ -112,23 +112,23 @@ def main() -> None:
         line: dict[str, object] = {"seeds": k, "experiments": args.experiments}
         for key in KEYS:
             for task, sim in sims.items():
-                lows = [s[key][1] for s in sim if s[key][1] is not None]
-                highs = [s[key][2] for s in sim if s[key][2] is not None]
+                lows = [s[key]["low"] for s in sim if s[key]["low"] is not None]
+                highs = [s[key]["high"] for s in sim if s[key]["high"] is not None]
                 line[f"{task}_{key}_median_ci"] = (
                     [round(float(np.median(lows)), 3), round(float(np.median(highs)), 3)]
                     if lows else None)
             # The paper's direction: gender's rfd1 interval wholly below speaker's; cos_rows above.
             disjoint = []
             for g, s in zip(sims["gender"], sims["speaker"], strict=True):
-                if None in (g[key][1], g[key][2], s[key][1], s[key][2]):
+                if g[key]["low"] is None or s[key]["low"] is None:
                     disjoint.append(False)
                 elif key == "rfd1":
-                    disjoint.append(g[key][2] < s[key][1])
+                    disjoint.append(g[key]["high"] < s[key]["low"])
                 else:
-                    disjoint.append(g[key][1] > s[key][2])
+                    disjoint.append(g[key]["low"] > s[key]["high"])
             line[f"{key}_disjoint_share"] = round(float(np.mean(disjoint)), 3)
             line[f"{key}_difference_share"] = round(float(np.mean([
-                difference_excludes_zero(g[key][3], s[key][3], key, rng)
+                difference_excludes_zero(g[key], s[key], key)
                 for g, s in zip(sims["gender"], sims["speaker"], strict=True)])), 3)
         print(json.dumps(line), flush=True)
 

@@ -355,3 +355,23 @@ def test_analysis_imports_no_training_stack():
             "print(bad); sys.exit(bool(bad))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_run_health_counts_one_class_and_chance_runs():
+    from cltm.analysis.cltm import degenerate_runs, run_health
+
+    runs = pd.DataFrame({
+        "condition": ["base", "base", "self", "cross"], "seed": [0, 1, 0, 1],
+        "score": [0.333, 0.9, 0.5, 0.7], "pred_classes": [1, 2, 2, 1],
+    })
+    # gender: the recorded predicted-class count decides, not the score
+    assert degenerate_runs(runs, "gender").tolist() == [True, False, False, True]
+    h = run_health(runs, "gender")
+    assert (h["runs"], h["degenerate"], h["degenerate_share"]) == (4, 2, 0.5)
+    assert h["by_condition"] == {"base": 0.5, "cross": 1.0, "self": 0.0}
+    assert h["by_seed"] == {"0": 0.5, "1": 0.5}
+    # a store from before pred_classes was recorded: one class on a balanced set is F1 1/3
+    old = runs.drop(columns="pred_classes")
+    assert degenerate_runs(old, "gender").tolist() == [True, False, False, False]
+    # speaker: an AUC at or below chance
+    assert degenerate_runs(runs, "speaker").tolist() == [True, False, True, False]

@@ -6,6 +6,7 @@ it back directly (not through the Common Voice reader, which is tested on its ow
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import subprocess
@@ -287,3 +288,81 @@ def test_splits_are_gender_balanced() -> None:
         members = [g for g, s in zip(genders, splits, strict=True) if s == name]
         assert len(members) == size
         assert abs(members.count(demo.MALE) - members.count(demo.FEMALE)) <= 1, name
+
+
+# --- the planted task cues ------------------------------------------------------------------
+
+def test_family_cues_are_spread_by_construction() -> None:
+    languages = ["es", "it", "de", "nl", "ru", "pl", "fi", "et"]
+    cues = demo.family_cues(languages)
+    assert list(cues) == ["Romance", "Germanic", "Slavic", "Uralic"]
+    shifts = sorted(shift for shift, _ in cues.values())
+    assert np.allclose(shifts, [-1.0, -1 / 3, 1 / 3, 1.0])
+    axes = [a for _, pair in cues.values() for a in pair]
+    assert len(set(axes)) == 8  # four families, disjoint pairs of the eight bands
+    # languages of one family share its cues: they come from the family, not the language
+    assert demo.family_cues(["it", "es", "de"]) == demo.family_cues(["es", "de"])
+
+
+def test_warp_moves_every_frequency_by_the_semitones() -> None:
+    t = np.arange(demo.SYNTH_RATE) / demo.SYNTH_RATE
+    tone = np.sin(2 * np.pi * 300.0 * t)
+    assert demo.warp(tone, 0.0) is tone
+    for semitones in (-5.0, 7.0):
+        y = demo.warp(tone, semitones)
+        spectrum = np.abs(np.fft.rfft(y * np.hanning(len(y))))
+        peak = np.argmax(spectrum) * demo.SYNTH_RATE / len(y)
+        assert peak == pytest.approx(300.0 * 2 ** (semitones / 12), rel=0.01)
+        assert len(y) == pytest.approx(len(tone) / 2 ** (semitones / 12), rel=0.01)
+
+
+def test_speaker_axes_concentrate_on_the_family_bands_with_strength() -> None:
+    base = DemoSpec(("es", "de"), speaker_axes_db=6.0, speaker_axes_focus=3.0,
+                    family_trait_strength=0.0)
+    strong = dataclasses.replace(base, family_trait_strength=2.0)
+    _, romance = demo.family_cues(base.languages)["Romance"]
+    g0, g2 = demo.speaker_axes_gain(base, "es", 3), demo.speaker_axes_gain(strong, "es", 3)
+    # the same draws, scaled per band by sqrt of its share of the (fixed) total variance
+    weight = np.ones(len(demo.SPEAKER_AXES))
+    weight[list(romance)] += 2.0 * 3.0
+    assert np.allclose(g2 / g0, np.sqrt(weight / weight.mean()))
+    # over many speakers, the family's bands carry that share of the variance
+    draws = np.array([demo.speaker_axes_gain(strong, "es", i) for i in range(400)])
+    var = draws.var(axis=0)
+    on = np.mean(var[list(romance)])
+    off = np.mean(np.delete(var, list(romance)))
+    assert on / off == pytest.approx(7.0, rel=0.3)
+    # and the filter colours the spectrum by that gain at each band's centre
+    taps = demo.axes_filter(g2)
+    freqs = np.fft.rfftfreq(8192, 1.0 / demo.SYNTH_RATE)
+    response = 20 * np.log10(np.abs(np.fft.rfft(taps, 8192)))
+    band = romance[1]
+    at = np.argmin(np.abs(freqs - demo.SPEAKER_AXES[band]))
+    assert response[at] == pytest.approx(g2[band], abs=0.35 * abs(g2).max() + 0.5)
+
+
+def test_gender_shift_raises_the_pitch_of_a_family_and_is_off_at_strength_zero(
+        tmp_path: Path) -> None:
+    speaker = demo.make_speaker(0, "es", 1, SUPPORTED["es"])
+
+    def render(shift: float) -> np.ndarray:
+        return demo.render_clip("es", speaker, 0, 0, 3.0, None, 0.0, "es", shift)[1]
+
+    plain, up = render(0.0), render(4.0)
+    assert mean_f0(up) / mean_f0(plain) == pytest.approx(2 ** (4 / 12), rel=0.06)
+    # strength 0 turns the shift off exactly, whatever gender_shift_semitones says
+    spec = DemoSpec(("es", "de"), family_trait_strength=0.0, speakers_per_language=2,
+                    clips_per_speaker=1, dev_speakers=0, test_speakers=0)
+    shifted = dataclasses.replace(spec, gender_shift_semitones=3.0)
+    for name, s in (("plain", spec), ("shifted", shifted)):
+        write_demo_corpus(tmp_path / name, s, workers=1, progress=False)
+    for clip in sorted((tmp_path / "plain").rglob("*.mp3")):
+        twin = tmp_path / "shifted" / clip.relative_to(tmp_path / "plain")
+        assert clip.read_bytes() == twin.read_bytes()
+
+
+def test_planting_params_are_checked() -> None:
+    for bad in ({"speaker_axes_db": -1.0}, {"speaker_axes_focus": -0.5},
+                {"gender_shift_semitones": 13.0}):
+        with pytest.raises(CltmError):
+            demo._check_spec(DemoSpec(("es",), **bad))

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
+from cltm.analysis import report as report_mod
 from cltm.analysis import stats as st
 from cltm.analysis.cltm import compute_cltm, shared_seeds
 from cltm.analysis.diagnostics import KEYS, diagnostics
@@ -447,30 +448,52 @@ def test_report_has_the_trust_section(store, tmp_path):
     assert "| `cos_rows` |" in text and text.count(" † |") == 1
 
 
+def _headline(text: str, key: str) -> str:
+    return next(line for line in text.splitlines() if line.startswith(f"- `{key}`"))
+
+
 def test_report_states_the_headline_contrast_and_the_planted_check(tmp_path):
     """Two tasks from synthetic seeds: gender near a CLTM of ones, speaker with planted family
-    blocks (same family 1.0, other families 0.2). The report must find gender nearer the ideal
-    with apart intervals, and the speaker families with p < 0.05."""
+    blocks (same family 1.0, other families 0.2). The report must find the difference
+    speaker − gender with an interval that excludes 0 in the paper's direction, keep each
+    task's own interval, write contrast.json, and find the speaker families with p < 0.05."""
     rng = np.random.default_rng(21)
     langs = [f"l{k}" for k in range(8)]
     families = {loc: "ABCD"[k // 2] for k, loc in enumerate(langs)}
     gains = np.full(8, 0.2)
     same = np.equal.outer([families[t] for t in langs], [families[t] for t in langs])
     blocks = np.where(same, 1.0, 0.2) * gains[:, None]
-    root = tmp_path / "metrics"
+    root, runs_dir = tmp_path / "metrics", tmp_path / "runs"
     fam_csv = tmp_path / "families.csv"
     fam_csv.write_text("locale,family\n" + "".join(f"{k},{v}\n" for k, v in families.items()))
+    runs = {}
     for task, cross in (("gender", None), ("speaker", blocks)):
-        store = write_store(tmp_path / "runs" / task, make_runs(rng, langs, gains, cross, seeds=4,
-                                                                sd=0.01), task)
+        runs[task] = make_runs(rng, langs, gains, cross, seeds=4, sd=0.01)
+        store = write_store(runs_dir / task, runs[task], task)
         run_cltm(task, store, root / task, families_csv=fam_csv, bootstrap=200,
                  permutations=500)
-    run_report(root, root / "report.md", planted=True)
+    run_report(root, root / "report.md", planted=True, runs_dir=runs_dir)
     text = (root / "report.md").read_text()
     assert "## The headline contrast" in text
-    rfd1 = next(line for line in text.splitlines() if line.startswith("- `rfd1`"))
-    assert "gender is nearer" in rfd1 and "the intervals do not overlap" in rfd1
-    assert "seeds_needed.py" not in text  # nothing overlaps: no advice to add seeds
+    contrast = json.loads((root / st.CONTRAST_FILE).read_text())
+    assert (contrast["a"], contrast["b"], contrast["bootstrap"]) == ("gender", "speaker", 200)
+    assert contrast["seed_design"] == {"gender": st.PAIRED_DESIGN, "speaker": st.PAIRED_DESIGN}
+    diags = {t: json.loads((root / t / "diagnostics.json").read_text()) for t in runs}
+    for key, way in (("rfd1", "higher"), ("cos_rows", "lower")):
+        d = contrast["diagnostics"][key]
+        # The points are the cltm stage's; the difference is B − A = speaker − gender.
+        assert (d["a"], d["b"]) == (diags["gender"][key], diags["speaker"][key])
+        assert d["difference"] == pytest.approx(d["b"] - d["a"], abs=2e-6)
+        assert d["excludes_zero"] and (d["low"] > 0 if way == "higher" else d["high"] < 0)
+        line = _headline(text, key)
+        assert f"speaker − gender = {d['difference']:.3f}" in line
+        assert f"[{d['low']:.3f}, {d['high']:.3f}]" in line
+        assert line.endswith(f"excludes 0 in the paper's direction (speaker {way}), so gender "
+                             "is nearer the language-agnostic ideal")
+        for task in runs:  # each task's own interval stays on the line
+            ci = json.loads((root / task / "diagnostics_ci.json").read_text())[key]
+            assert f"{task} {diags[task][key]:.3f} [{ci['low']:.3f}, {ci['high']:.3f}]" in line
+    assert "seeds_needed.py" not in text  # every difference excludes 0: no advice to add seeds
     assert "![headline contrast](contrast.png)" in text
     figure = (root / "contrast.png").read_bytes()
     assert len(figure) > 10_000
@@ -478,30 +501,48 @@ def test_report_states_the_headline_contrast_and_the_planted_check(tmp_path):
     planted = next(line for line in text.splitlines() if "planted genera" in line)
     assert "detected; same-genus donors transfer more than others" in planted
     # The same files without the planted flag: the contrast stays, the demo check goes.
-    run_report(root, root / "plain.md")
+    run_report(root, root / "plain.md", runs_dir=runs_dir)
     plain = (root / "plain.md").read_text()
     assert "## The headline contrast" in plain and "planted genera" not in plain
-    # Tasks swapped: the verdict turns.
-    swapped = tmp_path / "swapped"
+    assert _headline(plain, "rfd1") == _headline(text, "rfd1")
+    # No run stores where the report looks: no interval of the difference, and no stale file.
+    run_report(root, root / "nostore.md")
+    nostore = (root / "nostore.md").read_text()
+    assert "no interval of the difference (the run stores could not be read" in _headline(
+        nostore, "rfd1")
+    assert not (root / st.CONTRAST_FILE).exists()
+
+    # Tasks swapped (their metrics and their stores): the verdict turns.
+    swapped, swapped_runs = tmp_path / "swapped", tmp_path / "swapped_runs"
     shutil.copytree(root / "gender", swapped / "speaker")
     shutil.copytree(root / "speaker", swapped / "gender")
-    run_report(swapped, swapped / "report.md", planted=True)
+    write_store(swapped_runs / "gender", runs["speaker"], "gender")
+    write_store(swapped_runs / "speaker", runs["gender"], "speaker")
+    run_report(swapped, swapped / "report.md", planted=True, runs_dir=swapped_runs)
     text = (swapped / "report.md").read_text()
     assert (swapped / "contrast.png").read_bytes() != figure  # the tasks' rows swapped
-    rfd1 = next(line for line in text.splitlines() if line.startswith("- `rfd1`"))
-    assert "gender is NOT nearer" in rfd1 and "apart, the other way round" in rfd1
-    # Widen gender's rfd1 interval over speaker's: an overlap, and the pointer to more seeds.
-    ci_path = swapped / "gender" / "diagnostics_ci.json"
-    ci = json.loads(ci_path.read_text())
-    ci["rfd1"] = {"low": 0.0, "high": 100.0}
-    ci_path.write_text(json.dumps(ci))
-    run_report(swapped, swapped / "overlap.md")
-    overlap = (swapped / "overlap.md").read_text()
-    rfd1 = next(line for line in overlap.splitlines() if line.startswith("- `rfd1`"))
-    assert rfd1.endswith("; the intervals overlap")
-    assert "`benchmarks/seeds_needed.py` projects" in overlap
+    assert _headline(text, "rfd1").endswith(
+        "excludes 0 the other way round (speaker lower), so gender is NOT nearer the "
+        "language-agnostic ideal")
+    assert "the other way round (speaker higher)" in _headline(text, "cos_rows")
+    assert "seeds_needed.py" not in text
     planted = next(line for line in text.splitlines() if "planted genera" in line)
     assert planted.endswith("not detected")
+
+    # One truth for both tasks (speaker's runs under both names): the difference is 0 and its
+    # interval covers it, whatever the two tasks' own intervals; the pointer to more seeds.
+    equal, equal_runs = tmp_path / "equal", tmp_path / "equal_runs"
+    for task in runs:
+        shutil.copytree(root / "speaker", equal / task)
+        write_store(equal_runs / task, runs["speaker"], task)
+    run_report(equal, equal / "report.md", runs_dir=equal_runs)
+    text = (equal / "report.md").read_text()
+    for key in ("rfd1", "cos_rows"):
+        d = json.loads((equal / st.CONTRAST_FILE).read_text())["diagnostics"][key]
+        assert d["difference"] == 0.0 and d["low"] < 0 < d["high"] and not d["excludes_zero"]
+        assert "speaker − gender = 0.000" in _headline(text, key)
+        assert _headline(text, key).endswith(report_mod.COVERS_ZERO)
+    assert "`benchmarks/seeds_needed.py` projects" in text
 
 
 def test_run_diagnostics_family_test_only(store, tmp_path):
@@ -559,3 +600,174 @@ def test_noise_floor_covers_a_ones_matrix_and_not_a_structured_one():
     floor = st.noise_floor(cells, None, replicates=200, level=0.95,
                            rng=np.random.default_rng(0))
     assert observed > 2 * floor["rfd1"]["high"]
+
+
+# --- the difference between two results ---------------------------------------------------------
+
+
+def _seed_table(runs: pd.DataFrame, langs: list[str]) -> tuple[np.ndarray, ...]:
+    """base, self (n, k) and cross (n, n, k; NaN on the diagonal) seed scores, seeds sorted."""
+    wide = runs.pivot_table(index=["target", "condition", "donor"], columns="seed",
+                            values="score").sort_index(axis=1)
+    k = wide.shape[1]
+    base = np.stack([wide.loc[(t, "base", t)].to_numpy() for t in langs])
+    self_ = np.stack([wide.loc[(t, "self", t)].to_numpy() for t in langs])
+    cross = np.stack([[wide.loc[(t, "cross", d)].to_numpy() if d != t else np.full(k, np.nan)
+                       for d in langs] for t in langs])
+    return base, self_, cross
+
+
+def _rfd1_and_cos(table: tuple[np.ndarray, ...], pick: np.ndarray) -> tuple[float, float]:
+    """rfd1 and cos_rows of the CLTM of the seeds `pick` (columns, with repeats), written out
+    from the definitions; every row must be defined."""
+    base, self_, cross = table
+    b, c, a = base[:, pick].mean(1), self_[:, pick].mean(1), cross[:, :, pick].mean(2)
+    assert (c > b).all()
+    m = (a - b[:, None]) / (c - b)[:, None]
+    np.fill_diagonal(m, 1.0)
+    n = len(m)
+    unit = m / np.linalg.norm(m, axis=1, keepdims=True)
+    return float(np.linalg.norm(m - 1.0) / n), float((unit @ unit.T)[~np.eye(n, dtype=bool)].mean())
+
+
+def test_difference_of_a_planted_contrast_excludes_zero_with_its_sign():
+    """Task A near a CLTM of ones, task B with planted family blocks (same family 1, other
+    families 0.2), 8 seeds: B − A is far from 0 on rfd1 (up), cos_rows (down) and
+    intra_family_pos (up). The points are checked against compute_cltm + diagnostics, and the
+    interval against a bootstrap written out by hand with the documented draws (each replicate
+    k seeds with replacement, taken in every cell; A's replicates drawn before B's)."""
+    rng = np.random.default_rng(31)
+    gains = np.linspace(0.2, 0.3, 6)
+    labels = [FAMILIES[t] for t in LANGS]
+    blocks = np.where(np.equal.outer(labels, labels), 1.0, 0.2) * gains[:, None]
+    runs_a = make_runs(rng, LANGS, gains, seeds=8)
+    runs_b = make_runs(rng, LANGS, gains, blocks, seeds=8)
+    keys = ("rfd1", "cos_rows", "intra_family_pos", "prop_pos")
+    reps, boot = 60, np.random.default_rng(5)
+    diff = st.difference_intervals(st.seed_cells(runs_a), st.seed_cells(runs_b), FAMILIES,
+                                   keys=keys, replicates=reps, ci_level=0.9,
+                                   rng=copy.deepcopy(boot), pair_seeds=True)
+    assert list(diff) == list(keys)
+    points = []
+    for runs in (runs_a, runs_b):
+        result = compute_cltm(runs, pair_seeds=True)
+        points.append(diagnostics(result.matrix, result.se, FAMILIES,
+                                  self_gain=result.self_gain))
+    for key in keys:
+        assert diff[key]["a"] == pytest.approx(points[0][key], abs=1e-12)
+        assert diff[key]["b"] == pytest.approx(points[1][key], abs=1e-12)
+        assert diff[key]["difference"] == pytest.approx(points[1][key] - points[0][key],
+                                                        abs=1e-12)
+        assert diff[key]["replicates_used"] == reps and diff[key]["replicates_dropped"] == 0
+    assert diff["rfd1"]["low"] > 0 and diff["rfd1"]["excludes_zero"] is True
+    assert diff["cos_rows"]["high"] < 0 and diff["cos_rows"]["excludes_zero"] is True
+    assert diff["intra_family_pos"]["low"] > 0 and diff["intra_family_pos"]["excludes_zero"]
+
+    k = 8
+    picks = [(boot.random((reps, 1, k)) * k).astype(int)[:, 0] for _ in range(2)]
+    by_hand = [np.array([_rfd1_and_cos(_seed_table(runs, LANGS), p) for p in side])
+               for runs, side in zip((runs_a, runs_b), picks, strict=True)]
+    differences = by_hand[1] - by_hand[0]
+    for col, key in enumerate(("rfd1", "cos_rows")):
+        low, high = np.quantile(differences[:, col], [0.05, 0.95])
+        assert diff[key]["low"] == pytest.approx(low, rel=1e-9)
+        assert diff[key]["high"] == pytest.approx(high, rel=1e-9)
+
+
+def test_difference_of_two_results_of_one_truth_covers_zero():
+    """Both results drawn from one structured truth (not all ones, so that no diagnostic sits
+    on its boundary), with their own noise: the difference's interval covers 0 in nearly every
+    repetition (8 seeds: the bootstrap's known narrowness leaves about 90% coverage)."""
+    rng = np.random.default_rng(32)
+    gains = np.linspace(0.15, 0.3, 6)
+    cross = gains[:, None] * rng.uniform(0.3, 1.3, (6, 6))
+    reps, covers = 12, {"rfd1": 0, "cos_rows": 0}
+    for _ in range(reps):
+        a, b = (st.seed_cells(make_runs(rng, LANGS, gains, cross, seeds=8)) for _ in range(2))
+        diff = st.difference_intervals(a, b, None, keys=tuple(covers), replicates=200,
+                                       ci_level=0.95,
+                                       rng=np.random.default_rng(int(rng.integers(2**32))))
+        for key, d in diff.items():
+            inside = d["low"] <= 0 <= d["high"]
+            assert d["excludes_zero"] is (not inside)
+            assert d["low"] <= d["difference"] <= d["high"] or not inside
+            covers[key] += inside
+    assert all(c >= reps - 2 for c in covers.values()), covers
+
+
+def test_difference_without_a_defined_point_has_no_interval():
+    rng = np.random.default_rng(33)
+    langs = LANGS[:4]
+    # A: one language learns, three do not: a single defined row has no row cosine.
+    cells_a = st.seed_cells(make_runs(rng, langs, np.array([0.3, -0.2, -0.2, -0.3]), seeds=4,
+                                      sd=0.01))
+    runs_b = make_runs(rng, langs, np.full(4, 0.3), seeds=4, sd=0.01)
+    cells_b = st.seed_cells(runs_b)
+    keys = ("rfd1", "cos_rows", "intra_family_pos")
+    diff = st.difference_intervals(cells_a, cells_b, None, keys=keys, replicates=50,
+                                   ci_level=0.95, rng=np.random.default_rng(0))
+    cos = diff["cos_rows"]
+    assert cos["a"] is None and cos["difference"] is None
+    assert cos["low"] is None and cos["high"] is None and cos["excludes_zero"] is None
+    result = compute_cltm(runs_b)
+    assert cos["b"] == pytest.approx(diagnostics(result.matrix, result.se)["cos_rows"])
+    # No families: intra_family_pos undefined in both results and in every replicate.
+    fam = diff["intra_family_pos"]
+    assert fam["low"] is None and fam["replicates_used"] == 0 and fam["replicates_dropped"] == 50
+    # rfd1 is defined on the single row (0: a 1 x 1 CLTM of one) and keeps its interval.
+    assert diff["rfd1"]["a"] == 0.0 and diff["rfd1"]["low"] is not None
+    # No bootstrap: the point difference alone.
+    off = st.difference_intervals(cells_a, cells_b, None, keys=keys, replicates=0,
+                                  ci_level=0.95, rng=np.random.default_rng(0))
+    assert off["rfd1"]["difference"] == diff["rfd1"]["difference"]
+    assert off["rfd1"]["low"] is None and off["rfd1"]["replicates_used"] == 0
+    with pytest.raises(CltmError, match="no bootstrap of"):
+        st.difference_intervals(cells_a, cells_b, None, keys=("undefined_targets",),
+                                replicates=5, ci_level=0.95, rng=np.random.default_rng(0))
+
+
+def test_difference_drops_and_counts_undefined_replicates():
+    """A's second language learns by +0.005 against a seed spread of 0.02: resamples where its
+    self-gain is not positive leave one row, no row cosine, and are dropped from cos_rows'
+    difference; their number is counted by hand from the same draws."""
+    rng = np.random.default_rng(34)
+    langs = LANGS[:2]
+    runs_a = make_runs(rng, langs, np.array([0.3, 0.0]), seeds=4, sd=0.02)
+    l1 = runs_a["target"] == "l1"
+    runs_a.loc[l1 & (runs_a["condition"] == "base"), "score"] = [0.50, 0.52, 0.48, 0.51]
+    runs_a.loc[l1 & (runs_a["condition"] == "self"), "score"] = [0.53, 0.49, 0.51, 0.50]
+    cells_b = st.seed_cells(make_runs(rng, langs, np.full(2, 0.3), seeds=4, sd=0.01))
+    reps, boot = 100, np.random.default_rng(8)
+    diff = st.difference_intervals(st.seed_cells(runs_a), cells_b, None, keys=("cos_rows",),
+                                   replicates=reps, ci_level=0.9, rng=copy.deepcopy(boot))
+    pick = (boot.random((reps, 1, 4)) * 4).astype(int)[:, 0]
+    base, self_, _ = _seed_table(runs_a, langs)
+    gain = self_[1][pick].mean(1) - base[1][pick].mean(1)
+    dropped = int((gain <= 0).sum())
+    assert 0 < dropped < reps
+    d = diff["cos_rows"]
+    assert d["replicates_dropped"] == dropped and d["replicates_used"] == reps - dropped
+    assert d["a"] is not None and d["low"] is not None
+
+
+def test_write_difference_writes_the_file_it_returns(tmp_path):
+    rng = np.random.default_rng(35)
+    a, b = (st.seed_cells(make_runs(rng, LANGS[:4], np.full(4, 0.25), seeds=4))
+            for _ in range(2))
+    written = []
+    for name, seed in (("x", 3), ("y", 3), ("z", 4)):
+        out = st.write_difference(a, b, tmp_path / name / st.CONTRAST_FILE,
+                                  labels=("gender", "speaker"), replicates=50, stats_seed=seed)
+        assert json.loads((tmp_path / name / st.CONTRAST_FILE).read_text()) == out
+        written.append((tmp_path / name / st.CONTRAST_FILE).read_bytes())
+    assert written[0] == written[1] and written[0] != written[2]
+    assert (out["a"], out["b"], out["difference"]) == ("gender", "speaker", "speaker - gender")
+    assert out["seed_design"] == {"gender": st.PAIRED_DESIGN, "speaker": st.PAIRED_DESIGN}
+    assert list(out["diagnostics"]) == ["rfd1", "cos_rows"]
+    direct = st.difference_intervals(a, b, None, keys=("rfd1", "cos_rows"), replicates=50,
+                                     ci_level=0.95, rng=st.contrast_stream(4))
+    for key, d in out["diagnostics"].items():
+        assert set(d) == {"a", "b", "difference", "low", "high", "excludes_zero",
+                          "replicates_used", "replicates_dropped"}
+        for field in ("a", "b", "difference", "low", "high"):
+            assert d[field] == pytest.approx(direct[key][field], abs=1e-6)

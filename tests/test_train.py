@@ -222,3 +222,48 @@ def test_model_dir_without_weights_says_how_to_get_them(tmp_path):
 def test_missing_local_model_dir_says_how_to_get_it(tmp_path):
     with pytest.raises(CltmError, match=r"not a directory.*huggingface-cli download"):
         load_encoder(str(tmp_path / "mHuBERT-147"), None)
+
+
+# --- the recipe: the head's initialisation and learning rate ----------------------------------
+
+def test_zero_head_starts_every_run_alike_and_leaves_the_seed_stream_where_random_does():
+    torch.manual_seed(3)
+    random_head = tasks.new_head(16, 4, "random", torch.device("cpu"))
+    after_random = torch.rand(1)
+    torch.manual_seed(3)
+    zero_head = tasks.new_head(16, 4, "zero", torch.device("cpu"))
+    after_zero = torch.rand(1)
+    assert random_head.weight.abs().sum() > 0
+    assert not zero_head.weight.any() and not zero_head.bias.any()
+    # dropout and LayerDrop draw the same masks under either init
+    assert torch.equal(after_random, after_zero)
+    with pytest.raises(ValueError, match=r"random \| zero"):
+        tasks.new_head(16, 4, "xavier", torch.device("cpu"))
+
+
+def test_head_lr_scale_moves_the_head_that_many_times_faster():
+    """One AdamW step moves each parameter by about lr (the first step's update is lr·sign):
+    the head's by lr·head_lr_scale, the encoder's by lr."""
+    encoder, _ = load_encoder("unused", {**TINY_HUBERT, "layerdrop": 0.0,
+                                         "mask_time_prob": 0.0})
+    head = tasks.new_head(16, 2, "random", torch.device("cpu"))
+    before_head = head.weight.detach().clone()
+    before_enc = encoder.encoder.layers[0].feed_forward.output_dense.weight.detach().clone()
+    gen = torch.Generator().manual_seed(0)
+    waves = [torch.randn(8000, generator=gen)]
+    params = replace(PARAMS, lr=1e-4, head_lr_scale=20.0, grad_clip=1e9)
+    tasks.train(encoder, head, waves, torch.tensor([1]), params, seed=0,
+                device=torch.device("cpu"), do_normalize=True)
+    head_step = (head.weight - before_head).abs().max().item()
+    enc_step = (encoder.encoder.layers[0].feed_forward.output_dense.weight
+                - before_enc).abs().max().item()
+    assert head_step == pytest.approx(20 * 1e-4, rel=0.01)
+    assert enc_step == pytest.approx(1e-4, rel=0.01)
+
+
+def test_gender_record_counts_predicted_classes(workers):
+    record = workers["gender"].run(RunSpec("gender", "aa", "base", "aa", 0), "h")
+    assert 1 <= record["pred_classes"] <= 2
+    assert 0.0 <= record["pred_male_share"] <= 1.0
+    if record["pred_classes"] == 1:
+        assert record["pred_male_share"] in (0.0, 1.0)

@@ -49,6 +49,9 @@ def _demo_corpus(args: argparse.Namespace, config: Config) -> None:
         clip_seconds=config.demo.clip_seconds,
         null=config.demo.null_control,
         seed=config.demo.seed,
+        gender_shift_semitones=config.demo.gender_shift_semitones,
+        speaker_axes_db=config.demo.speaker_axes_db,
+        speaker_axes_focus=config.demo.speaker_axes_focus,
     )
     if out.exists():
         shutil.rmtree(out)

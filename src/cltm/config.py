@@ -58,6 +58,13 @@ class DemoConfig:
     family_trait_strength: float = 1.0
     null_control: bool = False
     seed: int = 0
+    # The planted task cues, scaled by family_trait_strength (data/demo.py): each family's
+    # frequency warp of its voices (pitch and formants) in semitones at strength 1, the spread
+    # of each speaker's own spectral colouring (dB), and how much of that spread a family's
+    # speakers put on the family's own two bands (0: none; the total stays the same).
+    gender_shift_semitones: float = 0.0
+    speaker_axes_db: float = 0.0
+    speaker_axes_focus: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,8 @@ class GenderTaskConfig:
     lr: float | None = None  # overrides train.lr for this task; null: train.lr
     epochs: int | None = None  # overrides train.epochs for this task; null: train.epochs
     seeds: list[int] | None = None  # overrides train.seeds for this task; null: train.seeds
+    head_init: Literal["random", "zero"] | None = None  # overrides train.head_init; null: train's
+    head_lr_scale: float | None = None  # overrides train.head_lr_scale; null: train's
 
 
 @dataclass(frozen=True)
@@ -80,6 +89,8 @@ class SpeakerTaskConfig:
     lr: float | None = None  # overrides train.lr for this task; null: train.lr
     epochs: int | None = None  # overrides train.epochs for this task; null: train.epochs
     seeds: list[int] | None = None  # overrides train.seeds for this task; null: train.seeds
+    head_init: Literal["random", "zero"] | None = None  # overrides train.head_init; null: train's
+    head_lr_scale: float | None = None  # overrides train.head_lr_scale; null: train's
 
 
 @dataclass(frozen=True)
@@ -133,6 +144,12 @@ class TrainConfig:
     grad_clip: float = 1.0
     epochs: int = 1
     batch_size: int = 1
+    # The new linear head: `random` is PyTorch's default initialisation (the paper's); `zero`
+    # starts every run from the same head, so a run's first steps follow its data, not where a
+    # random head happened to point (with a dozen steps that decided whether a run learnt).
+    head_init: Literal["random", "zero"] = "random"
+    # The head's learning rate as a multiple of the encoder's (lr): 1 is the paper's.
+    head_lr_scale: float = 1.0
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     device: str = "auto"  # auto: the first GPU when there is one, else cpu
     threads: int | None = None  # torch CPU threads; null: torch's default
@@ -350,6 +367,8 @@ def _check_values(c: Config, source: str) -> None:
             fail(f"tasks.{name}.seeds {problem} (null: train.seeds)")
         if t.clips_per_speaker < 1:
             fail(f"tasks.{name}.clips_per_speaker must be positive")
+        if t.head_lr_scale is not None and not t.head_lr_scale > 0:
+            fail(f"tasks.{name}.head_lr_scale must be positive (or null: train.head_lr_scale)")
         if (t.lr is not None and not t.lr > 0) or (t.epochs is not None and t.epochs < 1):
             fail(f"tasks.{name}.lr and tasks.{name}.epochs must be positive (or null: train's)")
         if t.N == "auto":
@@ -388,6 +407,8 @@ def _check_values(c: Config, source: str) -> None:
     if a.bootstrap < 0 or a.permutations < 0:
         fail("analysis.bootstrap and analysis.permutations must be >= 0 (0 turns them off)")
     t = c.train
+    if not t.head_lr_scale > 0:
+        fail("train.head_lr_scale must be positive (1: the head learns at train.lr)")
     if t.lr <= 0 or t.epochs < 1 or t.batch_size < 1 or t.grad_clip <= 0 or t.weight_decay < 0:
         fail("train.lr, train.epochs, train.batch_size and train.grad_clip must be positive and "
              "train.weight_decay non-negative")

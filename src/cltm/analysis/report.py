@@ -1,9 +1,15 @@
 """`metrics/report.md`: Table 1 beside the paper's values, the heatmaps and the notable cells.
 
-Built only from the files the cltm stage writes, so it can be regenerated without rerunning
+Built from the files the cltm stage writes, so it can be regenerated without rerunning
 anything; a task whose diagnostics.json is missing is left out. Each task ends with "Can these
 numbers be trusted?": self-gains with SEs, the bootstrap intervals, the cell tests' counts and
 the family-structure check (stats.py's files; a missing one is named, not fatal).
+
+The headline contrast (speaker − gender) is judged by the bootstrap interval of the difference,
+which needs both tasks' seeds: the report reads the two run stores (as the cltm stage does,
+without the training package) and writes `contrast.json` beside itself (stats.write_difference,
+with the bootstrap settings the cltm stage recorded in stats_info.json). Without the stores the
+line says so and the individual intervals stay.
 """
 
 from __future__ import annotations
@@ -15,9 +21,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from cltm.analysis.cltm import read_run_store
 from cltm.analysis.languages import display_names
 from cltm.analysis.plots import note_image, plot_contrast
-from cltm.analysis.stats import PAIRED_DESIGN
+from cltm.analysis.stats import CONTRAST_FILE, PAIRED_DESIGN, seed_cells, write_difference
+from cltm.errors import CltmError
 
 log = logging.getLogger(__name__)
 
@@ -25,11 +33,13 @@ TASKS = ("gender", "speaker")
 TASK_TITLES = {"gender": "Gender recognition (macro-F1)", "speaker": "Speaker verification (AUC)"}
 #: The headline-contrast figure, written beside the report.
 CONTRAST_FIGURE = "contrast.png"
-#: The verdict's ending when the two tasks' intervals of a headline diagnostic overlap.
-OVERLAP = "; the intervals overlap"
 #: The headline contrast's diagnostics: (key, ideal value, which way is nearer it, what it is).
+#: The paper's direction of speaker − gender follows: above 0 where lower is nearer the ideal
+#: (rfd1: speaker higher), below 0 where higher is (cos_rows: speaker lower).
 HEADLINE = (("rfd1", 0.0, "lower", "distance from the ideal"),
             ("cos_rows", 1.0, "higher", "row similarity"))
+#: The verdict when the interval of the difference holds 0 (the tasks not told apart).
+COVERS_ZERO = "covers 0, so the two tasks are not told apart"
 
 #: The paper's Table 1 and §4.4 (full 44 x 44, mHuBERT-147, 10 seeds), as PROTOCOL.md gives it.
 PAPER = {
@@ -335,9 +345,30 @@ def _null_control(task_dir: Path, info: dict) -> list[str]:
     return [*out, ""]
 
 
+#: The most degenerate runs a grid may hold and still count as measuring its data (issue goal).
+HEALTH_LIMIT = 0.05
+
+
+def _health(task_dir: Path) -> list[str]:
+    """How many runs learnt nothing their score can show (run_health.json)."""
+    h = _read_json(task_dir / "run_health.json")
+    if not h or not h.get("runs"):
+        return ["- Degenerate runs: run_health.json is missing", ""]
+    share = h["degenerate_share"]
+    parts = ", ".join(f"{k} {100 * v:.0f}%" for k, v in h["by_condition"].items())
+    seeds = ", ".join(f"{k}: {100 * v:.0f}%" for k, v in h["by_seed"].items())
+    verdict = ("within" if share <= HEALTH_LIMIT else "ABOVE") + (
+        f" the {100 * HEALTH_LIMIT:g}% limit")
+    return [f"- Degenerate runs ({h['what']}): {h['degenerate']} of {h['runs']} "
+            f"({100 * share:.1f}%, {verdict}); by condition {parts}; by seed {seeds}. "
+            "A self-gain over a base run that failed to start measures the failure, not D'.",
+            ""]
+
+
 def _trust_section(task_dir: Path, d: dict, null_control: bool = False) -> list[str]:
     info = _read_json(task_dir / "stats_info.json") or {}
     out = ["### Can these numbers be trusted?", ""]
+    out += _health(task_dir)
     out += _self_gains(task_dir, info)
     out += _intervals(task_dir, d, info)
     out += _cell_counts(task_dir, info)
@@ -453,27 +484,86 @@ def _interval(metrics_dir: Path, task: str, key: str) -> tuple[float, float] | N
     return None if low is None or high is None else (float(low), float(high))
 
 
-def _contrast_line(metrics_dir: Path, diags: dict[str, dict], key: str, ideal: str,
-                   gender_better: str) -> str:
-    """One bullet: gender's and speaker's value of `key` with intervals, and the verdict."""
-    g, s = diags["gender"].get(key), diags["speaker"].get(key)
-    gi, si = _interval(metrics_dir, "gender", key), _interval(metrics_dir, "speaker", key)
-    if None in (g, s):
-        return f"- `{key}`: not available for both tasks"
+def _settings(metrics_dir: Path) -> tuple[dict | None, str | None]:
+    """The cltm stage's bootstrap settings (stats_info.json) for the difference, or why not."""
+    infos = {t: _read_json(metrics_dir / t / "stats_info.json") for t in ("gender", "speaker")}
+    missing = [t for t, info in infos.items() if not info or info.get("bootstrap") is None]
+    if missing:
+        return None, f"{', '.join(missing)}/stats_info.json is missing"
+    g, s = infos["gender"], infos["speaker"]
+    for key in ("bootstrap", "ci_level", "stats_seed"):
+        if g.get(key) != s.get(key):
+            log.warning("the tasks' stats_info.json differ in %s (%s, %s): the difference "
+                        "uses gender's", key, g.get(key), s.get(key))
+    return {"replicates": int(g["bootstrap"]), "ci_level": float(g.get("ci_level", 0.95)),
+            "stats_seed": int(g.get("stats_seed", 0)),
+            # Each task pairs by seed where the cltm stage did: pair_seeds was on if either did,
+            # and stats.pairing turns it off again for a store whose cells' seeds differ.
+            "pair_seeds": any(_paired(info) for info in (g, s))}, None
 
-    def iv(i: tuple[float, float] | None) -> str:
+
+def write_contrast(metrics_dir: Path, runs_dir: Path, out: Path) -> tuple[dict | None, str | None]:
+    """Write `out` (contrast.json): speaker − gender of the headline diagnostics, from the two
+    run stores with the cltm stage's bootstrap settings; returns it, or None and the reason.
+
+    The stores are read without the training package, as the cltm stage reads them. Where the
+    difference cannot be computed, a stale `out` is removed: it would be read as current.
+    """
+    settings, reason = _settings(metrics_dir)
+    cells = {}
+    if settings is not None:
+        try:
+            cells = {t: seed_cells(read_run_store(runs_dir / t, t)) for t in ("gender", "speaker")}
+        except CltmError as exc:
+            reason = f"the run stores could not be read ({exc})"
+    if reason is not None:
+        log.warning("no interval of the difference speaker − gender: %s", reason)
+        out.unlink(missing_ok=True)
+        return None, reason
+    contrast = write_difference(cells["gender"], cells["speaker"], out,
+                                labels=("gender", "speaker"),
+                                keys=tuple(key for key, *_ in HEADLINE), **settings)
+    return contrast, None
+
+
+def _difference_line(diags: dict[str, dict], metrics_dir: Path, contrast: dict | None,
+                     reason: str | None, key: str, what: str, nearer: str) -> tuple[str, bool]:
+    """One bullet: both tasks' values with their own intervals, then speaker − gender with the
+    interval of the difference and the verdict; and whether that interval covers 0."""
+    g, s = diags["gender"].get(key), diags["speaker"].get(key)
+    if None in (g, s):
+        return f"- `{key}`: not available for both tasks", False
+
+    def iv(task: str) -> str:
+        i = _interval(metrics_dir, task, key)
         return "" if i is None else f" [{_fmt(i[0], 'num')}, {_fmt(i[1], 'num')}]"
 
-    nearer = (g < s) if gender_better == "lower" else (g > s)
-    text = (f"- `{key}` ({ideal}): gender {_fmt(g, 'num')}{iv(gi)}, speaker "
-            f"{_fmt(s, 'num')}{iv(si)}: gender is {'nearer' if nearer else 'NOT nearer'} the "
-            "language-agnostic ideal")
-    if gi is None or si is None:
-        return text + "; no intervals to compare"
-    apart = gi[1] < si[0] if gender_better == "lower" else gi[0] > si[1]
-    return text + ("; the intervals do not overlap" if nearer and apart else
-                   OVERLAP if not (gi[1] < si[0] or gi[0] > si[1]) else
-                   "; the intervals are apart, the other way round")
+    head = (f"- `{key}` ({what}, {nearer} is nearer): gender {_fmt(g, 'num')}{iv('gender')}, "
+            f"speaker {_fmt(s, 'num')}{iv('speaker')}; ")
+    d = ((contrast or {}).get("diagnostics") or {}).get(key)
+    if d is None:
+        return head + (f"speaker − gender = {_fmt(s - g, 'num')}, no interval of the difference "
+                       f"({reason or 'not in contrast.json'})"), False
+    text = head + f"speaker − gender = {_fmt(d.get('difference'), 'num')}"
+    if d.get("low") is None:
+        why = ("the bootstrap is off" if not contrast.get("bootstrap") else
+               "a value is undefined" if d.get("difference") is None else
+               "no resample left it defined")
+        return text + f", no interval ({why})", False
+    level = contrast.get("ci_level")
+    dropped = d.get("replicates_dropped") or 0
+    text += (f", {100 * level:g}% interval of the difference [{_fmt(d['low'], 'num')}, "
+             f"{_fmt(d['high'], 'num')}]" + (f" ({dropped} undefined resamples left out)"
+                                              if dropped else "") + ": ")
+    if not d.get("excludes_zero"):
+        return text + COVERS_ZERO, True
+    paper = "higher" if nearer == "lower" else "lower"  # speaker, with gender nearer the ideal
+    found = "higher" if d["low"] > 0 else "lower"
+    if found == paper:
+        return (text + f"excludes 0 in the paper's direction (speaker {paper}), so gender is "
+                "nearer the language-agnostic ideal"), False
+    return (text + f"excludes 0 the other way round (speaker {found}), so gender is NOT "
+            "nearer the language-agnostic ideal"), False
 
 
 def _contrast_figure(metrics_dir: Path, diags: dict[str, dict], path: Path) -> None:
@@ -491,22 +581,34 @@ def _contrast_figure(metrics_dir: Path, diags: dict[str, dict], path: Path) -> N
 
 
 def _headline_section(metrics_dir: Path, diags: dict[str, dict], planted: bool,
-                      report: Path) -> list[str]:
+                      report: Path, runs_dir: Path) -> list[str]:
     """The paper's headline contrast and, on the demo corpus, the planted-structure check."""
     figure = report.parent / CONTRAST_FIGURE
     if not {"gender", "speaker"} <= set(diags):
         note_image(figure, "The headline contrast needs the CLTMs of both tasks.")
+        (report.parent / CONTRAST_FILE).unlink(missing_ok=True)
         return []
     _contrast_figure(metrics_dir, diags, figure)
-    lines = [_contrast_line(metrics_dir, diags, key, f"{what}, {nearer} is nearer", nearer)
-             for key, _, nearer, what in HEADLINE]
+    contrast, reason = write_contrast(metrics_dir, runs_dir, report.parent / CONTRAST_FILE)
+    verdicts = [_difference_line(diags, metrics_dir, contrast, reason, key, what, nearer)
+                for key, _, nearer, what in HEADLINE]
+    how = ""
+    if contrast is not None:
+        how = (f" ({contrast['bootstrap']} resamples of each task's seeds, the two tasks "
+               f"resampled independently, differences taken resample by resample; "
+               f"`{CONTRAST_FILE}`)")
     out = ["## The headline contrast", "",
            "The paper's finding: gender recognition transfers nearer the language-agnostic ideal "
-           "(a CLTM of ones) than speaker verification.", "", *lines, ""]
-    if any(line.endswith(OVERLAP) for line in lines):
-        # Overlap is a statement about seed noise, and seeds are what a user can add.
-        out += ["Overlapping intervals narrow with more seeds: `benchmarks/seeds_needed.py` "
-                "projects, from these run stores, how many would separate them.", ""]
+           "(a CLTM of ones) than speaker verification. Each line gives the two values with "
+           "their own intervals, then the difference speaker − gender with the percentile "
+           f"bootstrap interval of the difference{how}. The verdict rests on that interval, not "
+           "on whether the two intervals overlap: two overlapping intervals can hold a "
+           "difference whose interval excludes 0.", "", *(line for line, _ in verdicts), ""]
+    if any(covers for _, covers in verdicts):
+        # A difference lost in seed noise, and seeds are what a user can add.
+        out += ["The interval of a difference narrows with more seeds: "
+                "`benchmarks/seeds_needed.py` projects, from these run stores, how many would "
+                "make it exclude 0.", ""]
     out += [f"![headline contrast]({_link(figure, report)})", "",
             "Dots: the values; lines: their bootstrap intervals; grey: the interval of the same "
             "diagnostic when every cross cell is moved to its target's self mean (seed noise "
@@ -538,12 +640,14 @@ def _headline_section(metrics_dir: Path, diags: dict[str, dict], planted: bool,
 
 
 def run_report(metrics_dir: Path, out_path: Path, null_control: bool = False,
-               planted: bool = False) -> None:
+               planted: bool = False, runs_dir: Path | None = None) -> None:
     """Write the Markdown report of every task whose `<metrics_dir>/<task>/diagnostics.json`
     exists; `null_control`: the runs come from a null-control corpus, so say whether the CLTMs
     are consistent with all ones; `planted`: they come from the demo corpus with its planted
-    structure, so say whether it was recovered."""
+    structure, so say whether it was recovered. With both tasks, contrast.json (beside the
+    report) is written from the run stores under `runs_dir` (default `<metrics_dir>/runs`)."""
     metrics_dir, out_path = Path(metrics_dir), Path(out_path)
+    runs_dir = metrics_dir / "runs" if runs_dir is None else Path(runs_dir)
     diags = {}
     for task in TASKS:
         path = metrics_dir / task / "diagnostics.json"
@@ -566,7 +670,7 @@ def run_report(metrics_dir: Path, out_path: Path, null_control: bool = False,
             "",
         ]
         lines += _headline_section(metrics_dir, diags, planted and not null_control,
-                                   out_path)
+                                   out_path, runs_dir)
         for task, d in diags.items():
             lines += _task_section(task, metrics_dir / task, d, out_path, null_control)
         lines += _curve_section(metrics_dir, out_path)

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from cltm.analysis import plots
-from cltm.analysis.cltm import CltmResult, compute_cltm, read_run_store
+from cltm.analysis.cltm import CltmResult, compute_cltm, read_run_store, run_health
 from cltm.analysis.diagnostics import KEYS, PROPORTIONS, diagnostics, json_ready
 from cltm.analysis.languages import check_family_level, display_names, family_map
 from cltm.analysis.report import run_report
@@ -49,10 +49,12 @@ __all__ = ["format_table", "run_cltm", "run_diagnostics", "run_report"]
 PAPER_HIGHLIGHT = ("ar", "en", "de", "ckb", "kmr", "fr", "ca", "es", "be", "ru", "uk", "eu",
                    "zh-CN", "zh-TW", "ky", "tr")
 
+#: The share of runs that learnt nothing their score shows (cltm.run_health).
+HEALTH_FILE = "run_health.json"
 OUTPUT_FILES = (
     "cltm.csv", "cltm_se.csv", "performance.csv", "diagnostics.json", "undefined.csv",
     "self_gain.csv", "offdiag.csv", "heatmap.png", "heatmap_highlight.png", "self_gain.png",
-    "offdiag_hist.png", *STATS_FILES,
+    "offdiag_hist.png", HEALTH_FILE, *STATS_FILES,
 )  # fmt: skip
 
 
@@ -117,6 +119,7 @@ def run_cltm(
     diag = json_ready(diagnostics(result.matrix, result.se, families,
                                   self_gain=result.self_gain))
     _write_json(diag, out_dir / "diagnostics.json")
+    write_json(run_health(runs, task), out_dir / HEALTH_FILE)
     tests = write_stats(runs, result, diag, families, out_dir, family_level=family_level,
                         fdr=fdr, bootstrap=bootstrap, ci_level=ci_level,
                         permutations=permutations, stats_seed=stats_seed,

@@ -53,6 +53,17 @@ Bootstrap intervals (`diagnostic_intervals`, diagnostics_ci.json)
     interval sits above the noise-free value and should be read as "the value this much seed
     noise produces", not as an interval for a noise-free matrix.
 
+Differences between two results (`difference_intervals`; the report's contrast.json)
+    Two results (the gender and speaker CLTMs of one grid, or two variants of one task) are
+    told apart by the interval of their difference B − A, not by whether their own intervals
+    overlap: the runs of two results are independent, so their noise adds in quadrature and two
+    overlapping 95% intervals can still hold a difference whose interval excludes 0. Each result
+    is bootstrapped as above (its own paired-or-unpaired rule), the two independently, and the
+    differences are taken replicate by replicate; a replicate where either side is undefined is
+    dropped and counted. No interval where a point value is undefined or no difference is
+    finite. The same caveats hold: with few seeds the interval is too narrow, and a difference
+    of two distances from the ideal mixes two noise-inflated values.
+
 Family structure (`family_structure`, family_structure.json)
     contrast = mean same-family off-diagonal entry − mean cross-family entry, over the defined
     languages; intra_family_pos as in diagnostics.py. Family labels are shuffled over the defined
@@ -62,8 +73,9 @@ Family structure (`family_structure`, family_structure.json)
     (|contrast|); intra_family_pos's p is one-sided, towards more positive mass within families
     than chance, whose expected value is the share of same-family pairs.
 
-Randomness comes from one `stats_seed`, split into independent streams for the bootstrap and
-the permutations, so the outputs are identical for identical inputs and settings.
+Randomness comes from one `stats_seed`, split into independent streams for the bootstrap,
+the permutations, the noise floor and the difference between two results, so the outputs are
+identical for identical inputs and settings.
 """
 
 from __future__ import annotations
@@ -87,6 +99,8 @@ log = logging.getLogger(__name__)
 SIGNIFICANCE_FILE = "cltm_significance.csv"
 CI_FILE = "diagnostics_ci.json"
 FAMILY_FILE = "family_structure.json"
+#: The difference between two results (the report's speaker − gender), write_difference's file.
+CONTRAST_FILE = "contrast.json"
 INFO_FILE = "stats_info.json"
 STATS_FILES = (SIGNIFICANCE_FILE, CI_FILE, FAMILY_FILE, INFO_FILE)
 
@@ -340,13 +354,23 @@ def diagnostic_intervals(
     values = {k: np.concatenate(v) for k, v in draws.items()}
     ci = {}
     for k in NUMERIC_KEYS:
-        finite = values[k][np.isfinite(values[k])]
-        if point.get(k) is None or finite.size == 0:
-            ci[k] = {"low": None, "high": None}
-            continue
-        low, high = np.quantile(finite, [(1 - level) / 2, (1 + level) / 2])
-        ci[k] = {"low": float(low), "high": float(high)}
+        low, high = percentile_interval(values[k], level,
+                                        defined=point.get(k) is not None) or (None, None)
+        ci[k] = {"low": low, "high": high}
     return ci, _replicate_info(cells, np.concatenate(defined), values, point)
+
+
+def percentile_interval(draws: np.ndarray, level: float,
+                        defined: bool = True) -> tuple[float, float] | None:
+    """The percentile interval at `level` of the finite draws (undefined replicates left out);
+    None when the point value is not `defined` or no draw is finite (diagnostic_intervals' rule).
+    """
+    draws = np.asarray(draws, dtype=float)
+    finite = draws[np.isfinite(draws)]
+    if not defined or finite.size == 0:
+        return None
+    low, high = np.quantile(finite, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
 
 
 NOISE_KEYS = ("rfd1", "asym_rel", "cos_rows", "prop_pos")
@@ -406,6 +430,91 @@ def _replicate_info(cells: SeedCells, defined: np.ndarray, values: Mapping[str, 
         "defined_share": dict(zip(cells.languages, map(float, defined.mean(0)))),
         "diagnostic_defined_share": {k: float(np.isfinite(v).mean()) for k, v in values.items()},
     }
+
+
+# --- the difference between two results --------------------------------------------------------
+
+
+def diagnostic_draws(cells: SeedCells, families: Mapping[str, str] | None, *,
+                     keys: Sequence[str], replicates: int, rng: np.random.Generator,
+                     paired: bool = False) -> dict[str, np.ndarray]:
+    """Each diagnostic in `keys` over `replicates` bootstrap replicates (bootstrap_replicates,
+    replicate_diagnostics): one value per replicate, in draw order, NaN where undefined."""
+    codes = _family_codes(cells.languages, families)
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
+    if replicates > 0:
+        for rep in bootstrap_replicates(cells, replicates, rng, paired):
+            diag = replicate_diagnostics(rep, codes)
+            for k in keys:
+                parts[k].append(diag[k])
+    return {k: np.concatenate(v) if v else np.empty(0) for k, v in parts.items()}
+
+
+def _number(v: float) -> float | None:
+    return float(v) if np.isfinite(v) else None
+
+
+def difference_of_draws(point_a: float, point_b: float, draws_a: np.ndarray,
+                        draws_b: np.ndarray, level: float) -> dict[str, object]:
+    """B − A from two results' point values and their bootstrap draws (same count, independent).
+
+    The differences are taken replicate by replicate (r of B minus r of A); a replicate where
+    either side is undefined (NaN) is dropped and counted. The interval is the percentile
+    interval of the rest, with diagnostic_intervals' rule: none when a point value is undefined
+    or no difference is finite. `excludes_zero`: the interval lies wholly above or below 0
+    (None without an interval).
+    """
+    draws_a, draws_b = np.asarray(draws_a, float), np.asarray(draws_b, float)
+    if draws_a.shape != draws_b.shape:
+        raise CltmError(f"the two results have {draws_a.size} and {draws_b.size} bootstrap "
+                        "replicates; a difference pairs them one to one")
+    diff = draws_b - draws_a
+    used = int(np.isfinite(diff).sum())
+    point = float(point_b) - float(point_a)
+    bounds = percentile_interval(diff, level, defined=bool(np.isfinite(point)))
+    low, high = (None, None) if bounds is None else bounds
+    return {"a": _number(point_a), "b": _number(point_b), "difference": _number(point),
+            "low": low, "high": high,
+            "excludes_zero": None if bounds is None else bool(low > 0 or high < 0),
+            "replicates_used": used, "replicates_dropped": int(diff.size - used)}
+
+
+def difference_intervals(
+    cells_a: SeedCells,
+    cells_b: SeedCells,
+    families: Mapping[str, str] | None,
+    *,
+    keys: Sequence[str] = NUMERIC_KEYS,
+    replicates: int,
+    ci_level: float,
+    rng: np.random.Generator,
+    pair_seeds: bool = True,
+) -> dict[str, dict[str, object]]:
+    """Per diagnostic key, the difference B − A between two results and its bootstrap interval.
+
+    Two results (two tasks of one grid, or two variants of one task) differ where the interval
+    of their difference excludes 0, not where their own intervals fail to overlap: independent
+    noise adds in quadrature, so the difference's interval is narrower than the two intervals'
+    combined reach. Each result is resampled on its own (its seeds with the cltm stage's rule:
+    paired by seed where `pair_seeds` and all its cells hold the same seeds), the two bootstraps
+    independently of each other, `replicates` each; the point values are the data's own
+    (point_estimate, equal to diagnostics.json's). Returns difference_of_draws' dict per key:
+    a, b, difference, low, high, excludes_zero, replicates_used, replicates_dropped.
+    """
+    if not 0 < ci_level < 1:
+        raise CltmError(f"ci_level must lie strictly between 0 and 1, not {ci_level}")
+    unknown = [k for k in keys if k not in NUMERIC_KEYS]
+    if unknown:
+        raise CltmError(f"no bootstrap of {unknown}; the keys are {list(NUMERIC_KEYS)}")
+    points, draws = [], []
+    for cells in (cells_a, cells_b):
+        est = replicate_diagnostics(point_estimate(cells),
+                                    _family_codes(cells.languages, families))
+        points.append({k: float(est[k][0]) for k in keys})
+        draws.append(diagnostic_draws(cells, families, keys=keys, replicates=replicates,
+                                      rng=rng, paired=pairing(cells, pair_seeds)))
+    return {k: difference_of_draws(points[0][k], points[1][k], draws[0][k], draws[1][k],
+                                   ci_level) for k in keys}
 
 
 # --- per-cell tests -----------------------------------------------------------------------------
@@ -631,6 +740,13 @@ def noise_stream(stats_seed: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(int(stats_seed)).spawn(3)[2])
 
 
+def contrast_stream(stats_seed: int) -> np.random.Generator:
+    """A fourth independent generator (the difference between two results); the others stay."""
+    if int(stats_seed) < 0:
+        raise CltmError(f"stats_seed must be a non-negative integer, not {stats_seed}")
+    return np.random.default_rng(np.random.SeedSequence(int(stats_seed)).spawn(4)[3])
+
+
 def write_json(d: Mapping, path: Path) -> None:
     path.write_text(json.dumps(d, indent=2) + "\n", encoding="utf-8")
 
@@ -688,6 +804,40 @@ def write_stats(
     log.info("%d of %d tested cells differ from 1 at FDR %g; %s", counts["differs_from_1"],
              counts["tested_vs1"], fdr, format_family(fam))
     return tests
+
+
+def write_difference(
+    cells_a: SeedCells,
+    cells_b: SeedCells,
+    path: Path,
+    *,
+    labels: tuple[str, str] = ("a", "b"),
+    families: Mapping[str, str] | None = None,
+    keys: Sequence[str] = ("rfd1", "cos_rows"),
+    replicates: int = 1000,
+    ci_level: float = 0.95,
+    stats_seed: int = 0,
+    pair_seeds: bool = True,
+) -> dict[str, object]:
+    """Write difference_intervals of B − A as JSON (CONTRAST_FILE) and return what was written.
+
+    {"a": label A, "b": label B, "difference": "B - A", the settings, "seed_design" per result,
+    "diagnostics": {key: {a, b, difference, low, high, excludes_zero, replicates_used,
+    replicates_dropped}}}. The generator is contrast_stream(stats_seed): the same inputs and
+    settings give the same file.
+    """
+    diff = difference_intervals(cells_a, cells_b, families, keys=keys, replicates=replicates,
+                                ci_level=ci_level, rng=contrast_stream(stats_seed),
+                                pair_seeds=pair_seeds)
+    design = {label: PAIRED_DESIGN if pairing(cells, pair_seeds) else "independent seeds"
+              for label, cells in zip(labels, (cells_a, cells_b), strict=True)}
+    out = {"a": labels[0], "b": labels[1], "difference": f"{labels[1]} - {labels[0]}",
+           "ci_level": ci_level, "bootstrap": int(replicates), "stats_seed": int(stats_seed),
+           "seed_design": design, "diagnostics": {k: json_ready(v) for k, v in diff.items()}}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(out, path)
+    return out
 
 
 def _rounded(d: Mapping) -> dict:

@@ -5,11 +5,24 @@ language to another. Its offline demo needs data that (a) a Common Voice reader 
 like a real release, (b) is real speech in real languages, with speakers of both genders, and
 (c) has a *known* cross-lingual structure, so the demo can show the analysis recovering it.
 
-(c) is planted on purpose: every language family shares a recording trait (a spectral colouring
-and a faint stationary background, derived only from the family's name), so languages of one
-family look alike to a model beyond what the synthesiser's phonetics give. ``family_trait_strength``
-scales it (0 turns it off exactly), and ``null=True`` removes every difference between languages
-but their labels, which is the control where no transfer structure should appear.
+(c) is planted on purpose, in three parts that ``family_trait_strength`` scales together (0 turns
+every one off exactly):
+
+- a recording trait shared by a family (a spectral colouring and a faint stationary background,
+  derived only from the family's name): languages of one family look alike to a model;
+- a shift of the cue gender recognition uses: every voice of a family is warped in frequency by
+  the family's own number of semitones (``gender_shift_semitones`` at strength 1), pitch and
+  formants together, so the boundary between the genders sits elsewhere in each family and a
+  donor of another family teaches a boundary that is off for the target;
+- the axes along which speakers differ: every speaker carries a spectral colouring of its own,
+  ``speaker_axes_db`` of spread over ``len(SPEAKER_AXES)`` smooth bands; within a family the
+  spread concentrates on the family's two bands (their variance ``1 + strength ·
+  speaker_axes_focus`` times the others', the total kept), so a speaker-ID model trained on one
+  family learns to listen where that family's speakers differ.
+
+A task can only use a planting that acts on its own cue; a colouring alone may or may not make
+same-family donors more useful. ``null=True`` removes every difference between languages but
+their labels, which is the control where no transfer structure should appear.
 
 Nothing is copied from a text corpus: sentences are random numbers (eSpeak reads them in each
 language's own words) and pseudo-words built from each language's letters.
@@ -157,6 +170,10 @@ class DemoSpec:
     null: bool = False
     seed: int = 0
     clip_seconds: float = 3.0
+    # The planting the tasks use, both scaled by family_trait_strength (see the module doc).
+    gender_shift_semitones: float = 0.0
+    speaker_axes_db: float = 0.0
+    speaker_axes_focus: float = 0.0
 
     def __post_init__(self) -> None:
         # Accept any sequence (a list from a config file) but keep the spec hashable.
@@ -574,6 +591,68 @@ def apply_family_trait(
 # One clip
 
 
+# --------------------------------------------------------------------------------------------
+# The planted task cues: a family's gender boundary, a family's speaker axes
+
+#: Centres (Hz) of the bands along which demo speakers differ; Gaussian in log frequency.
+SPEAKER_AXES = (250.0, 400.0, 650.0, 1000.0, 1600.0, 2500.0, 4000.0, 6300.0)
+SPEAKER_AXIS_OCTAVES = 0.3
+
+
+def family_cues(languages: Sequence[str]) -> dict[str, tuple[float, tuple[int, int]]]:
+    """Per planted family of ``languages``: its gender warp at strength 1 (a fraction of
+    gender_shift_semitones in [-1, 1]) and the two SPEAKER_AXES its speakers differ along most.
+
+    Spread by construction, in the order the families first appear: warps evenly over [-1, 1],
+    and axis pairs disjoint for up to four families (one low band, one high band each). A
+    family's cues therefore depend on which families the corpus holds, not on its name alone.
+    """
+    families = list(dict.fromkeys(FAMILIES[lang] for lang in languages))
+    n, half = len(families), len(SPEAKER_AXES) // 2
+    # interleaved so that families listed one after the other are not neighbours in pitch
+    ranks = [*range(0, n, 2), *range(1, n, 2)]
+    cues = {}
+    for i, family in enumerate(families):
+        shift = 0.0 if n == 1 else -1.0 + 2.0 * ranks[i] / (n - 1)
+        cues[family] = (shift, (i % half, half + (i + 1) % half))
+    return cues
+
+
+def speaker_axes_gain(spec: DemoSpec, locale: str, index: int) -> np.ndarray:
+    """The speaker's gain (dB) along each of SPEAKER_AXES: N(0, spread²), the spread
+    concentrated on the family's axes by ``family_trait_strength · speaker_axes_focus``."""
+    rng = np.random.default_rng([spec.seed, stable_int(locale), index, 7])
+    weight = np.ones(len(SPEAKER_AXES))
+    if not spec.null:
+        _, axes = family_cues(spec.languages)[FAMILIES[locale]]
+        weight[list(axes)] += spec.family_trait_strength * spec.speaker_axes_focus
+    weight /= weight.mean()  # the same total spread at every strength
+    return spec.speaker_axes_db * np.sqrt(weight) * rng.standard_normal(len(SPEAKER_AXES))
+
+
+def axes_filter(gain_db: np.ndarray, n_taps: int = 257) -> np.ndarray:
+    """A linear-phase FIR at 22050 Hz with ``gain_db`` along SPEAKER_AXES."""
+    n_fft = 2 * (n_taps - 1)
+    freqs = np.fft.rfftfreq(n_fft, 1.0 / SYNTH_RATE)
+    octaves = np.log2(np.maximum(freqs, 50.0))
+    db = np.zeros_like(freqs)
+    for centre, g in zip(SPEAKER_AXES, gain_db, strict=True):
+        db += g * np.exp(-0.5 * ((octaves - np.log2(centre)) / SPEAKER_AXIS_OCTAVES) ** 2)
+    impulse = np.roll(np.fft.irfft(10 ** (db / 20), n_fft), n_taps // 2)[:n_taps]
+    return impulse * np.hanning(n_taps + 2)[1:-1]
+
+
+def warp(speech: np.ndarray, semitones: float) -> np.ndarray:
+    """Every frequency of ``speech`` (22050 Hz) moved by ``semitones``, pitch and formants
+    alike (the duration shrinks or grows by the same ratio)."""
+    if semitones == 0:
+        return speech
+    import soxr
+
+    ratio = 2.0 ** (semitones / 12.0)
+    return soxr.resample(speech.astype(np.float64), SYNTH_RATE * ratio, SYNTH_RATE)
+
+
 def _synthesize_to_length(
     script: _Script, speaker: Speaker, rng: np.random.Generator, target_s: float
 ) -> tuple[str, np.ndarray]:
@@ -617,6 +696,8 @@ def render_clip(
     trait: FamilyTrait | None,
     trait_strength: float,
     script_locale: str,
+    shift_semitones: float = 0.0,
+    axes_db: np.ndarray | None = None,
 ) -> tuple[str, np.ndarray]:
     """One clip: (sentence, float32 audio at 48 kHz peak-normalised to 0.9)."""
     rng = _clip_rng(seed, locale, speaker.index, clip)
@@ -627,8 +708,12 @@ def render_clip(
     )
     if not np.any(speech):
         raise CltmError(f"eSpeak NG produced silence for {locale} ({speaker.voice}): {text!r}")
+    speech = warp(speech.astype(np.float64), shift_semitones)
     before, after = (np.zeros(int(seconds * SYNTH_RATE)) for seconds in (lead, tail))
-    x = np.concatenate([before, speech.astype(np.float64), after])
+    x = np.concatenate([before, speech, after])
+    if axes_db is not None and np.any(axes_db):
+        taps = axes_filter(axes_db)
+        x = _fft_convolve(x, taps)[len(taps) // 2 : len(taps) // 2 + len(x)]
     # Speaker channel: room, then microphone.
     x = _fft_convolve(x, _room_response(speaker, rng))[: len(x)]
     x = np.convolve(x, speaker.mic_taps)[: len(x)]
@@ -678,6 +763,10 @@ def _check_spec(spec: DemoSpec) -> None:
         )
     if not spec.family_trait_strength >= 0:
         raise CltmError("family_trait_strength must be >= 0")
+    if not (spec.speaker_axes_db >= 0 and spec.speaker_axes_focus >= 0):
+        raise CltmError("speaker_axes_db and speaker_axes_focus must be >= 0")
+    if not abs(spec.gender_shift_semitones) <= 12:
+        raise CltmError("gender_shift_semitones must lie within ±12 (an octave)")
     if not spec.clip_seconds >= 1.0:
         raise CltmError("clip_seconds must be at least 1.0")
 
@@ -726,11 +815,14 @@ def _speaker_task(task: _SpeakerTask) -> list[tuple[str, int, int, str, str, int
     script_locale = NULL_VOICE if spec.null else task.locale
     trait = None if spec.null else family_trait(FAMILIES[task.locale])
     speaker = make_speaker(spec.seed, task.locale, task.speaker, voice_language)
+    shift = 0.0 if spec.null else (spec.family_trait_strength * spec.gender_shift_semitones
+                                   * family_cues(spec.languages)[FAMILIES[task.locale]][0])
+    axes = speaker_axes_gain(spec, task.locale, task.speaker)
     rows = []
     for clip in range(spec.clips_per_speaker):
         text, audio = render_clip(
             task.locale, speaker, clip, spec.seed, spec.clip_seconds, trait,
-            spec.family_trait_strength, script_locale,
+            spec.family_trait_strength, script_locale, shift, axes,
         )  # fmt: skip
         name = f"common_voice_{task.locale}_{task.first_number + clip}.mp3"
         sf.write(Path(task.root) / task.locale / "clips" / name, audio, CV_RATE, format="MP3")

@@ -72,14 +72,18 @@ def _model_digest(name_or_path: str) -> str | None:
 
 
 def train_params(config: Config, task: str | None = None) -> TrainParams:
-    """The training params of `task`'s runs: `train.*`, with the task's own `lr` and `epochs`
-    (`tasks.<task>.lr`, `tasks.<task>.epochs`) where set."""
+    """The training params of `task`'s runs: `train.*`, with the task's own `lr`, `epochs`,
+    `head_init` and `head_lr_scale` (`tasks.<task>.*`) where set."""
     t = config.train
     own = getattr(config.tasks, task) if task is not None else None
-    lr = own.lr if own is not None and own.lr is not None else t.lr
-    epochs = own.epochs if own is not None and own.epochs is not None else t.epochs
-    return TrainParams(lr=lr, weight_decay=t.weight_decay, grad_clip=t.grad_clip,
-                       epochs=epochs, batch_size=t.batch_size, precision=t.precision)
+
+    def pick(key: str) -> Any:
+        value = getattr(own, key) if own is not None else None
+        return getattr(t, key) if value is None else value
+
+    return TrainParams(lr=pick("lr"), weight_decay=t.weight_decay, grad_clip=t.grad_clip,
+                       epochs=pick("epochs"), batch_size=t.batch_size, precision=t.precision,
+                       head_init=pick("head_init"), head_lr_scale=pick("head_lr_scale"))
 
 
 def task_seeds(config: Config, task: str) -> list[int]:

@@ -32,6 +32,8 @@ class TrainParams:
     epochs: int
     batch_size: int
     precision: str  # fp32 | fp16 | bf16
+    head_init: str = "random"  # random | zero
+    head_lr_scale: float = 1.0  # the head's lr as a multiple of lr
 
 
 def seed_everything(seed: int) -> None:
@@ -71,6 +73,18 @@ def pooled(encoder: HubertModel, waves: list[torch.Tensor], device: torch.device
     return masked_mean(states.float(), mask)
 
 
+def new_head(in_features: int, classes: int, init: str, device: torch.device) -> nn.Linear:
+    """The task's linear head. Built the same way under either init, so the seed's generator
+    is at the same place afterwards (dropout and LayerDrop draw the same masks)."""
+    head = nn.Linear(in_features, classes)
+    if init == "zero":
+        nn.init.zeros_(head.weight)
+        nn.init.zeros_(head.bias)
+    elif init != "random":
+        raise ValueError(f"unknown head init {init!r} (random | zero)")
+    return head.to(device)
+
+
 def train(
     encoder: HubertModel,
     head: nn.Linear,
@@ -85,8 +99,9 @@ def train(
     encoder.train()
     head.train()
     opt = torch.optim.AdamW(
-        [*encoder.parameters(), *head.parameters()], lr=params.lr,
-        weight_decay=params.weight_decay,
+        [{"params": list(encoder.parameters())},
+         {"params": list(head.parameters()), "lr": params.lr * params.head_lr_scale}],
+        lr=params.lr, weight_decay=params.weight_decay,
     )
     scaler = torch.amp.GradScaler(device.type, enabled=params.precision == "fp16")
     order_rng = torch.Generator().manual_seed(seed)
