@@ -181,6 +181,43 @@ def _report(args: argparse.Namespace, config: Config) -> None:
                null_control=demo and config.demo.null_control, planted=demo)
 
 
+def _strength(config: Config, name: str) -> float:
+    v = config.calibration.variants[name]
+    return (config.demo.family_trait_strength if v.family_trait_strength is None
+            else v.family_trait_strength)
+
+
+def _calibrate(args: argparse.Namespace, config: Config) -> None:
+    from cltm import calibrate
+    from cltm.analysis.calibration import variant_summary
+
+    work = calibrate.run_variant(Path(args.params), args.variant, progress=not args.no_progress)
+    out = Path(config.calibration.out) / calibrate.METRICS
+    out.mkdir(parents=True, exist_ok=True)
+    summary = variant_summary(work, args.variant, strength=_strength(config, args.variant),
+                              held_out=config.calibration.variants[args.variant].held_out)
+    (out / f"{args.variant}.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def _calibrate_report(args: argparse.Namespace, config: Config) -> None:
+    from cltm.analysis.calibration import summarize
+    from cltm.calibrate import METRICS
+
+    out = Path(config.calibration.out)
+    missing = [n for n in config.calibration.variants
+               if not (out / METRICS / f"{n}.json").is_file()]
+    if missing:
+        raise CltmError(f"calibration variants not run yet: {', '.join(missing)}; run "
+                        "`dvc repro calibration/dvc.yaml` (or `cltm calibrate --variant NAME`)")
+    variants = [json.loads((out / METRICS / f"{n}.json").read_text())
+                for n in config.calibration.variants]
+    result = summarize(out, variants, config.demo.family_trait_strength)
+    failed = [k for k, v in result["checks"].items()
+              if v is False or (isinstance(v, dict) and False in v.values())]
+    log.info("calibration report written to %s; checks failed: %s", out / "report.md",
+             ", ".join(failed) or "none")
+
+
 def _diagnostics(args: argparse.Namespace) -> None:
     from cltm.analysis.stage import format_table, run_diagnostics
 
@@ -251,6 +288,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     dg = sub.add_parser("diagnostics",
                         help="the paper's diagnostics of any CLTM in cltm.csv format")
+    cal = sub.add_parser("calibrate", help="run the pipeline on one calibration corpus "
+                         "(calibration.variants.NAME) in calibration/work/NAME")
+    cal.add_argument("--variant", required=True)
+    cal.set_defaults(func=_calibrate)
+    sub.add_parser("calibrate-report", help="the calibration table and its checks: "
+                   "calibration/report.md and calibration/metrics.json"
+                   ).set_defaults(func=_calibrate_report)
     dg.add_argument("matrix", help="CLTM csv: index column `target`, one column per donor")
     dg.add_argument("--se", help="standard errors, same shape")
     dg.add_argument("--family-level", choices=["family", "genus"], default="genus")

@@ -205,6 +205,27 @@ class CurveConfig:
 
 
 @dataclass(frozen=True)
+class CalibrationVariant:
+    """One corpus of the calibration experiment: the demo corpus with these changes."""
+
+    family_trait_strength: float | None = None  # null: demo.family_trait_strength
+    languages: list[str] | None = None  # null: data.languages
+    seed: int | None = None  # the corpus's seed; null: demo.seed
+    # A held-out corpus is never used to choose a param; the report keeps it apart.
+    held_out: bool = False
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """The calibration experiment (calibration/dvc.yaml): the demo pipeline on several corpora
+    whose planted structure is known, to show that the CLTM measures it (and nothing else)."""
+
+    variants: dict[str, CalibrationVariant] = field(default_factory=dict)
+    seeds: list[int] | None = None  # every task's seeds in the calibration; null: each task's
+    out: str = "calibration"
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig
     tasks: TasksConfig
@@ -214,6 +235,7 @@ class Config:
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
     curve: CurveConfig = field(default_factory=CurveConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
 
     @property
     def corpus_root(self) -> Path:
@@ -303,6 +325,9 @@ def _convert(hint: Any, value: Any, key: str, source: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise CltmError(f"{source}: {key} must be a mapping, got {_describe(value)}")
+        if len(args) == 2 and dataclasses.is_dataclass(args[1]):
+            return {k: _build(args[1], v or {}, prefix=f"{key}.{k}.", source=source)
+                    for k, v in value.items()}
         return dict(value)
     if origin is list:
         if not isinstance(value, list):
@@ -380,6 +405,7 @@ def _check_values(c: Config, source: str) -> None:
         problem = n_problem(name, t.N, t.clips_per_speaker)
         if problem:
             fail(f"tasks.{name}.N ({t.N}) {problem}")
+    _check_calibration(c, fail)
     cap = c.tasks.gender.eval_max_per_language
     if cap is not None and cap < 2:
         fail("tasks.gender.eval_max_per_language must be at least 2 (or null for no cap)")
@@ -442,6 +468,21 @@ def _check_values(c: Config, source: str) -> None:
              "at an unpacked Common Voice release (the folder that holds one folder per "
              "locale, e.g. cv-corpus-22.0-2025-06-20/); download it from "
              "https://commonvoice.mozilla.org/datasets")
+
+
+def _check_calibration(c: Config, fail: typing.Callable[[str], None]) -> None:
+    cal = c.calibration
+    if cal.seeds is not None:
+        problem = _seeds_problem(cal.seeds)
+        if problem:
+            fail(f"calibration.seeds {problem} (null: each task's seeds)")
+    for name, v in cal.variants.items():
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+            fail(f"calibration.variants: {name!r} is not a usable name (letters, digits, _ -)")
+        if v.family_trait_strength is not None and not v.family_trait_strength >= 0:
+            fail(f"calibration.variants.{name}.family_trait_strength must be >= 0")
+        if v.languages is not None and len(set(v.languages)) < 2:
+            fail(f"calibration.variants.{name}.languages needs at least 2 languages")
 
 
 def _seeds_problem(seeds: list[int]) -> str | None:

@@ -1,0 +1,166 @@
+"""The calibration experiment at CI size: two corpora (nothing planted, the default), two seeds.
+
+The findings are asserted on the committed calibration metrics elsewhere; here only that a run
+produces every file and table, resumes, and that the checks read what the variants found.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cltm.analysis.calibration import checks
+from cltm.cli import main
+from cltm.errors import CltmError
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = {
+    "data": {"languages": ["es", "it", "de", "nl"]},
+    "demo": {"speakers_per_language": 16, "clips_per_speaker": 3, "dev_speakers": 2,
+             "test_speakers": 4, "gender_shift_semitones": 3.0, "speaker_axes_db": 4.0,
+             "speaker_axes_focus": 3.0},
+    "tasks": {"gender": {"N": 2, "clips_per_speaker": 1},
+              "speaker": {"N": 4, "clips_per_speaker": 2}},
+    "pretrain": {"epochs": 1},
+    "analysis": {"bootstrap": 40, "permutations": 50},
+    "calibration": {"seeds": [0, 1], "variants": {"strength0": {"family_trait_strength": 0.0},
+                                                  "default": {}}},
+}
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(base.get(k) or {}, v) if isinstance(v, dict) and k != "variants" else v
+    return out
+
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("repo")
+    params = _merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    shutil.copytree(REPO / "calibration", root / "calibration",
+                    ignore=shutil.ignore_patterns("work", "metrics*", "report.md"))
+    cwd = Path.cwd()
+    try:
+        import os
+
+        os.chdir(root)
+        for variant in ("strength0", "default"):
+            assert main(["--no-progress", "calibrate", "--variant", variant]) == 0
+        assert main(["calibrate-report"]) == 0
+    finally:
+        os.chdir(cwd)
+    return root
+
+
+@pytest.mark.slow
+def test_calibration_writes_every_file_and_table(calibrated):
+    cal = calibrated / "calibration"
+    for variant in ("strength0", "default"):
+        work = cal / "work" / variant
+        families = (work / "data" / "demo_corpus" / "README.txt").read_text()
+        strength = 0.0 if variant == "strength0" else 1.0
+        assert f'"family_trait_strength": {strength}' in families
+        for task in ("gender", "speaker"):
+            for name in ("cltm.csv", "diagnostics.json", "family_structure.json",
+                         "run_health.json", "stats_info.json"):
+                assert (work / "metrics" / task / name).is_file(), (variant, task, name)
+            runs = (work / "metrics" / "runs" / task / "runs.jsonl").read_text().splitlines()
+            assert len(runs) == (4 * 4 + 4) * 2  # (n² + n) runs per seed, 2 seeds
+        summary = json.loads((cal / "metrics" / f"{variant}.json").read_text())
+        assert summary["strength"] == strength
+        assert set(summary["gender_minus_speaker"]) == {"rfd1", "cos_rows"}
+        for task in ("gender", "speaker"):
+            s = summary[task]
+            assert s["languages"] == 4 and 0.0 <= s["degenerate_share"] <= 1.0
+            # tiny grids leave rows undefined; the family test then may have nothing to test
+            assert s["cells_tested"] >= 0 and "family_contrast_p" in s
+            assert len(s["undefined_rows"]) + s["self_gains_positive"] == 4
+    metrics = json.loads((cal / "metrics.json").read_text())
+    assert set(metrics["variants"]) == {"strength0", "default"}
+    assert set(metrics["checks"]) >= {"every_row_defined", "null_family_p_at_least_alpha",
+                                      "default_families_detected", "degenerate_runs_at_most_5pct"}
+    report = (cal / "report.md").read_text()
+    for variant in ("strength0", "default"):
+        for task in ("gender", "speaker"):
+            assert f"| {variant} | " in report and f"| {task} |" in report
+    assert "## Checks" in report and "Gender − speaker" in report
+
+
+@pytest.mark.slow
+def test_calibration_resumes_without_redoing_corpus_encoder_or_runs(calibrated, caplog):
+    import os
+
+    work = calibrated / "calibration" / "work" / "strength0"
+    store = work / "metrics" / "runs" / "gender" / "runs.jsonl"
+    before = store.read_text()
+    weights = (work / "models" / "pretrained" / "model.safetensors").stat().st_mtime_ns
+    cwd = Path.cwd()
+    os.chdir(calibrated)
+    try:
+        with caplog.at_level("INFO"):
+            assert main(["--no-progress", "calibrate", "--variant", "strength0"]) == 0
+    finally:
+        os.chdir(cwd)
+    assert "corpus unchanged, kept" in caplog.text and "pretrain unchanged, kept" in caplog.text
+    assert (work / "models" / "pretrained" / "model.safetensors").stat().st_mtime_ns == weights
+    assert sorted(store.read_text().splitlines()) == sorted(before.splitlines())
+    assert "0 to run" in caplog.text
+
+
+def test_calibration_dvc_yaml_names_every_variant_of_the_params():
+    stages = yaml.safe_load((REPO / "calibration" / "dvc.yaml").read_text())["stages"]
+    names = stages["variant"]["foreach"]
+    params = yaml.safe_load((REPO / "params.yaml").read_text())["calibration"]["variants"]
+    assert names == list(params)
+    deps = stages["report"]["deps"]
+    assert [f"calibration/metrics/{n}.json" for n in names] == deps[: len(names)]
+
+
+def test_unknown_variant_and_missing_runs_are_clear_errors(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    from cltm.calibrate import variant_params
+    from cltm.config import load_config
+
+    config = load_config(tmp_path / "params.yaml")
+    with pytest.raises(CltmError, match="no calibration variant 'nope'"):
+        variant_params(params, config, "nope")
+    assert main(["calibrate-report"]) != 0  # names the variants not run yet
+
+
+def _variant(name, strength, held_out=False, **task):
+    base = {"undefined_rows": [], "cells_differ_from_1": 0, "cells_allowed": 1.4,
+            "family_contrast": 0.0, "family_contrast_p": 0.5, "degenerate_share": 0.0,
+            "self_gains_positive": 8, "languages": 8, "self_gain_z_mean": 3.0}
+    return {"variant": name, "strength": strength, "held_out": held_out,
+            "gender": {**base, **task}, "speaker": {**base, **task}}
+
+
+def test_checks_pass_and_fail_on_what_the_variants_found():
+    good = [_variant("strength0", 0.0),
+            _variant("default", 1.0, family_contrast=0.4, family_contrast_p=0.01),
+            _variant("strong", 2.0, family_contrast=0.8, family_contrast_p=0.001),
+            _variant("heldout", 1.0, True, family_contrast=0.3, family_contrast_p=0.02)]
+    result = checks(good, default_strength=1.0)
+    assert all(v is True for k, v in result.items() if k != "contrast_grows_with_strength")
+    assert result["contrast_grows_with_strength"] == {"gender": True, "speaker": True}
+    bad = [dict(v) for v in good]
+    bad[0] = _variant("strength0", 0.0, family_contrast_p=0.01, cells_differ_from_1=3)
+    bad[3] = _variant("heldout", 1.0, True, family_contrast=0.3, family_contrast_p=0.2,
+                      undefined_rows=["tr"], degenerate_share=0.1, self_gain_z_mean=1.0)
+    result = checks(bad, default_strength=1.0)
+    for key in ("every_row_defined", "null_no_more_cells_than_fdr_allows",
+                "null_family_p_at_least_alpha", "default_families_detected",
+                "default_families_detected_held_out", "degenerate_runs_at_most_5pct",
+                "speaker_mean_gain_over_se_at_least_2"):
+        assert result[key] is False, key
+    shrinking = [good[0], good[2], {**good[1], "strength": 3.0}]
+    assert checks(shrinking, 1.0)["contrast_grows_with_strength"]["gender"] is False
