@@ -164,3 +164,34 @@ def test_checks_pass_and_fail_on_what_the_variants_found():
         assert result[key] is False, key
     shrinking = [good[0], good[2], {**good[1], "strength": 3.0}]
     assert checks(shrinking, 1.0)["contrast_grows_with_strength"]["gender"] is False
+
+
+def test_demo_report_shows_the_latest_calibration_table(tmp_path):
+    from cltm.analysis.calibration import summarize
+    from cltm.analysis.report import run_report
+
+    cal = tmp_path / "calibration"
+    cal.mkdir()
+    variants = [_variant("strength0", 0.0),
+                _variant("default", 1.0, family_contrast=0.4, family_contrast_p=0.01)]
+    for v in variants:
+        for t in ("gender", "speaker"):
+            v[t].update({"intra_family_pos": 0.3, "intra_family_pos_chance": 0.14,
+                         "cells_tested": 28, "rfd1": 0.5, "rfd1_ci": [0.4, 0.7],
+                         "cos_rows": 0.8, "cos_rows_ci": [0.6, 0.9]})
+    summarize(cal, variants, default_strength=1.0)
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    run_report(metrics, metrics / "report.md", calibration=cal / "metrics.json")
+    # no task diagnostics: the report says so and shows nothing else
+    assert "The latest calibration" not in (metrics / "report.md").read_text()
+    (metrics / "gender").mkdir()
+    (metrics / "gender" / "diagnostics.json").write_text(json.dumps(
+        {"n_languages": 2, "rfd1": 0.5, "undefined_targets": []}))
+    run_report(metrics, metrics / "report.md", calibration=cal / "metrics.json")
+    text = (metrics / "report.md").read_text()
+    assert "## The latest calibration" in text
+    assert "| default | 1 | gender | 0.4 (0.01) |" in text
+    assert "(../calibration/report.md)" in text
+    run_report(metrics, metrics / "report.md", calibration=tmp_path / "absent.json")
+    assert "The latest calibration" not in (metrics / "report.md").read_text()

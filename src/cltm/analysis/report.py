@@ -639,13 +639,31 @@ def _headline_section(metrics_dir: Path, diags: dict[str, dict], planted: bool,
     return [*out, ""]
 
 
+def _calibration_section(calibration: Path | None, report: Path) -> list[str]:
+    """The latest committed calibration table (calibration/metrics.json), if there is one."""
+    if calibration is None or not calibration.is_file():
+        return []
+    from cltm.analysis.calibration import check_lines, table
+
+    result = json.loads(calibration.read_text(encoding="utf-8"))
+    variants = list(result.get("variants", {}).values())
+    return ["## The latest calibration", "",
+            f"From [{calibration.name}]({_link(calibration, report)}) as `dvc repro "
+            "calibration/dvc.yaml` last wrote it (not rerun by `dvc repro`: it takes about an "
+            "hour); the full table with the gender − speaker differences is in "
+            f"[report.md]({_link(calibration.parent / 'report.md', report)}).", "",
+            *table(variants), "", *check_lines(result.get("checks", {})), ""]
+
+
 def run_report(metrics_dir: Path, out_path: Path, null_control: bool = False,
-               planted: bool = False, runs_dir: Path | None = None) -> None:
+               planted: bool = False, runs_dir: Path | None = None,
+               calibration: Path | None = None) -> None:
     """Write the Markdown report of every task whose `<metrics_dir>/<task>/diagnostics.json`
     exists; `null_control`: the runs come from a null-control corpus, so say whether the CLTMs
     are consistent with all ones; `planted`: they come from the demo corpus with its planted
     structure, so say whether it was recovered. With both tasks, contrast.json (beside the
-    report) is written from the run stores under `runs_dir` (default `<metrics_dir>/runs`)."""
+    report) is written from the run stores under `runs_dir` (default `<metrics_dir>/runs`).
+    `calibration`: the calibration experiment's metrics.json, shown after the headline."""
     metrics_dir, out_path = Path(metrics_dir), Path(out_path)
     runs_dir = metrics_dir / "runs" if runs_dir is None else Path(runs_dir)
     diags = {}
@@ -671,6 +689,7 @@ def run_report(metrics_dir: Path, out_path: Path, null_control: bool = False,
         ]
         lines += _headline_section(metrics_dir, diags, planted and not null_control,
                                    out_path, runs_dir)
+        lines += _calibration_section(calibration, out_path)
         for task, d in diags.items():
             lines += _task_section(task, metrics_dir / task, d, out_path, null_control)
         lines += _curve_section(metrics_dir, out_path)
