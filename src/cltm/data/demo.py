@@ -595,9 +595,9 @@ def apply_family_trait(
 # The planted task cues: a family's gender boundary, a family's speaker axes
 
 #: Centres (Hz) of the bands along which demo speakers differ; Gaussian in log frequency.
-#: Above the voice's fundamental and first formant: colouring the bands that carry pitch would
-#: confound the cue gender recognition uses (measured: gender base runs fell from macro-F1
-#: 0.44-0.60 to 0.25-0.48 with bands from 250 Hz).
+#: Above the voice's fundamental and first formant, so as not to colour the bands that carry
+#: the pitch gender recognition uses (a precaution: the probes in docs/findings.md did not
+#: show that bands from 250 Hz hurt gender more).
 SPEAKER_AXES = (1000.0, 1300.0, 1700.0, 2200.0, 2900.0, 3700.0, 4900.0, 6300.0)
 SPEAKER_AXIS_OCTAVES = 0.18
 
