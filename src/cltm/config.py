@@ -243,6 +243,9 @@ class Config:
 
 
 TASKS = ("gender", "speaker")
+#: The strongest planting: at 3 the family trait's resonances reach ±45 dB and the gender warp
+#: ±3 × demo.gender_shift_semitones, past which the corpus stops sounding like speech.
+MAX_STRENGTH = 3.0
 
 
 def load_config(path: str | Path = DEFAULT_PARAMS) -> Config:
@@ -454,8 +457,9 @@ def _check_values(c: Config, source: str) -> None:
              "demo.speakers_per_language")
     if not 1.0 <= d.clip_seconds <= 15.0:
         fail("demo.clip_seconds must lie in [1, 15]")
-    if not 0.0 <= d.family_trait_strength <= 1.0:
-        fail("demo.family_trait_strength must lie in [0, 1] (0 turns the planted trait off)")
+    if not 0.0 <= d.family_trait_strength <= MAX_STRENGTH:
+        fail(f"demo.family_trait_strength must lie in [0, {MAX_STRENGTH:g}] (0 turns the planted "
+             "structure off; the calibration's strong corpus uses 2)")
     if c.data.source == "demo":
         from cltm.data.demo import check_languages
 
@@ -479,8 +483,10 @@ def _check_calibration(c: Config, fail: typing.Callable[[str], None]) -> None:
     for name, v in cal.variants.items():
         if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
             fail(f"calibration.variants: {name!r} is not a usable name (letters, digits, _ -)")
-        if v.family_trait_strength is not None and not v.family_trait_strength >= 0:
-            fail(f"calibration.variants.{name}.family_trait_strength must be >= 0")
+        strength = v.family_trait_strength
+        if strength is not None and not 0.0 <= strength <= MAX_STRENGTH:
+            fail(f"calibration.variants.{name}.family_trait_strength must lie in "
+                 f"[0, {MAX_STRENGTH:g}]")
         if v.languages is not None and len(set(v.languages)) < 2:
             fail(f"calibration.variants.{name}.languages needs at least 2 languages")
 
