@@ -206,9 +206,13 @@ def test_n_auto_reads_the_curve_choice(tmp_path, monkeypatch):
 def test_a_task_can_have_its_own_lr_and_epochs():
     from cltm.train.stage import settings_of, train_params
 
-    c = _config(**{"tasks.speaker.lr": 3e-4, "tasks.speaker.epochs": 2, "train.lr": 1e-3})
+    c = _config(**{"tasks.speaker.lr": 3e-4, "tasks.speaker.epochs": 2, "train.lr": 1e-3,
+                   "tasks.gender.epochs": None, "tasks.gender.head_init": None})
     assert (train_params(c, "speaker").lr, train_params(c, "speaker").epochs) == (3e-4, 2)
+    # null: train's
     assert train_params(c, "gender").epochs == c.train.epochs
+    assert train_params(c, "gender").head_init == c.train.head_init
+    assert train_params(c, "gender").head_lr_scale == c.tasks.gender.head_lr_scale != 1.0
     assert settings_of(c, "speaker")["train.lr"] == 3e-4
     with pytest.raises(CltmError, match=r"tasks\.gender\.lr"):
         _config(**{"tasks.gender.lr": -1.0})

@@ -56,6 +56,10 @@ def calibrated(tmp_path_factory) -> Path:
         assert main(["calibrate-report"]) == 0
     finally:
         os.chdir(cwd)
+    # the variants logged to the repository's one MLflow store, and left no MLflow setting
+    # behind for whatever runs next in this process
+    assert (root / "mlflow.db").is_file()
+    assert "MLFLOW_TRACKING_URI" not in os.environ
     return root
 
 

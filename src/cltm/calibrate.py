@@ -85,6 +85,20 @@ def _inside(path: Path) -> Iterator[None]:
         os.chdir(here)
 
 
+@contextlib.contextmanager
+def _environ(key: str, value: str) -> Iterator[None]:
+    """`key` set to `value` for the block only (the caller's environment is left as it was)."""
+    before = os.environ.get(key)
+    os.environ[key] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[key]
+        else:
+            os.environ[key] = before
+
+
 def _cltm(*args: str) -> None:
     from cltm.cli import main
 
@@ -104,15 +118,15 @@ def run_variant(config_path: Path, name: str, progress: bool = True) -> Path:
     steps_file = work / "steps.json"
     steps = json.loads(steps_file.read_text()) if steps_file.is_file() else {}
     flag = [] if progress else ["--no-progress"]
-    # One MLflow store for the whole repository, not one per variant.
-    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{Path.cwd().resolve()}/mlflow.db")
     keys = {
         "corpus": _digest(params["data"]["languages"], params["demo"], _CORPUS_CODE),
         "pretrain": None,
     }
     keys["pretrain"] = _digest(keys["corpus"], params["pretrain"], _PRETRAIN_CODE)
     started = time.monotonic()
-    with _inside(work):
+    # One MLflow store for the whole repository, not one per variant.
+    store = os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{Path.cwd().resolve()}/mlflow.db")
+    with _inside(work), _environ("MLFLOW_TRACKING_URI", store):
         for step, args in (("corpus", ["demo-corpus"]), ("pretrain", ["pretrain"])):
             if steps.get(step) == keys[step]:
                 log.info("calibration %s: %s unchanged, kept", name, step)
