@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from cltm.analysis.cltm import read_run_store
-from cltm.analysis.stats import seed_cells, write_difference
+from cltm.analysis.stats import PAIRED_DESIGN, seed_cells, write_difference
 
 TASKS = ("gender", "speaker")
 #: The checks' thresholds (issue "The instrument proves itself, second design").
@@ -69,8 +69,7 @@ def task_summary(metrics: Path, task: str) -> dict[str, Any]:
             for k, v in out.items()}
 
 
-def variant_summary(work: Path, name: str, *, strength: float, held_out: bool,
-                    families_csv: Path | None = None) -> dict[str, Any]:
+def variant_summary(work: Path, name: str, *, strength: float, held_out: bool) -> dict[str, Any]:
     """Both tasks of one variant, and the gender − speaker difference of the headline
     diagnostics with its bootstrap interval (each task's seeds resampled on their own)."""
     metrics = work / "metrics"
@@ -85,7 +84,7 @@ def variant_summary(work: Path, name: str, *, strength: float, held_out: bool,
             labels=("speaker", "gender"), keys=HEADLINE,
             replicates=int(info.get("bootstrap") or 0), ci_level=float(info.get("ci_level", 0.95)),
             stats_seed=int(info.get("stats_seed", 0)),
-            pair_seeds=info.get("seed_design") == "paired by seed")
+            pair_seeds=info.get("seed_design") == PAIRED_DESIGN)
         out["gender_minus_speaker"] = diff["diagnostics"]
     return out
 
