@@ -481,3 +481,38 @@ def test_negative_pairs_are_uniform_over_pairs() -> None:
 def test_eval_cap_below_two(table: pd.DataFrame) -> None:
     with pytest.raises(CltmError, match=r"tasks\.gender\.eval_max_per_language is 1"):
         select_gender(table, LANGS, 4, 2, seed=1, eval_max_per_language=1)
+
+
+# --------------------------------------------------------------------------- one draw per seed
+
+
+@pytest.mark.parametrize("select", [select_gender, select_speaker])
+def test_per_seed_draws_each_satisfy_the_design_and_share_the_evaluation(
+    table: pd.DataFrame, select
+) -> None:
+    fixed = select(table, LANGS, 4, 2, seed=0)
+    drawn = select(table, LANGS, 4, 2, seed=0, draws=[0, 1, 2])
+    assert "draw" not in fixed.columns and list(drawn.columns) == [*MANIFEST_COLUMNS, "draw"]
+    # evaluation is drawn once, the same as the fixed selection's, marked as every draw's
+    ev = drawn[drawn["role"] == "eval"]
+    assert set(ev["draw"]) == {-1}
+    pd.testing.assert_frame_equal(ev.drop(columns="draw").reset_index(drop=True),
+                                  fixed[fixed["role"] == "eval"].reset_index(drop=True))
+    speakers = {}
+    for draw in (0, 1, 2):
+        one = drawn[drawn["draw"].isin([draw, -1])].drop(columns="draw")
+        check_disjoint(one, table)
+        for lang in LANGS:
+            for name in ("D", "D_prime"):
+                rows = role(one, lang, name)
+                assert len(rows) == (8 if select is select_gender else 4)
+                assert (rows.groupby("gender").size() == len(rows) // 2).all()
+        speakers[draw] = frozenset(one.loc[one["role"] != "eval", "speaker"])
+    # the draws differ (each seed trains on other speakers) and are reproducible
+    assert len(set(speakers.values())) == 3
+    pd.testing.assert_frame_equal(drawn, select(table, LANGS, 4, 2, seed=0, draws=[0, 1, 2]))
+    # a draw does not depend on which other draws are made
+    alone = select(table, LANGS, 4, 2, seed=0, draws=[1])
+    pd.testing.assert_frame_equal(
+        alone[alone["draw"] == 1].reset_index(drop=True),
+        drawn[drawn["draw"] == 1].reset_index(drop=True))

@@ -39,8 +39,12 @@ class DataConfig:
     drop_short_languages: bool = False
     min_duration_s: float | None = None
     max_duration_s: float | None = None
-    # Seeds of the data selection; independent of the training seeds on purpose, so that every
-    # training seed sees the same subsets and trials.
+    # Seed of the data selection. `fixed`: one draw of D and D' that every training seed trains
+    # on (the paper's). `per_seed`: each training seed draws its own D and D' (seeded by
+    # selection_seed and the training seed), so that the seeds' spread, and with it every SE,
+    # test and interval, covers which clips a subset happened to get, not only the training
+    # noise. Evaluation clips and trials are drawn once either way.
+    selection: Literal["fixed", "per_seed"] = "fixed"
     selection_seed: int = 0
     trials_seed: int = 0
     # Processes for decoding and generation.
@@ -78,6 +82,7 @@ class GenderTaskConfig:
     seeds: list[int] | None = None  # overrides train.seeds for this task; null: train.seeds
     head_init: Literal["random", "zero"] | None = None  # overrides train.head_init; null: train's
     head_lr_scale: float | None = None  # overrides train.head_lr_scale; null: train's
+    encoder: Literal["finetune", "frozen"] | None = None  # overrides train.encoder; null: train's
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,7 @@ class SpeakerTaskConfig:
     seeds: list[int] | None = None  # overrides train.seeds for this task; null: train.seeds
     head_init: Literal["random", "zero"] | None = None  # overrides train.head_init; null: train's
     head_lr_scale: float | None = None  # overrides train.head_lr_scale; null: train's
+    encoder: Literal["finetune", "frozen"] | None = None  # overrides train.encoder; null: train's
 
 
 @dataclass(frozen=True)
@@ -150,6 +156,11 @@ class TrainConfig:
     head_init: Literal["random", "zero"] = "random"
     # The head's learning rate as a multiple of the encoder's (lr): 1 is the paper's.
     head_lr_scale: float = 1.0
+    # `finetune`: every weight trains, the CNN included (the paper's). `frozen`: the encoder's
+    # statistics-pooled features (mean and SD over frames) are computed once per clip and a run
+    # trains only its head on them, standardised, one full-batch step an epoch (speaker: a
+    # linear projection, the verification embedding, under a speaker-ID classifier).
+    encoder: Literal["finetune", "frozen"] = "finetune"
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     device: str = "auto"  # auto: the first GPU when there is one, else cpu
     threads: int | None = None  # torch CPU threads; null: torch's default
@@ -240,6 +251,16 @@ class Config:
     @property
     def corpus_root(self) -> Path:
         return Path(self.data.commonvoice.root)
+
+    def seeds_of(self, task: str) -> list[int]:
+        """The seeds of `task`'s grid: `tasks.<task>.seeds` where set, else `train.seeds`."""
+        own = getattr(self.tasks, task).seeds
+        return list(own) if own is not None else list(self.train.seeds)
+
+    def draws_of(self, task: str) -> list[int] | None:
+        """The training seeds that draw their own D and D' (data.selection: per_seed), else
+        None: one draw for every seed."""
+        return self.seeds_of(task) if self.data.selection == "per_seed" else None
 
 
 TASKS = ("gender", "speaker")

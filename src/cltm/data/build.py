@@ -51,11 +51,12 @@ def select(config: Config, task: str, table: pd.DataFrame, exclude: frozenset[st
         g = config.tasks.gender
         return subsets.select_gender(
             table, d.languages, N, g.clips_per_speaker,
-            eval_max_per_language=g.eval_max_per_language, **common,
+            eval_max_per_language=g.eval_max_per_language, draws=config.draws_of(task), **common,
         )
     if task == "speaker":
         s = config.tasks.speaker
-        return subsets.select_speaker(table, d.languages, N, s.clips_per_speaker, **common)
+        return subsets.select_speaker(table, d.languages, N, s.clips_per_speaker,
+                                      draws=config.draws_of(task), **common)
     raise CltmError(f"unknown task {task!r}; expected one of gender, speaker")
 
 
@@ -118,7 +119,7 @@ def _select_and_decode(config: Config, out_dir: Path, choose: Callable, what: st
     failed: dict[str, str] = {}
     for _ in range(MAX_ROUNDS):
         manifest = choose(table, frozenset(failed))
-        todo = manifest[~manifest["clip"].isin(writer.slots.keys())]
+        todo = manifest[~manifest["clip"].isin(writer.slots.keys())].drop_duplicates("clip")
         if todo.empty:
             break
         paths = [commonvoice.clip_path(root, lang, clip)
@@ -136,10 +137,11 @@ def _select_and_decode(config: Config, out_dir: Path, choose: Callable, what: st
     else:
         raise CltmError(f"{len(failed)} clips failed to decode and replacements kept failing "
                         f"after {MAX_ROUNDS} rounds; first failures: {list(failed)[:5]}")
-    if manifest["clip"].duplicated().any():
+    # A clip may serve several draws (data.selection: per_seed), never two languages.
+    if manifest.drop_duplicates(["language", "clip"])["clip"].duplicated().any():
         raise CltmError("clip names repeat across languages; the pack needs unique clip names")
 
-    slots = writer.finish(keep=list(manifest["clip"]))
+    slots = writer.finish(keep=list(dict.fromkeys(manifest["clip"])))
     manifest = manifest.assign(
         offset=[slots[c].offset for c in manifest["clip"]],
         n_samples=[slots[c].n_samples for c in manifest["clip"]],
@@ -153,7 +155,7 @@ def _write_trials(config: Config, task: str, manifest: pd.DataFrame, out_dir: Pa
     if task != "speaker":
         return
     trials = subsets.make_trials(
-        manifest[manifest["role"] == "eval"],
+        manifest[manifest["role"] == "eval"].drop(columns="draw", errors="ignore"),
         seed=config.data.trials_seed,
         max_pairs_per_speaker=config.tasks.speaker.max_pairs_per_speaker,
     )
@@ -164,7 +166,7 @@ def _write_trials(config: Config, task: str, manifest: pd.DataFrame, out_dir: Pa
 def _log_summary(what: str, manifest: pd.DataFrame, failed: dict[str, str]) -> None:
     counts = manifest.pivot_table(index="language", columns="role", values="clip",
                                   aggfunc="count", fill_value=0)
-    hours = manifest["n_samples"].sum() / 16_000 / 3600
+    hours = manifest.drop_duplicates("clip")["n_samples"].sum() / 16_000 / 3600
     log.info("%s (%.2f h of audio):\n%s", what, hours, counts.to_string())
     if failed:
         log.warning("%d clips failed to decode and were replaced: %s", len(failed),

@@ -11,7 +11,10 @@ Choices are made by ranking speakers and clips with a keyed hash (blake2b of
 (`exclude`) then only changes the choice of its own speaker (or the slot that speaker held),
 and the rest of the selection stays as it was.
 
-Manifest columns: MANIFEST_COLUMNS; role is "D", "D_prime" or "eval".
+Manifest columns: MANIFEST_COLUMNS; role is "D", "D_prime" or "eval". With `draws` (one
+selection per training seed) the manifest has a column `draw` too: the training seed whose D
+and D' a row belongs to, ALL_DRAWS (-1) for the evaluation rows that every seed shares; a clip
+can then appear once per draw.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ CAPACITY_COLUMNS: tuple[str, ...] = (
     "speaker_needs",
 )
 ROLES: tuple[str, ...] = ("D", "D_prime", "eval")
+ALL_DRAWS = -1  # the `draw` of rows every draw shares (evaluation)
 GENDERS: tuple[str, ...] = ("male", "female")
 POOLS: tuple[str, ...] = ("validated", "train")
 _TABLE_COLUMNS: tuple[str, ...] = ("language", "split", "clip", "speaker", "gender")
@@ -121,11 +125,13 @@ def select_gender(
     drop_short: bool = False,
     min_duration_s: float | None = None,
     max_duration_s: float | None = None,
+    draws: Sequence[int] | None = None,
 ) -> pd.DataFrame:
     """Gender-recognition manifest: per language N male + N female clips in D and in D'.
 
     Each subset takes `clips_per_speaker` clips from each of N / clips_per_speaker speakers
     per class; evaluation is the language's labelled test split (optionally capped, balanced).
+    `draws`: draw D and D' once per listed training seed (see the module's docstring).
     """
     per_lane = _speakers_per_subset("gender", N, clips_per_speaker)
     _check_eval_cap(eval_max_per_language)
@@ -137,11 +143,12 @@ def select_gender(
     parts: list[pd.DataFrame] = []
     for language in kept:
         train, test = pools.of(language)
-        prefix = f"{seed}|{language}|gender|"
-        for gender in GENDERS:
-            d, d_prime = _draw(_of_gender(train, gender), per_lane, clips_per_speaker, prefix)
-            parts += [_with_role(d, "D"), _with_role(d_prime, "D_prime")]
-        parts.append(_with_role(_gender_eval(test, language, seed, eval_max_per_language), "eval"))
+        for draw, prefix in _prefixes(seed, language, "gender", draws):
+            for gender in GENDERS:
+                d, d_prime = _draw(_of_gender(train, gender), per_lane, clips_per_speaker, prefix)
+                parts += [_with_role(d, "D", draw), _with_role(d_prime, "D_prime", draw)]
+        evaluation = _gender_eval(test, language, seed, eval_max_per_language)
+        parts.append(_with_role(evaluation, "eval", None if draws is None else ALL_DRAWS))
     return _manifest(parts)
 
 
@@ -157,11 +164,13 @@ def select_speaker(
     drop_short: bool = False,
     min_duration_s: float | None = None,
     max_duration_s: float | None = None,
+    draws: Sequence[int] | None = None,
 ) -> pd.DataFrame:
     """Speaker manifest: per language N clips in D and in D' (new speakers), half per gender.
 
     Each subset holds N / clips_per_speaker speakers, half male and half female, with
     `clips_per_speaker` clips each; evaluation is every labelled clip of the test split.
+    `draws`: draw D and D' once per listed training seed (see the module's docstring).
     """
     per_subset = _speakers_per_subset("speaker", N, clips_per_speaker)
     if per_subset % 2:
@@ -179,11 +188,11 @@ def select_speaker(
     parts: list[pd.DataFrame] = []
     for language in kept:
         train, test = pools.of(language)
-        prefix = f"{seed}|{language}|speaker|"
-        for gender in GENDERS:
-            d, d_prime = _draw(_of_gender(train, gender), per_lane, clips_per_speaker, prefix)
-            parts += [_with_role(d, "D"), _with_role(d_prime, "D_prime")]
-        parts.append(_with_role(test, "eval"))
+        for draw, prefix in _prefixes(seed, language, "speaker", draws):
+            for gender in GENDERS:
+                d, d_prime = _draw(_of_gender(train, gender), per_lane, clips_per_speaker, prefix)
+                parts += [_with_role(d, "D", draw), _with_role(d_prime, "D_prime", draw)]
+        parts.append(_with_role(test, "eval", None if draws is None else ALL_DRAWS))
     return _manifest(parts)
 
 
@@ -656,14 +665,28 @@ def _gender_eval(test: pd.DataFrame, language: str, seed: int, cap: int | None) 
     return pd.concat(parts)
 
 
-def _with_role(rows: pd.DataFrame, role: str) -> pd.DataFrame:
-    return rows.assign(role=role).loc[:, list(MANIFEST_COLUMNS)]
+def _prefixes(seed: int, language: str, task: str,
+              draws: Sequence[int] | None) -> list[tuple[int | None, str]]:
+    """(draw, hash prefix) of each selection of D and D': one without draws (the prefix of
+    the fixed selection, unchanged), else one per training seed."""
+    if draws is None:
+        return [(None, f"{seed}|{language}|{task}|")]
+    return [(int(d), f"{seed}/{int(d)}|{language}|{task}|") for d in draws]
+
+
+def _with_role(rows: pd.DataFrame, role: str, draw: int | None = None) -> pd.DataFrame:
+    rows = rows.assign(role=role).loc[:, list(MANIFEST_COLUMNS)]
+    return rows if draw is None else rows.assign(draw=draw)
 
 
 def _manifest(parts: list[pd.DataFrame]) -> pd.DataFrame:
-    manifest = pd.concat(parts, ignore_index=True).loc[:, list(MANIFEST_COLUMNS)]
-    manifest = manifest.sort_values(["language", "role", "speaker", "clip"], kind="stable")
-    return manifest.reset_index(drop=True).astype({"duration_s": float})
+    manifest = pd.concat(parts, ignore_index=True)
+    columns = list(MANIFEST_COLUMNS) + (["draw"] if "draw" in manifest.columns else [])
+    manifest = manifest.loc[:, columns]
+    manifest = manifest.sort_values([c for c in ("language", "role", "draw", "speaker", "clip")
+                                     if c in columns], kind="stable")
+    manifest = manifest.reset_index(drop=True).astype({"duration_s": float})
+    return manifest.astype({"draw": int}) if "draw" in columns else manifest
 
 
 # --------------------------------------------------------------------------- trials

@@ -15,6 +15,9 @@ from typing import Any
 
 import pandas as pd
 
+from cltm.data.subsets import ALL_DRAWS
+from cltm.errors import CltmError
+
 CONDITIONS = ("base", "self", "cross")
 
 
@@ -93,6 +96,15 @@ def training_clips(manifest: pd.DataFrame, spec: RunSpec) -> pd.DataFrame:
         rows |= (lang == spec.target) & (role == "D_prime")
     elif spec.condition == "cross":
         rows |= (lang == spec.donor) & (role == "D")
+    if "draw" in manifest.columns:  # data.selection: per_seed: the seed's own D and D'
+        rows &= manifest["draw"] == spec.seed
+        if not rows.any():
+            drawn = sorted(set(manifest["draw"]) - {ALL_DRAWS})
+            raise CltmError(
+                f"the {spec.task} subsets hold no draw of D for seed {spec.seed} (they were "
+                f"drawn for seeds {drawn}): the seeds changed "
+                f"since the subsets were built; rerun `dvc repro subsets@{spec.task}` (or "
+                f"`cltm subsets --task {spec.task}`)")
     return manifest[rows]
 
 

@@ -176,3 +176,11 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over valid frames: x (B, F, H), mask (B, F) -> (B, H)."""
     m = mask.to(x.dtype)[..., None]
     return (x * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
+def masked_std(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Standard deviation over valid frames (population): x (B, F, H), mask (B, F) -> (B, H)."""
+    m = mask.to(x.dtype)[..., None]
+    mean = (x * m).sum(1, keepdim=True) / m.sum(1, keepdim=True).clamp_min(1.0)
+    var = (((x - mean) * m) ** 2).sum(1) / m.sum(1).clamp_min(1.0)
+    return var.sqrt()

@@ -73,7 +73,7 @@ def _model_digest(name_or_path: str) -> str | None:
 
 def train_params(config: Config, task: str | None = None) -> TrainParams:
     """The training params of `task`'s runs: `train.*`, with the task's own `lr`, `epochs`,
-    `head_init` and `head_lr_scale` (`tasks.<task>.*`) where set."""
+    `head_init`, `head_lr_scale` and `encoder` (`tasks.<task>.*`) where set."""
     t = config.train
     own = getattr(config.tasks, task) if task is not None else None
 
@@ -83,13 +83,13 @@ def train_params(config: Config, task: str | None = None) -> TrainParams:
 
     return TrainParams(lr=pick("lr"), weight_decay=t.weight_decay, grad_clip=t.grad_clip,
                        epochs=pick("epochs"), batch_size=t.batch_size, precision=t.precision,
-                       head_init=pick("head_init"), head_lr_scale=pick("head_lr_scale"))
+                       head_init=pick("head_init"), head_lr_scale=pick("head_lr_scale"),
+                       encoder=pick("encoder"))
 
 
 def task_seeds(config: Config, task: str) -> list[int]:
     """The seeds of `task`'s grid: `tasks.<task>.seeds` where set, else `train.seeds`."""
-    own = getattr(config.tasks, task).seeds
-    return list(own) if own is not None else list(config.train.seeds)
+    return config.seeds_of(task)
 
 
 def settings_of(config: Config, task: str, curve: bool = False) -> dict[str, Any]:
