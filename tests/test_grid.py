@@ -26,6 +26,8 @@ def make_project(root: Path, seeds=(0, 1)) -> Path:
     params["train"].update({"seeds": list(seeds), "threads": 1, "device": "cpu"})
     params["model"]["random_init"] = TINY_HUBERT
     params["pretrain"]["enabled"] = False
+    # Fine-tuning runs: slow enough (about 0.1 s each) for a kill to land mid-grid.
+    params["tasks"]["gender"].update({"encoder": "finetune", "epochs": 1, "lr": 3e-4})
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     write_synthetic_subsets(root / "data" / "subsets" / "gender", "gender")
     return root
@@ -113,6 +115,43 @@ def test_killed_grid_resumes_without_retraining(uninterrupted, tmp_path):
         assert after[run_id]["score"] == rec["score"]
         assert after[run_id]["loss_final"] == rec["loss_final"]
         assert after[run_id]["hash"] == rec["hash"]
+    # MLflow is complete: every stored run logged once, with its metrics (what the kill left
+    # in the logging queue was logged by the resumed execution)
+    assert _logged(root) == sorted(r["hash"] for r in after.values())
+
+
+def _logged(root: Path) -> list[str]:
+    """Run hashes of the MLflow runs that hold a score, one entry per run."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(_env(root)["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment_by_name("cltm-gender")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    return sorted(r.data.tags["run_hash"] for r in runs
+                  if "run_hash" in r.data.tags and "score" in r.data.metrics)
+
+
+def test_tracker_finds_the_stored_runs_that_mlflow_lacks(tmp_path, monkeypatch):
+    from cltm.train.tracking import Tracker
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    records = [{"hash": f"h{i}", "run_id": f"gender/aa/base/{i}", "task": "gender",
+                "target": "aa", "condition": "base", "donor": "aa", "seed": i,
+                "score": 0.5 + i / 10} for i in range(5)]
+    first = Tracker("gender", {"lr": 1e-3})
+    assert first.missing([]) == []
+    first.start()
+    for record in records[:3]:
+        first.log_run(record)
+    first.close()
+    # a second execution (after a kill lost the last two) logs exactly those
+    second = Tracker("gender", {"lr": 1e-3})
+    assert [r["hash"] for r in second.missing(records)] == ["h3", "h4"]
+    second.start()
+    for record in second.missing(records):
+        second.log_run(record)
+    second.close()
+    assert Tracker("gender", {"lr": 1e-3}).missing(records) == []
 
 
 def test_plan_counts_runs_done_and_left(uninterrupted, monkeypatch):

@@ -168,9 +168,8 @@ def run_grid(config: Config, task: str, progress: bool = True) -> None:
         f"Fine-tuned checkpoints of the {task} grid (train.checkpoints: "
         f"{config.train.checkpoints}), safetensors, one file per run id.\n")
     log.info("%s grid: %d runs, %d already done, %d to run", task, total, len(done), len(jobs))
-    if jobs:
-        _execute(config, jobs, done, store, progress, worker_settings(config, task),
-                 run_name=task, tracked=settings)
+    _execute(config, jobs, done, store, progress, worker_settings(config, task),
+             run_name=task, tracked=settings)
     _finish(store, done)
 
 
@@ -189,10 +188,9 @@ def run_curve(config: Config, task: str, progress: bool = True) -> None:
     store = RunStore(curve_runs_dir(task))
     jobs, done, total = _split(specs, fingerprint, store)
     log.info("%s curve: %d runs, %d already done, %d to run", task, total, len(done), len(jobs))
-    if jobs:
-        settings = worker_settings(config, task, data_dir=data, checkpoints="none")
-        _execute(config, jobs, done, store, progress, settings, run_name=f"{task}-curve",
-                 tracked=tracked)
+    settings = worker_settings(config, task, data_dir=data, checkpoints="none")
+    _execute(config, jobs, done, store, progress, settings, run_name=f"{task}-curve",
+             tracked=tracked)
     _finish(store, done)
 
 
@@ -205,10 +203,23 @@ def _finish(store: RunStore, done: dict[str, dict]) -> None:
 def _execute(config: Config, jobs: list, done: dict, store: RunStore, progress: bool,
              settings: WorkerSettings, *, run_name: str, tracked: dict[str, Any]) -> None:
     """Run `jobs` on workers, append each record to `store` and `done`, log them to MLflow
-    under `run_name` with `tracked` (the settings hashed into the runs) as its params."""
+    under `run_name` with `tracked` (the settings hashed into the runs) as its params; first
+    log the stored runs (`done`) that MLflow lacks. With nothing to run and nothing missing,
+    MLflow gets no new parent run."""
     from cltm.train.tracking import Tracker
 
+    if not jobs and not done:
+        return
     tracker = Tracker(run_name, tracked)
+    missing = tracker.missing(done.values())
+    if not jobs and not missing:
+        return
+    tracker.start()
+    if missing:
+        log.info("MLflow lacked %d stored runs (an interrupted execution); logging them",
+                 len(missing))
+        for record in missing:
+            tracker.log_run(record)
     t = config.train
     if t.executor == "ray":
         records = executors.run_ray(

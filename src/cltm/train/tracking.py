@@ -3,14 +3,23 @@
 Only the process that drives the grid writes to the tracking store, so parallel workers never
 contend for the database. Default store: `mlflow.db` (SQLite) in the repository, git-ignored;
 MLFLOW_TRACKING_URI points elsewhere (a server) instead.
+
+Logging is off the path that waits for runs: `log_run` queues a record and a thread writes it
+(three calls to the store, about 40 ms a run on SQLite). The run store, not MLflow, is the
+source of truth: a record queued but not yet written when the process is killed is logged by
+the next execution of the grid (`backfill`), which logs every stored record whose run hash
+MLflow lacks.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import queue
 import subprocess
+import threading
 import time
+from collections.abc import Iterable
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -47,11 +56,44 @@ class Tracker:
         if os.environ.get("DVC_EXP_NAME"):
             self.tags["dvc_experiment"] = os.environ["DVC_EXP_NAME"]
         self.settings = {k: str(v)[:500] for k, v in settings.items()}
-        parent = self.client.create_run(self.experiment_id, run_name=f"grid-{task}",
+        self.name, self.uri = name, uri
+        self.parent_id: str | None = None
+        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._drain, name="mlflow-log", daemon=True)
+
+    def start(self) -> None:
+        """Open this execution's parent run and the thread that writes the queued runs."""
+        parent = self.client.create_run(self.experiment_id, run_name=f"grid-{self.tags['task']}",
                                         tags=self.tags)
         self.parent_id = parent.info.run_id
         self._log(self.parent_id, params=self.settings, metrics={})
-        log.info("MLflow: experiment %s, parent run %s at %s", name, self.parent_id, uri)
+        log.info("MLflow: experiment %s, parent run %s at %s", self.name, self.parent_id,
+                 self.uri)
+        self._thread.start()
+
+    def logged_hashes(self) -> set[str]:
+        """Run hashes of the runs this experiment holds complete: a run's params, metrics and
+        tags go in one log_batch, which writes the tags last, so a run with a hash tag has
+        its params and metrics too."""
+        hashes: set[str] = set()
+        token = None
+        while True:
+            page = self.client.search_runs([self.experiment_id],
+                                           filter_string="tags.run_hash LIKE '%'",
+                                           max_results=50_000, page_token=token)
+            hashes.update(r.data.tags["run_hash"] for r in page)
+            token = page.token
+            if not token:
+                return hashes
+
+    def missing(self, records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The stored records that MLflow lacks (a kill before they were written)."""
+        records = list(records)
+        if not records:
+            return []
+        have = self.logged_hashes()
+        return [r for r in records if r["hash"] not in have]
 
     def _log(self, run_id: str, params: dict[str, Any], metrics: dict[str, float],
              tags: dict[str, str] | None = None) -> None:
@@ -66,6 +108,22 @@ class Tracker:
         )
 
     def log_run(self, record: dict[str, Any]) -> None:
+        """Queue one run for logging; returns at once."""
+        self._queue.put(record)
+
+    def _drain(self) -> None:
+        while (record := self._queue.get()) is not None:
+            if self._failure is not None:
+                continue  # the store has the record; a later execution backfills it
+            try:
+                self._write(record)
+            except Exception as exc:
+                self._failure = exc
+                log.warning("MLflow logging failed (%s: %s); the run store keeps every "
+                            "record and the next execution of the grid logs what is missing",
+                            type(exc).__name__, exc)
+
+    def _write(self, record: dict[str, Any]) -> None:
         from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
         run = self.client.create_run(
@@ -82,4 +140,9 @@ class Tracker:
         self.client.set_terminated(run.info.run_id)
 
     def close(self, status: str = "FINISHED") -> None:
+        """Write what is queued, then end the parent run."""
+        self._queue.put(None)
+        self._thread.join()
+        if self._failure is not None and status == "FINISHED":
+            status = "FAILED"
         self.client.set_terminated(self.parent_id, status=status)
