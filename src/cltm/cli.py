@@ -173,6 +173,25 @@ def _cltm(args: argparse.Namespace, config: Config) -> None:
         )
 
 
+def _compare(args: argparse.Namespace, config: Config) -> None:
+    from cltm.analysis.compare import run_compare
+
+    a = config.analysis
+    run_compare(Path(args.a), Path(args.b), Path(args.out), labels=(args.label_a, args.label_b),
+                families=_families(config), fdr=a.fdr, bootstrap=a.bootstrap,
+                ci_level=a.ci_level, stats_seed=a.stats_seed, pair_seeds=a.pair_seeds)
+
+
+COMPARE_EPILOG = """\
+A and B are run-store directories (as metrics/runs/gender, holding runs.jsonl): two tasks of one
+result (metrics/runs/gender metrics/runs/speaker) or two variants of one task. A store of another
+git revision or DVC experiment is brought back first and passed as a directory, e.g.
+  dvc get . metrics/runs/gender --rev OTHER -o /tmp/gender-OTHER
+or from a `git worktree add /tmp/other OTHER` after `dvc pull` there. Languages present in only
+one store are named and left out. The intervals use analysis.bootstrap, ci_level, fdr,
+stats_seed and pair_seeds of --params."""
+
+
 def _report(args: argparse.Namespace, config: Config) -> None:
     from cltm.analysis.report import run_report
 
@@ -288,6 +307,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("report", help="write metrics/report.md")
     r.set_defaults(func=_report)
+
+    cm = sub.add_parser(
+        "compare", help="two results (run stores) side by side: B − A of each diagnostic and "
+        "each cell with bootstrap intervals", epilog=COMPARE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    cm.add_argument("a", help="run store of result A (a directory holding runs.jsonl)")
+    cm.add_argument("b", help="run store of result B")
+    cm.add_argument("--label-a", help="A's name in the outputs (default: the end of its path)")
+    cm.add_argument("--label-b", help="B's name in the outputs (default: the end of its path)")
+    cm.add_argument("--out", default="metrics/compare",
+                    help="output folder for compare.md, compare.json, compare_cells.csv and "
+                    "compare_heatmap.png (default: %(default)s)")
+    cm.set_defaults(func=_compare)
 
     dg = sub.add_parser("diagnostics",
                         help="the paper's diagnostics of any CLTM in cltm.csv format")
