@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from cltm.analysis import beyond, gaps
@@ -70,10 +71,13 @@ def test_config_checks_curve_and_auto():
     with pytest.raises(CltmError, match=r"curve\.enabled is false"):
         _config(**{"tasks.gender.N": "auto"})
     with pytest.raises(CltmError, match="together with 2N"):
-        _config(**{"curve.enabled": True, "curve.N_grid": {"gender": [2, 6], "speaker": [4, 8]}})
+        _config(**{"curve.enabled": True, "curve.N_grid": {"gender": [2, 6], "speaker": [6, 12]}})
     with pytest.raises(CltmError, match=r"curve.N_grid.speaker: N \(15\)"):
         _config(**{"curve.enabled": True,
                    "curve.N_grid": {"gender": [2, 4], "speaker": [15, 30]}})
+    with pytest.raises(CltmError, match=r"curve.N_grid.speaker: N \(4\) must be a multiple of "
+                                        r"tasks.speaker.clips_per_speaker \(3\)"):
+        _config(**{"curve.enabled": True, "curve.N_grid": {"gender": [2, 4], "speaker": [4, 8]}})
     c = _config(**{"curve.enabled": True, "tasks.gender.N": "auto"})
     assert c.tasks.gender.N == "auto"
 
@@ -97,7 +101,8 @@ def test_run_returns_the_probe_embeddings_it_scored_with(synthetic_subsets):
     assert probes["target"].dtype == np.float16
     # the target's probe rows are that model's embeddings of those clips, computed alone
     clips = pd.Series(w.probes["aa"])
-    alone = w._embed(clips).numpy()
+    # a fine-tuning run's embedding comes from the encoder, whatever its linear head
+    alone = w._embed(clips, torch.nn.Linear(16, 2)).numpy()
     np.testing.assert_allclose(probes["target"], alone, rtol=2e-3, atol=2e-3)
     same = w.run(RunSpec("speaker", "aa", "self", "aa", 0), "h")
     assert "donor" not in same["probes"]
@@ -207,12 +212,16 @@ def test_a_task_can_have_its_own_lr_and_epochs():
     from cltm.train.stage import settings_of, train_params
 
     c = _config(**{"tasks.speaker.lr": 3e-4, "tasks.speaker.epochs": 2, "train.lr": 1e-3,
-                   "tasks.gender.epochs": None, "tasks.gender.head_init": None})
+                   "tasks.gender.epochs": None, "tasks.gender.head_init": None,
+                   "tasks.gender.head_lr_scale": 30.0, "tasks.gender.encoder": None,
+                   "train.encoder": "finetune", "tasks.speaker.encoder": "frozen"})
     assert (train_params(c, "speaker").lr, train_params(c, "speaker").epochs) == (3e-4, 2)
     # null: train's
     assert train_params(c, "gender").epochs == c.train.epochs
     assert train_params(c, "gender").head_init == c.train.head_init
     assert train_params(c, "gender").head_lr_scale == c.tasks.gender.head_lr_scale != 1.0
+    assert train_params(c, "gender").encoder == "finetune"
+    assert train_params(c, "speaker").encoder == "frozen"
     assert settings_of(c, "speaker")["train.lr"] == 3e-4
     with pytest.raises(CltmError, match=r"tasks\.gender\.lr"):
         _config(**{"tasks.gender.lr": -1.0})
