@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from cltm.train.model import load_encoder
@@ -51,3 +52,17 @@ def test_pretraining_lowers_the_loss_and_saves_a_loadable_model(tmp_path):
     for name, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], value)
     json.loads((tmp_path / "config.json").read_text())
+
+
+@pytest.mark.parametrize("model_type", ["wav2vec2", "wavlm", "data2vec-audio"])
+def test_another_encoder_family_pretrains_the_same_way(tmp_path, model_type):
+    """pretrain.architecture.model_type: the same masked prediction of the same units."""
+    settings = PretrainSettings(architecture={**TINY_HUBERT, "model_type": model_type},
+                                clusters=8, epochs=6, crop_seconds=1.0, batch_size=4, lr=2e-3,
+                                threads=1)
+    model, losses = pretrain(_waves(), settings, progress=False)
+    assert model.config.model_type == model_type
+    assert losses[-1] < losses[0] - 0.1
+    model.save_pretrained(tmp_path)
+    loaded, _ = load_encoder(str(tmp_path), None)
+    assert type(loaded) is type(model)

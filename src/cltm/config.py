@@ -105,12 +105,17 @@ class TasksConfig:
     speaker: SpeakerTaskConfig
 
 
+#: Speech encoders of the wav2vec 2.0 family (a CNN feature encoder and a transformer over its
+#: frames) that `model.*` and `pretrain.architecture` may name, as Hugging Face model types.
+ENCODER_TYPES = ("hubert", "wav2vec2", "wavlm", "data2vec-audio")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     # A Hugging Face model id or a local directory holding config.json and the weights.
     name_or_path: str = "utter-project/mHuBERT-147"
-    # HubertConfig overrides for a randomly initialised encoder (demo and tests: no weights
-    # needed). When set, name_or_path is not read.
+    # Config overrides for a randomly initialised encoder (demo and tests: no weights needed),
+    # `model_type` one of ENCODER_TYPES (default hubert). When set, name_or_path is not read.
     random_init: dict[str, Any] | None = None
     init_seed: int = 0
 
@@ -122,7 +127,8 @@ class PretrainConfig:
 
     enabled: bool = False
     out: str = "models/pretrained"
-    architecture: dict[str, Any] = field(default_factory=dict)  # HubertConfig overrides
+    # Config overrides of the small encoder; `model_type` one of ENCODER_TYPES (default hubert).
+    architecture: dict[str, Any] = field(default_factory=dict)
     clusters: int = 50
     epochs: int = 20
     crop_seconds: float = 2.0
@@ -438,6 +444,12 @@ def _check_values(c: Config, source: str) -> None:
     lo, hi = c.data.min_duration_s, c.data.max_duration_s
     if lo is not None and hi is not None and lo >= hi:
         fail(f"data.min_duration_s ({lo}) must be below data.max_duration_s ({hi})")
+    for key, overrides in (("model.random_init", c.model.random_init),
+                           ("pretrain.architecture", c.pretrain.architecture)):
+        model_type = (overrides or {}).get("model_type", "hubert")
+        if model_type not in ENCODER_TYPES:
+            fail(f"{key}.model_type is {model_type!r}; the pipeline supports the speech encoders "
+                 f"of the wav2vec 2.0 family: {', '.join(ENCODER_TYPES)}")
     p = c.pretrain
     if p.enabled:
         if c.model.random_init is not None or Path(c.model.name_or_path) != Path(p.out):

@@ -1,10 +1,19 @@
 """The encoder: load it (or build a small random one), normalise its input, pool its frames.
 
-Padding-exact batching: HuBERT-base normalises its first convolution with a GroupNorm of one
-group per channel, i.e. over time. Zero-padding a clip in a batch would change that clip's
-statistics and so every feature. `MaskedGroupNorm` computes them over each clip's valid frames
-only; later convolutions never read past a clip's valid frames, and the transformer masks padded
-frames, so a padded batch gives each clip the features it would get alone.
+Any encoder of the wav2vec 2.0 family (config.ENCODER_TYPES: HuBERT and mHuBERT-147, wav2vec
+2.0 / XLS-R / MMS, WavLM, data2vec-audio), through transformers' Auto classes.
+
+Padding-exact batching, so that a padded batch gives each clip the features it would get alone:
+- `feat_extract_norm: group` (HuBERT-base, wav2vec 2.0 base) normalises the first convolution
+  with a GroupNorm of one group per channel, i.e. over time; zero-padding a clip would change its
+  statistics and so every feature. `MaskedGroupNorm` computes them over the valid frames only.
+- `feat_extract_norm: layer` (XLS-R, WavLM-large, data2vec-audio) normalises each frame on its
+  own: nothing to do.
+- Later convolutions never read past a clip's valid frames, and the transformer masks padded
+  frames (the attention mask is always passed, and the encoder zeroes padded frames before its
+  positional convolution). data2vec-audio's positional embedding stacks several convolutions,
+  the later ones reading what the earlier wrote into padded frames: `MaskedPositionalConv`
+  zeroes those frames after each one.
 """
 
 from __future__ import annotations
@@ -16,8 +25,12 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn import functional as F
-from transformers import HubertConfig, HubertModel
+from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
+from transformers.models.data2vec.modeling_data2vec_audio import (
+    Data2VecAudioPositionalConvEmbedding,
+)
 
+from cltm.config import ENCODER_TYPES
 from cltm.errors import CltmError
 
 log = logging.getLogger(__name__)
@@ -59,23 +72,63 @@ class MaskedGroupNorm(nn.GroupNorm):
         return y * self.weight[None, :, None] + self.bias[None, :, None]
 
 
+class MaskedPositionalConv(Data2VecAudioPositionalConvEmbedding):
+    """data2vec-audio's stacked positional convolutions, zeroing padded frames between them.
+
+    `frames` (valid frames per batch item) is set just before a forward pass; None behaves as
+    the original. Same parameters, so checkpoints load unchanged.
+    """
+
+    frames: torch.Tensor | None = None
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        x = hidden_states.transpose(1, 2)
+        keep = None
+        if self.frames is not None:
+            t = torch.arange(x.shape[-1], device=x.device)
+            keep = (t[None, :] < self.frames[:, None]).to(x.dtype)[:, None, :]
+        for layer in self.layers:
+            x = layer(x)
+            if keep is not None:
+                x = x * keep
+        return x.transpose(1, 2)
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
 
 
-def build_random_encoder(overrides: dict[str, Any], seed: int) -> HubertModel:
-    """A randomly initialised HuBERT from HubertConfig overrides (demo and tests)."""
+def _check_type(model_type: str, where: str) -> None:
+    if model_type not in ENCODER_TYPES:
+        raise CltmError(
+            f"{where} is a {model_type!r} model; the pipeline runs the speech encoders of the "
+            f"wav2vec 2.0 family (Hugging Face model types {', '.join(ENCODER_TYPES)}): "
+            "HuBERT and mHuBERT-147, wav2vec 2.0, XLS-R and MMS, WavLM, data2vec-audio. "
+            "Whisper's encoder and text models are not among them.")
+
+
+def encoder_config(overrides: dict[str, Any], where: str = "model.random_init"
+                   ) -> PretrainedConfig:
+    """The config of a small encoder: `overrides` with `model_type` (default hubert)."""
+    overrides = dict(overrides)
+    model_type = overrides.pop("model_type", "hubert")
+    _check_type(model_type, where)
     try:
-        config = HubertConfig(**overrides)
+        return AutoConfig.for_model(model_type, **overrides)
     except (TypeError, ValueError) as exc:
-        raise CltmError(f"model.random_init is not a valid HubertConfig: {exc}") from exc
+        raise CltmError(f"{where} is not a valid {model_type} config: {exc}") from exc
+
+
+def build_random_encoder(overrides: dict[str, Any], seed: int) -> PreTrainedModel:
+    """A randomly initialised encoder from config overrides (demo and tests)."""
+    config = encoder_config(overrides)
     torch.manual_seed(seed)
-    return HubertModel(config)
+    return AutoModel.from_config(config)
 
 
-def load_pretrained(name_or_path: str) -> tuple[HubertModel, bool]:
+def load_pretrained(name_or_path: str) -> tuple[PreTrainedModel, bool]:
     """Load weights from a local directory or the Hugging Face hub; return (model, do_normalize)."""
     looks_local = name_or_path.startswith((".", "/", "~")) or Path(name_or_path).exists()
     if looks_local and not Path(name_or_path).expanduser().is_dir():
@@ -85,7 +138,9 @@ def load_pretrained(name_or_path: str) -> tuple[HubertModel, bool]:
             "utter-project/mHuBERT-147 --local-dir models/mHuBERT-147`."
         )
     try:
-        model = HubertModel.from_pretrained(name_or_path)
+        config = AutoConfig.from_pretrained(name_or_path)
+        _check_type(config.model_type, f"model.name_or_path {name_or_path!r}")
+        model = AutoModel.from_pretrained(name_or_path)
     except OSError as exc:
         raise CltmError(
             f"could not load the encoder {name_or_path!r}: the weights are not on this machine "
@@ -111,7 +166,7 @@ def _do_normalize(name_or_path: str) -> bool:
 
 
 def load_encoder(name_or_path: str, random_init: dict[str, Any] | None,
-                 init_seed: int = 0) -> tuple[HubertModel, bool]:
+                 init_seed: int = 0) -> tuple[PreTrainedModel, bool]:
     """The encoder ready for padding-exact batches, and whether to normalise its input."""
     if random_init is not None:
         model, do_normalize = build_random_encoder(random_init, init_seed), True
@@ -121,6 +176,9 @@ def load_encoder(name_or_path: str, random_init: dict[str, Any] | None,
     norm = getattr(first, "layer_norm", None)
     if isinstance(norm, nn.GroupNorm):
         norm.__class__ = MaskedGroupNorm  # same parameters, masked statistics
+    positional = getattr(model.encoder, "pos_conv_embed", None)
+    if isinstance(positional, Data2VecAudioPositionalConvEmbedding):
+        positional.__class__ = MaskedPositionalConv
     # Nothing is frozen: the CNN feature encoder is fine-tuned too, as in the paper.
     for p in model.parameters():
         p.requires_grad_(True)
@@ -145,16 +203,17 @@ def normalise(batch: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     return (batch - mean) / torch.sqrt(var + NORM_EPS) * mask
 
 
-def frame_mask(model: HubertModel, lengths: torch.Tensor, n_frames: int) -> torch.Tensor:
+def frame_mask(model: PreTrainedModel, lengths: torch.Tensor, n_frames: int) -> torch.Tensor:
     frames = model._get_feat_extract_output_lengths(lengths)
     return torch.arange(n_frames, device=lengths.device)[None, :] < frames[:, None]
 
 
-def forward(model: HubertModel, batch: torch.Tensor, lengths: torch.Tensor,
+def forward(model: PreTrainedModel, batch: torch.Tensor, lengths: torch.Tensor,
             hidden_states: bool = False) -> tuple[Any, torch.Tensor]:
     """Run the encoder on a padded batch; return (model output, valid-frame mask)."""
     first = model.feature_extractor.conv_layers[0]
     norm = getattr(first, "layer_norm", None)
+    positional = getattr(model.encoder, "pos_conv_embed", None)
     padded = bool((lengths != batch.shape[1]).any())
     attention = None
     if padded:
@@ -164,11 +223,15 @@ def forward(model: HubertModel, batch: torch.Tensor, lengths: torch.Tensor,
             conv = first.conv
             norm.lengths = torch.div(lengths - conv.kernel_size[0], conv.stride[0],
                                      rounding_mode="floor") + 1
+        if isinstance(positional, MaskedPositionalConv):
+            positional.frames = model._get_feat_extract_output_lengths(lengths)
     try:
         out = model(batch, attention_mask=attention, output_hidden_states=hidden_states)
     finally:
         if isinstance(norm, MaskedGroupNorm):
             norm.lengths = None
+        if isinstance(positional, MaskedPositionalConv):
+            positional.frames = None
     return out, frame_mask(model, lengths, out.last_hidden_state.shape[1])
 
 

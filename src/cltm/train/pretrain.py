@@ -1,4 +1,8 @@
-"""Pretrain the demo's small HuBERT on the demo corpus, the way HuBERT's first iteration does.
+"""Pretrain the demo's small encoder on the demo corpus, the way HuBERT's first iteration does.
+
+The encoder is a small HuBERT by default; `pretrain.architecture.model_type` picks another of the
+wav2vec 2.0 family (wav2vec2, wavlm, data2vec-audio), pretrained the same way (masked prediction
+of the same k-means units), so that two encoders can be compared on the same data.
 
 The paper fine-tunes a pretrained encoder (mHuBERT-147); a randomly initialised one barely
 learns from a few dozen clips, so the demo would measure noise. This stage gives the demo what
@@ -22,13 +26,13 @@ import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
-from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
+from transformers import AutoModel, PreTrainedModel, Wav2Vec2FeatureExtractor
 from transformers.models.hubert.modeling_hubert import _compute_mask_indices
 
 from cltm.data import commonvoice
 from cltm.data.audio import decode_many
 from cltm.data.pack import SAMPLE_RATE
-from cltm.train.model import normalise
+from cltm.train.model import encoder_config, normalise
 from cltm.train.tasks import seed_everything
 
 log = logging.getLogger(__name__)
@@ -122,15 +126,15 @@ def pretraining_clips(root: Path, languages: list[str], workers: int,
 
 
 def pretrain(waves: list[np.ndarray], s: PretrainSettings, progress: bool = True
-             ) -> tuple[HubertModel, list[float]]:
+             ) -> tuple[PreTrainedModel, list[float]]:
     """Masked prediction of k-means units; returns the encoder and the mean loss per epoch."""
     if s.threads:
         torch.set_num_threads(s.threads)
     torch.backends.mkldnn.enabled = False  # see worker.py: variable shapes defeat its cache
     seed_everything(s.seed)
     targets = cluster_targets(waves, s.clusters, s.seed)
-    config = HubertConfig(**s.architecture)
-    model = HubertModel(config)
+    config = encoder_config(s.architecture, "pretrain.architecture")
+    model = AutoModel.from_config(config)
     head = nn.Linear(config.hidden_size, s.clusters)
     opt = torch.optim.AdamW([*model.parameters(), *head.parameters()], lr=s.lr)
     rng = np.random.default_rng(s.seed)

@@ -7,6 +7,7 @@ inputs changed) are rerun, and every finished run is on disk before the next one
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from dataclasses import asdict
 from pathlib import Path
@@ -71,6 +72,17 @@ def _model_digest(name_or_path: str) -> str | None:
     return h.hexdigest()[:16]
 
 
+def _architecture(name_or_path: str, random_init: dict[str, Any] | None) -> str | None:
+    """The encoder's model type (hubert, wav2vec2, wavlm, data2vec-audio): from the random
+    config, or a local directory's config.json; None for a hub id (the id names it)."""
+    if random_init is not None:
+        return random_init.get("model_type", "hubert")
+    config = Path(name_or_path) / "config.json"
+    if config.is_file():
+        return json.loads(config.read_text()).get("model_type")
+    return None
+
+
 def train_params(config: Config, task: str | None = None) -> TrainParams:
     """The training params of `task`'s runs: `train.*`, with the task's own `lr`, `epochs`,
     `head_init`, `head_lr_scale` and `encoder` (`tasks.<task>.*`) where set."""
@@ -105,6 +117,7 @@ def settings_of(config: Config, task: str, curve: bool = False) -> dict[str, Any
         "random_init": m.random_init,
         "init_seed": m.init_seed if m.random_init is not None else None,
         "weights": _model_digest(m.name_or_path) if m.random_init is None else None,
+        "architecture": _architecture(m.name_or_path, m.random_init),
         **{f"train.{k}": v for k, v in asdict(train_params(config, task)).items()},
         "N": getattr(config.tasks, task).N,
         "probe_clips": config.analysis.probe_clips,

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from sklearn.metrics import f1_score, roc_auc_score, roc_curve
 from torch import nn
-from transformers import HubertModel
+from transformers import PreTrainedModel
 
 from cltm.train.model import forward, masked_mean, masked_std, normalise, pad_batch
 
@@ -62,7 +62,7 @@ def _batches(order: Sequence[int], size: int) -> Iterator[list[int]]:
         yield list(order[start : start + size])
 
 
-def pooled(encoder: HubertModel, waves: list[torch.Tensor], device: torch.device,
+def pooled(encoder: PreTrainedModel, waves: list[torch.Tensor], device: torch.device,
            do_normalize: bool, last_layers: int = 1, stats: bool = False) -> torch.Tensor:
     """Mean over valid frames of the mean of the last `last_layers` hidden layers; with `stats`
     their standard deviation over frames too (statistics pooling), concatenated."""
@@ -91,7 +91,7 @@ def new_head(in_features: int, classes: int, init: str, device: torch.device) ->
 
 
 def train(
-    encoder: HubertModel,
+    encoder: PreTrainedModel,
     head: nn.Linear,
     waves: list[torch.Tensor],
     labels: torch.Tensor,
@@ -131,7 +131,7 @@ def train(
 
 
 @torch.no_grad()
-def embed(encoder: HubertModel, waves: list[torch.Tensor], device: torch.device,
+def embed(encoder: PreTrainedModel, waves: list[torch.Tensor], device: torch.device,
           do_normalize: bool, precision: str, last_layers: int,
           stats: bool = False) -> torch.Tensor:
     """Pooled representations of many clips, batched by similar length (padding is exact)."""
