@@ -96,6 +96,14 @@ def test_unsupported_models_get_one_error_naming_the_supported(tmp_path):
         load_encoder("unused", {"model_type": "bert"})
 
 
+def test_a_checkpoint_at_another_sampling_rate_is_refused(tmp_path):
+    built, _ = load_encoder("unused", _config("wavlm-group"))
+    built.save_pretrained(tmp_path)
+    Wav2Vec2FeatureExtractor(sampling_rate=8000).save_pretrained(tmp_path)
+    with pytest.raises(CltmError, match=r"expects audio at 8000 Hz.*16000 Hz"):
+        load_encoder(str(tmp_path), None)
+
+
 def test_the_run_hash_and_mlflow_params_carry_the_architecture(tmp_path):
     import yaml
 

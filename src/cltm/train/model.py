@@ -31,6 +31,7 @@ from transformers.models.data2vec.modeling_data2vec_audio import (
 )
 
 from cltm.config import ENCODER_TYPES
+from cltm.data.pack import SAMPLE_RATE
 from cltm.errors import CltmError
 
 log = logging.getLogger(__name__)
@@ -153,7 +154,8 @@ def load_pretrained(name_or_path: str) -> tuple[PreTrainedModel, bool]:
 
 
 def _do_normalize(name_or_path: str) -> bool:
-    """What the model's feature-extractor config says about amplitude normalisation."""
+    """What the model's feature-extractor config says about amplitude normalisation; its
+    sampling rate must be the one the audio is decoded at."""
     from transformers import AutoFeatureExtractor
 
     try:
@@ -162,6 +164,11 @@ def _do_normalize(name_or_path: str) -> bool:
         log.warning("no feature-extractor config for %s; normalising each utterance to zero "
                     "mean and unit variance (HuBERT's default)", name_or_path)
         return True
+    rate = getattr(extractor, "sampling_rate", SAMPLE_RATE)
+    if rate != SAMPLE_RATE:
+        raise CltmError(f"{name_or_path} expects audio at {rate} Hz (its feature-extractor "
+                        f"config); the pipeline decodes every clip to {SAMPLE_RATE} Hz, the rate "
+                        "of the wav2vec 2.0 family's speech checkpoints")
     return bool(getattr(extractor, "do_normalize", True))
 
 
