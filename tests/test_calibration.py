@@ -170,6 +170,26 @@ def test_checks_pass_and_fail_on_what_the_variants_found():
     assert checks(shrinking, 1.0)["contrast_grows_with_strength"]["gender"] is False
 
 
+def test_the_exchangeable_corpus_carries_the_per_cell_null():
+    # Real languages at strength 0 may hold true cells other than 1: with an exchangeable
+    # corpus present, only its cells are held to the FDR, and it is no point of the dose-response.
+    variants = [_variant("strength0", 0.0, cells_differ_from_1=9),
+                {**_variant("exchangeable", 0.0, family_contrast=5.0), "exchangeable": True},
+                _variant("default", 1.0, family_contrast=0.4, family_contrast_p=0.01),
+                _variant("strong", 2.0, family_contrast=0.8, family_contrast_p=0.001)]
+    result = checks(variants, default_strength=1.0)
+    assert result["null_no_more_cells_than_fdr_allows"] is True
+    assert result["contrast_grows_with_strength"] == {"gender": True, "speaker": True}
+    variants[1]["gender"] = {**variants[1]["gender"], "cells_differ_from_1": 2}
+    variants[1]["speaker"] = {**variants[1]["speaker"], "cells_differ_from_1": 2}
+    assert checks(variants, 1.0)["null_no_more_cells_than_fdr_allows"] is False  # 2 > 1.4
+    # ... and its family test counts among the nulls'
+    variants[1]["gender"]["family_contrast_p"] = 0.01
+    assert checks(variants, 1.0)["null_family_p_at_least_alpha"] is False
+    # without one, the strength-0 corpus is held to the FDR
+    assert checks([variants[0], *variants[2:]], 1.0)["null_no_more_cells_than_fdr_allows"] is False
+
+
 def test_demo_report_shows_the_latest_calibration_table(tmp_path):
     from cltm.analysis.calibration import summarize
     from cltm.analysis.report import run_report

@@ -361,8 +361,24 @@ def test_gender_shift_raises_the_pitch_of_a_family_and_is_off_at_strength_zero(
         assert clip.read_bytes() == twin.read_bytes()
 
 
+def test_each_speaker_has_its_own_warp_at_every_strength() -> None:
+    spec = DemoSpec(("es", "de"), speaker_warp_semitones=2.0)
+    warps = np.array([demo.speaker_warp(spec, "es", i) for i in range(400)])
+    assert abs(warps.mean()) < 0.3 and warps.std() == pytest.approx(2.0, rel=0.12)
+    assert len(set(np.round(warps, 9))) == 400  # a warp of its own per speaker
+    # a stream of its own: scaling the spread scales the same draws, off at 0, and the same
+    # under null control and at strength 0 (it is the speaker's, not a planting)
+    half = dataclasses.replace(spec, speaker_warp_semitones=1.0)
+    assert [demo.speaker_warp(half, "es", i) for i in range(5)] == pytest.approx(warps[:5] / 2)
+    assert demo.speaker_warp(dataclasses.replace(spec, speaker_warp_semitones=0.0), "es", 3) == 0
+    for other in (dataclasses.replace(spec, null=True),
+                  dataclasses.replace(spec, family_trait_strength=0.0)):
+        assert demo.speaker_warp(other, "es", 7) == warps[7]
+
+
 def test_planting_params_are_checked() -> None:
     for bad in ({"speaker_axes_db": -1.0}, {"speaker_axes_focus": -0.5},
-                {"gender_shift_semitones": 13.0}):
+                {"gender_shift_semitones": 13.0}, {"speaker_warp_semitones": -1.0},
+                {"speaker_warp_semitones": 7.0}):
         with pytest.raises(CltmError):
             demo._check_spec(DemoSpec(("es",), **bad))

@@ -321,6 +321,40 @@ def test_planted_family_blocks_are_found():
     assert fs["intra_family_pos"] == pytest.approx(d["intra_family_pos"])
 
 
+def test_rank_contrast_ignores_each_rows_scale():
+    rng = np.random.default_rng(16)
+    labels = list("AAAABBBBCCCC")
+    m = _block_matrix(rng, labels, same=0.9, cross=0.1)
+    families = dict(zip(m.index, labels))
+    kw = {"family_level": "genus", "permutations": 500}
+    fs = st.family_structure(m, families, rng=np.random.default_rng(0), **kw)
+    assert fs["rank_contrast"] > 0.5 and fs["rank_contrast_p"] == pytest.approx(1 / 501)
+    # A target with a tiny self-gain: its cells are the same gains over a denominator 40 times
+    # smaller. The plain contrast moves; the ranks, and so the rank contrast and its p, do not.
+    scaled = m.copy()
+    scaled.loc["x0"] = 40 * scaled.loc["x0"]
+    scaled.loc["x0", "x0"] = 1.0
+    fs2 = st.family_structure(scaled, families, rng=np.random.default_rng(0), **kw)
+    assert fs2["contrast"] != pytest.approx(fs["contrast"], abs=0.05)
+    assert fs2["rank_contrast"] == pytest.approx(fs["rank_contrast"])
+    assert fs2["rank_contrast_p"] == pytest.approx(fs["rank_contrast_p"])
+
+
+def test_donor_ranks_match_a_sort():
+    rng = np.random.default_rng(17)
+    c = rng.normal(size=(5, 5))
+    c[1, 3] = c[1, 4]  # a tie
+    np.fill_diagonal(c, 0.0)
+    r = st.donor_ranks(c)
+    assert np.all(np.diag(r) == 0)
+    for i in range(5):
+        donors = [j for j in range(5) if j != i]
+        order = sorted(donors, key=lambda j: c[i, j])
+        assert r[i, order[0]] == 0 and r[i, order[-1]] == 1
+    assert r[1, 3] == r[1, 4]  # tied donors share their average rank
+    assert r.sum(axis=1) == pytest.approx(np.full(5, 2.0))  # ranks 0, 1/3, 2/3, 1 per row
+
+
 def test_unrelated_labels_give_uniform_p():
     rng = np.random.default_rng(7)
     labels = list("AAAABBBBCCCC")
@@ -329,10 +363,10 @@ def test_unrelated_labels_give_uniform_p():
         m = _block_matrix(rng, labels, same=0.5, cross=0.5)  # no structure at all
         fs = st.family_structure(m, dict(zip(m.index, labels)), family_level="genus",
                                  permutations=200, rng=rng)
-        ps.append(fs["contrast_p"])
-    ps = np.array(ps)
-    assert 0.3 <= ps.mean() <= 0.7, ps
-    assert np.mean(ps < 0.05) <= 0.2, ps
+        ps.append((fs["contrast_p"], fs["rank_contrast_p"]))
+    for p in np.array(ps).T:
+        assert 0.3 <= p.mean() <= 0.7, p
+        assert np.mean(p < 0.05) <= 0.2, p
 
 
 def test_family_structure_nulls():

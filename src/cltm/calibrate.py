@@ -58,6 +58,8 @@ def variant_params(raw: dict[str, Any], config: Config, name: str) -> dict[str, 
         p["data"]["languages"] = list(v.languages)
     if v.seed is not None:
         p["demo"]["seed"] = v.seed
+    if v.exchangeable:
+        p["demo"]["null_control"] = True
     if config.calibration.seeds is not None:
         for task in TASKS:
             p["tasks"][task]["seeds"] = list(config.calibration.seeds)

@@ -52,6 +52,7 @@ def _demo_corpus(args: argparse.Namespace, config: Config) -> None:
         gender_shift_semitones=config.demo.gender_shift_semitones,
         speaker_axes_db=config.demo.speaker_axes_db,
         speaker_axes_focus=config.demo.speaker_axes_focus,
+        speaker_warp_semitones=config.demo.speaker_warp_semitones,
     )
     if out.exists():
         shutil.rmtree(out)
@@ -205,6 +206,8 @@ def _report(args: argparse.Namespace, config: Config) -> None:
 
 def _strength(config: Config, name: str) -> float:
     v = config.calibration.variants[name]
+    if v.exchangeable:
+        return 0.0  # nothing is planted in a null-control corpus, whatever the strength
     return (config.demo.family_trait_strength if v.family_trait_strength is None
             else v.family_trait_strength)
 
@@ -216,8 +219,9 @@ def _calibrate(args: argparse.Namespace, config: Config) -> None:
     work = calibrate.run_variant(Path(args.params), args.variant, progress=not args.no_progress)
     out = Path(config.calibration.out) / calibrate.METRICS
     out.mkdir(parents=True, exist_ok=True)
+    v = config.calibration.variants[args.variant]
     summary = variant_summary(work, args.variant, strength=_strength(config, args.variant),
-                              held_out=config.calibration.variants[args.variant].held_out)
+                              held_out=v.held_out, exchangeable=v.exchangeable)
     (out / f"{args.variant}.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 

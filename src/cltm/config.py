@@ -69,6 +69,8 @@ class DemoConfig:
     gender_shift_semitones: float = 0.0
     speaker_axes_db: float = 0.0
     speaker_axes_focus: float = 0.0
+    # Not a planting: the spread (semitones) of each speaker's own warp, at every strength.
+    speaker_warp_semitones: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -230,6 +232,9 @@ class CalibrationVariant:
     seed: int | None = None  # the corpus's seed; null: demo.seed
     # A held-out corpus is never used to choose a param; the report keeps it apart.
     held_out: bool = False
+    # Every language spoken by one voice set, nothing planted (demo.null_control): languages
+    # that differ only in their labels, where every true cell is 1.
+    exchangeable: bool = False
 
 
 @dataclass(frozen=True)

@@ -73,6 +73,14 @@ Family structure (`family_structure`, family_structure.json)
     (|contrast|); intra_family_pos's p is one-sided, towards more positive mass within families
     than chance, whose expected value is the share of same-family pairs.
 
+    rank_contrast is the same contrast over within-row ranks: each target's donors ranked by
+    their cell, scaled to [0, 1] (0 the least useful donor, 1 the most; ties share a rank).
+    A cell is a gain divided by the target's self-gain, so a target whose self-gain is small
+    against its noise has cells of several units either way, and those few cells decide the
+    plain contrast and its null distribution alike. Ranks within a row do not depend on the
+    row's denominator at all: every target weighs the same, and the test keeps its power when a
+    few self-gains are small (benchmarks/family_test_power.py measures both tests).
+
 Randomness comes from one `stats_seed`, split into independent streams for the bootstrap,
 the permutations, the noise floor and the difference between two results, so the outputs are
 identical for identical inputs and settings.
@@ -109,9 +117,9 @@ NUMERIC_KEYS = tuple(k for k in KEYS if k != "undefined_targets")
 
 SIGNIFICANCE_COLUMNS = ("target", "donor", "cltm", "se", "p_vs0", "q_vs0", "p_vs1", "q_vs1",
                         "differs_from_0", "differs_from_1", "direction")
-FAMILY_KEYS = ("family_level", "contrast", "contrast_p", "contrast_chance", "intra_family_pos",
-               "intra_family_pos_p", "intra_family_pos_chance", "same_family_pair_share",
-               "n_families", "permutations")
+FAMILY_KEYS = ("family_level", "contrast", "contrast_p", "contrast_chance", "rank_contrast",
+               "rank_contrast_p", "intra_family_pos", "intra_family_pos_p",
+               "intra_family_pos_chance", "same_family_pair_share", "n_families", "permutations")
 
 #: stats_info.json's `seed_design` when runs are paired by seed.
 PAIRED_DESIGN = "paired by seed"
@@ -640,6 +648,17 @@ def _family_sums(c_off: np.ndarray, onehot: np.ndarray) -> np.ndarray:
     return np.einsum("pif,ij,pjf->p", onehot, c_off, onehot)
 
 
+def donor_ranks(c_off: np.ndarray) -> np.ndarray:
+    """Each row's off-diagonal entries ranked within the row and scaled to [0, 1] (average
+    ranks for ties); 0 on the diagonal. Needs at least 3 languages."""
+    m = c_off.shape[0]
+    out = np.zeros_like(c_off, dtype=float)
+    for i in range(m):
+        donors = np.arange(m) != i
+        out[i, donors] = (sps.rankdata(c_off[i, donors]) - 1.0) / (m - 2)
+    return out
+
+
 def _perm_p(null: np.ndarray, observed: float, *, two_sided: bool) -> float:
     # A small tolerance so that a shuffle equal to the data (up to float rounding) counts.
     tol = 1e-12 * max(1.0, abs(observed))
@@ -676,31 +695,37 @@ def family_structure(
         return out
     c_off = np.where(off, sub.to_numpy(), 0.0)
     mass = np.where(c_off > 0, c_off, 0.0)
+    ranks = donor_ranks(c_off)
     n_same, n_all = int(same.sum()), int(off.sum())
-    total, pos_total = c_off.sum(), mass.sum()
+    total, pos_total, rank_total = c_off.sum(), mass.sum(), ranks.sum()
 
-    def stats_of(same_sum: np.ndarray, mass_sum: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        contrast = same_sum / n_same - (total - same_sum) / (n_all - n_same)
-        intra = mass_sum / pos_total if pos_total > 0 else np.full(same_sum.shape, np.nan)
-        return contrast, intra
+    def contrast_of(same_sum: np.ndarray, all_sum: float) -> np.ndarray:
+        return same_sum / n_same - (all_sum - same_sum) / (n_all - n_same)
 
-    onehot = np.eye(n_fam)[codes][None]
-    contrast, intra = stats_of(_family_sums(c_off, onehot), _family_sums(mass, onehot))
-    out.update(contrast=float(contrast[0]), same_family_pair_share=n_same / n_all,
+    def stats_of(hot: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        mass_sum = _family_sums(mass, hot)
+        intra = mass_sum / pos_total if pos_total > 0 else np.full(mass_sum.shape, np.nan)
+        return (contrast_of(_family_sums(c_off, hot), total),
+                contrast_of(_family_sums(ranks, hot), rank_total), intra)
+
+    contrast, rank_contrast, intra = stats_of(np.eye(n_fam)[codes][None])
+    out.update(contrast=float(contrast[0]), rank_contrast=float(rank_contrast[0]),
+               same_family_pair_share=n_same / n_all,
                intra_family_pos=float(intra[0]) if pos_total > 0 else None)
     if permutations <= 0:
         return out
-    null_c, null_i = [], []
+    null_c, null_r, null_i = [], [], []
     for start in range(0, permutations, CHUNK):
         size = min(CHUNK, permutations - start)
         shuffled = rng.permuted(np.broadcast_to(codes, (size, m)), axis=1)
-        hot = np.eye(n_fam)[shuffled]
-        c_perm, i_perm = stats_of(_family_sums(c_off, hot), _family_sums(mass, hot))
+        c_perm, r_perm, i_perm = stats_of(np.eye(n_fam)[shuffled])
         null_c.append(c_perm)
+        null_r.append(r_perm)
         null_i.append(i_perm)
-    nc, ni = np.concatenate(null_c), np.concatenate(null_i)
+    nc, nr, ni = (np.concatenate(x) for x in (null_c, null_r, null_i))
     out.update(contrast_p=_perm_p(nc, out["contrast"], two_sided=True),
-               contrast_chance=float(nc.mean()))
+               contrast_chance=float(nc.mean()),
+               rank_contrast_p=_perm_p(nr, out["rank_contrast"], two_sided=True))
     if out["intra_family_pos"] is not None:
         out.update(intra_family_pos_p=_perm_p(ni, out["intra_family_pos"], two_sided=False),
                    intra_family_pos_chance=float(ni.mean()))
@@ -718,7 +743,8 @@ def format_family(fs: Mapping[str, object]) -> str:
                 "a family, fewer than 2 families, or no same-family pair)")
     return (f"family structure ({fs.get('family_level')}, {fs.get('n_families')} families): "
             f"contrast {num('contrast')} (two-sided permutation p {num('contrast_p')}, chance "
-            f"{num('contrast_chance')}); intra_family_pos {num('intra_family_pos')} (one-sided p "
+            f"{num('contrast_chance')}); rank contrast {num('rank_contrast')} (p "
+            f"{num('rank_contrast_p')}); intra_family_pos {num('intra_family_pos')} (one-sided p "
             f"{num('intra_family_pos_p')}, chance {num('intra_family_pos_chance')}, same-family "
             f"pair share {num('same_family_pair_share')}); {fs.get('permutations')} permutations")
 

@@ -174,6 +174,10 @@ class DemoSpec:
     gender_shift_semitones: float = 0.0
     speaker_axes_db: float = 0.0
     speaker_axes_focus: float = 0.0
+    # Not a planting: each speaker's own frequency warp, N(0, this²) semitones, at every
+    # strength and in the null control alike, so that the genders' pitch and formant ranges
+    # overlap as real voices do and gender recognition is not solved by any one clip.
+    speaker_warp_semitones: float = 0.0
 
     def __post_init__(self) -> None:
         # Accept any sequence (a list from a config file) but keep the spec hashable.
@@ -633,6 +637,15 @@ def speaker_axes_gain(spec: DemoSpec, locale: str, index: int) -> np.ndarray:
     return spec.speaker_axes_db * np.sqrt(weight) * rng.standard_normal(len(SPEAKER_AXES))
 
 
+def speaker_warp(spec: DemoSpec, locale: str, index: int) -> float:
+    """The speaker's own frequency warp in semitones, N(0, speaker_warp_semitones²), from a
+    stream of its own (so that the speaker's other draws do not change with it)."""
+    if spec.speaker_warp_semitones == 0:
+        return 0.0
+    rng = np.random.default_rng([spec.seed, stable_int(locale), index, 11])
+    return spec.speaker_warp_semitones * float(rng.standard_normal())
+
+
 def axes_filter(gain_db: np.ndarray, n_taps: int = 257) -> np.ndarray:
     """A linear-phase FIR at 22050 Hz with ``gain_db`` along SPEAKER_AXES."""
     n_fft = 2 * (n_taps - 1)
@@ -770,6 +783,8 @@ def _check_spec(spec: DemoSpec) -> None:
         raise CltmError("speaker_axes_db and speaker_axes_focus must be >= 0")
     if not abs(spec.gender_shift_semitones) <= 12:
         raise CltmError("gender_shift_semitones must lie within ±12 (an octave)")
+    if not 0 <= spec.speaker_warp_semitones <= 6:
+        raise CltmError("speaker_warp_semitones must lie in [0, 6] (a spread of half an octave)")
     if not spec.clip_seconds >= 1.0:
         raise CltmError("clip_seconds must be at least 1.0")
 
@@ -820,6 +835,7 @@ def _speaker_task(task: _SpeakerTask) -> list[tuple[str, int, int, str, str, int
     speaker = make_speaker(spec.seed, task.locale, task.speaker, voice_language)
     shift = 0.0 if spec.null else (spec.family_trait_strength * spec.gender_shift_semitones
                                    * family_cues(spec.languages)[FAMILIES[task.locale]][0])
+    shift += speaker_warp(spec, task.locale, task.speaker)
     axes = speaker_axes_gain(spec, task.locale, task.speaker)
     rows = []
     for clip in range(spec.clips_per_speaker):
