@@ -1,8 +1,6 @@
 """A release costs what the stages read: DVC depends on the selected locales' TSVs (through the
 metadata stage's tables), never on the clips or on the locales nobody selected."""
 
-import shutil
-import subprocess
 from pathlib import Path
 
 import pandas as pd
@@ -12,18 +10,9 @@ import yaml
 from cltm.data import commonvoice
 from cltm.data.demo import DemoSpec, write_demo_corpus
 from cltm.errors import CltmError
+from tests.conftest import copy_pipeline, run_cmd, stages_run
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _run(args: list[str], cwd: Path) -> str:
-    proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True)
-    assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout + proc.stderr
-
-
-def _ran(output: str) -> set[str]:
-    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
 
 
 @pytest.fixture(scope="module")
@@ -49,11 +38,7 @@ def test_metadata_tables_hold_what_the_release_holds(release, tmp_path):
 def test_subsets_rerun_for_a_selected_locales_tsv_only(release, tmp_path):
     root = tmp_path / "repo"
     root.mkdir()
-    for name in ("dvc.yaml", ".dvcignore"):
-        shutil.copy(REPO / name, root / name)
-    shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__"))
-    (root / ".dvc").mkdir()
-    shutil.copy(REPO / ".dvc" / "config", root / ".dvc" / "config")
+    copy_pipeline(root)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["data"].update({"source": "commonvoice", "languages": ["es", "de"], "workers": 1})
     params["data"]["commonvoice"]["root"] = str(release)
@@ -61,8 +46,8 @@ def test_subsets_rerun_for_a_selected_locales_tsv_only(release, tmp_path):
     params["train"]["seeds"] = [0]
     params["tasks"]["gender"]["seeds"] = None
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    _run(["git", "init", "-q"], root)
-    first = _ran(_run(["dvc", "repro", "subsets@gender"], root))
+    run_cmd(["git", "init", "-q"], root)
+    first = stages_run(run_cmd(["dvc", "repro", "subsets@gender"], root))
     assert {"metadata@es", "metadata@de", "subsets@gender"} <= first
     assert "metadata@it" not in first
 
@@ -71,7 +56,7 @@ def test_subsets_rerun_for_a_selected_locales_tsv_only(release, tmp_path):
         fh.write("\t".join(["x"] * 13) + "\n")
     for clip in sorted((release / "es" / "clips").iterdir())[:3]:
         clip.write_bytes(clip.read_bytes() + b"\0")
-    assert _ran(_run(["dvc", "repro", "subsets@gender"], root)) == set()
+    assert stages_run(run_cmd(["dvc", "repro", "subsets@gender"], root)) == set()
 
     # A selected locale's TSV: its metadata stage reruns; the subsets only when what it read
     # changed (a vote count is not read; a sentence is).
@@ -79,9 +64,9 @@ def test_subsets_rerun_for_a_selected_locales_tsv_only(release, tmp_path):
     table = pd.read_csv(es, sep="\t", dtype=str, keep_default_na=False, quoting=3)
     table.loc[0, "up_votes"] = "7"
     table.to_csv(es, sep="\t", index=False, quoting=3)
-    assert _ran(_run(["dvc", "repro", "subsets@gender"], root)) == {"metadata@es"}
+    assert stages_run(run_cmd(["dvc", "repro", "subsets@gender"], root)) == {"metadata@es"}
     table.loc[0, "sentence"] = "another sentence"
     table.to_csv(es, sep="\t", index=False, quoting=3)
     # (the other readers of the tables rerun with it: pretraining and the learning curve)
-    assert _ran(_run(["dvc", "repro", "subsets@gender"], root)) == {
+    assert stages_run(run_cmd(["dvc", "repro", "subsets@gender"], root)) == {
         "metadata@es", "pretrain", "curve@gender", "subsets@gender"}
