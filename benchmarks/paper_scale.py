@@ -12,6 +12,9 @@ pipeline's own code, and printed as one JSON line:
 - `mlflow`: MLflow's time per run (the tracker's thread writing nested runs to SQLite).
 - `analysis`: `cltm cltm`'s work (matrix, bootstrap, permutations, plots) and the report on a
   synthetic run store of 44 languages × 10 seeds.
+- `dvc_status`: `dvc status` of the pipeline pointed at a release of 44 locales after its
+  metadata stages ran, once with 10,000 clip files in the release and once with 1,000,000
+  (--clips): the stages depend on the locales' TSVs, so the two should cost the same.
 - `languages`: `cltm languages` (reading 44 locales' TSVs) on a synthetic release in Common
   Voice 22.0 layout whose largest locale has a 2,000,000-row validated.tsv (no clips: the
   command reads only metadata): time and peak memory of the process.
@@ -40,7 +43,7 @@ import pandas as pd
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-SECTIONS = ("driver", "mlflow", "analysis", "languages")
+SECTIONS = ("dvc_status", "driver", "mlflow", "analysis", "languages")
 
 
 def emit(**fields: object) -> None:
@@ -212,6 +215,49 @@ def write_release(root: Path, locales: list[str], big_rows: int, rows: int) -> N
             folder / "clip_durations.tsv", sep="\t", index=False)
 
 
+def bench_dvc_status(args: argparse.Namespace, work: Path) -> None:
+    import shutil
+
+    locales = paper_locales(args.languages)
+    root = work / "release"
+    write_release(root, locales, big_rows=200, rows=200)
+    repo = work / "repo"
+    repo.mkdir(parents=True)
+    for name in ("dvc.yaml", ".dvcignore"):
+        shutil.copy(REPO / name, repo / name)
+    shutil.copytree(REPO / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    (repo / ".dvc").mkdir()
+    shutil.copy(REPO / ".dvc" / "config", repo / ".dvc" / "config")
+    import yaml
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["data"].update({"source": "commonvoice", "languages": locales})
+    params["data"]["commonvoice"]["root"] = str(root)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+
+    def run(*cmd: str) -> float:
+        t = time.perf_counter()
+        out = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, env=env)
+        if out.returncode != 0:
+            raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stdout[-2000:]}{out.stderr[-2000:]}")
+        return time.perf_counter() - t
+
+    run("git", "init", "-q")
+    repro_s = run("dvc", "repro", "metadata")
+    made = 0
+    for clips in sorted(args.clips):
+        per_locale = -(-(clips - made) // len(locales))
+        for locale in locales:  # empty files: no stage reads them, none may hash them
+            folder = root / locale / "clips"
+            for k in range(per_locale):
+                (folder / f"common_voice_{locale}_{made + k}.mp3").touch()
+        made += per_locale * len(locales)
+        times = sorted(run("dvc", "status") for _ in range(3))
+        emit(figure="dvc_status", locales=len(locales), clips=made,
+             metadata_repro_s=round(repro_s, 1), status_s=round(times[1], 2))
+
+
 def bench_languages(args: argparse.Namespace, work: Path) -> None:
     locales = paper_locales(args.languages)
     root = work / "release"
@@ -244,6 +290,8 @@ def main() -> None:
     ap.add_argument("--big-rows", type=int, default=2_000_000,
                     help="rows of the largest locale's validated.tsv")
     ap.add_argument("--rows", type=int, default=20_000, help="rows of every other locale's")
+    ap.add_argument("--clips", type=int, nargs="+", default=[10_000, 1_000_000],
+                    help="clip files in the release for the dvc_status figure")
     ap.add_argument("--work", help="keep the synthetic data here (default: a temporary dir)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args()

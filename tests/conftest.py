@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,30 @@ import pytest
 
 from cltm.data.pack import PackWriter, to_int16
 from cltm.data.subsets import make_trials
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def copy_pipeline(root: Path) -> None:
+    """What `dvc repro` needs of the repository, copied to `root` (params.yaml is the caller's)."""
+    for name in ("dvc.yaml", ".dvcignore", "pyproject.toml"):
+        shutil.copy(REPO / name, root / name)
+    shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    (root / ".dvc").mkdir()
+    shutil.copy(REPO / ".dvc" / "config", root / ".dvc" / "config")
+
+
+def run_cmd(args: list[str], cwd: Path) -> str:
+    """Run a command; fail the test with its output if it fails; return stdout + stderr."""
+    proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True)
+    assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout + proc.stderr
+
+
+def stages_run(output: str) -> set[str]:
+    """The stages a `dvc repro` output says it ran."""
+    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
+
 
 TINY_HUBERT = {
     "hidden_size": 16,

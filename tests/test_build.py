@@ -11,6 +11,7 @@ import yaml
 
 from cltm.config import config_from_dict
 from cltm.data.build import build_subsets
+from cltm.data.commonvoice import write_metadata
 from cltm.data.demo import DemoSpec, write_demo_corpus
 from cltm.data.pack import PackedAudio
 
@@ -36,8 +37,12 @@ def _config(root: Path):
     return config_from_dict(raw)
 
 
-def test_a_clip_that_fails_to_decode_is_reported_and_replaced(corpus, tmp_path, caplog):
+def test_a_clip_that_fails_to_decode_is_reported_and_replaced(corpus, tmp_path, caplog,
+                                                              monkeypatch):
     config = _config(corpus)
+    monkeypatch.chdir(tmp_path)  # the metadata stage's tables, as `dvc repro` leaves them
+    for locale in config.data.languages:
+        write_metadata(corpus, locale)
     clean = build_subsets(config, "gender", tmp_path / "clean", progress=False)
     victim = clean[clean["role"] == "D"].iloc[0]
     (corpus / victim["language"] / "clips" / victim["clip"]).write_bytes(b"garbage, not mp3")

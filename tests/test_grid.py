@@ -235,6 +235,73 @@ def test_ray_executor_gives_inline_results(uninterrupted, monkeypatch, tmp_path)
         assert remote[run_id]["loss_final"] == rec["loss_final"]
 
 
+@pytest.mark.slow
+def test_ray_grid_spreads_over_nodes_and_survives_losing_one(uninterrupted, tmp_path,
+                                                            monkeypatch):
+    """The whole grid stage on a local three-node Ray cluster (Ray's own test cluster, each
+    node a raylet of its own): runs land on more than one node; the node of a worker that
+    has stored runs is removed mid-grid; every run still ends in the store once, logged to
+    MLflow once, with the inline results."""
+    import threading
+
+    ray = pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    from cltm.train.stage import run_grid
+
+    root = make_project(tmp_path)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["train"].update({"executor": "ray", "ray": {
+        "cpu_workers": 2, "cpus_per_worker": 1, "gpus_per_worker": 1.0, "max_retries": 3}})
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+
+    class Where(executors._RayWorker):  # records where each run ran
+        def run(self, spec, run_hash):
+            import ray as r
+
+            return {**super().run(spec, run_hash), "node": r.get_runtime_context().get_node_id()}
+
+    monkeypatch.setattr(executors, "_RayWorker", Where)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    workers = [cluster.add_node(num_cpus=1) for _ in range(3)]  # 2 workers and a spare node
+    store = root / "metrics" / "runs" / "gender" / "runs.jsonl"
+    removed: list[str] = []
+
+    def remove_a_busy_node() -> None:
+        deadline = time.time() + 600
+        while time.time() < deadline:
+            nodes = [json.loads(x).get("node") for x in
+                     (store.read_text().splitlines() if store.is_file() else [])]
+            if len(nodes) >= 6:
+                node = next(n for n in workers if n.node_id == nodes[-1])
+                cluster.remove_node(node)
+                removed.append(node.node_id)
+                return
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=remove_a_busy_node, daemon=True)
+    try:
+        ray.init(address=cluster.address, log_to_driver=False, include_dashboard=False)
+        watcher.start()
+        run_grid(load_config("params.yaml"), "gender", progress=False)
+        watcher.join()
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    records = _records(root)
+    reference = _records(uninterrupted)
+    assert set(records) == set(reference)
+    for run_id, rec in reference.items():
+        assert records[run_id]["score"] == rec["score"]
+        assert records[run_id]["loss_final"] == rec["loss_final"]
+    nodes = {r["node"] for r in records.values()}
+    assert len(removed) == 1 and removed[0] in nodes and len(nodes) >= 2
+    # every run logged exactly once (a run redone after the node loss is not logged twice)
+    assert _logged(root) == sorted(r["hash"] for r in records.values())
+
+
 def _some_jobs(config):
     from cltm.train.grid import Fingerprints, grid_specs
     from cltm.train.stage import settings_of, subsets_dir

@@ -1,8 +1,6 @@
 """The demo stages end to end through `dvc repro`, in a temporary copy of the repository."""
 
 import json
-import shutil
-import subprocess
 from pathlib import Path
 
 import pandas as pd
@@ -11,6 +9,7 @@ import yaml
 
 from cltm.cli import main
 from cltm.data.pack import PackedAudio
+from tests.conftest import copy_pipeline, run_cmd, stages_run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,28 +37,14 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
-def _run(args: list[str], cwd: Path) -> str:
-    proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True)
-    assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout + proc.stderr
-
-
-def _ran(output: str) -> set[str]:
-    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
-
-
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("repo")
-    for name in ("dvc.yaml", ".dvcignore", "pyproject.toml"):
-        shutil.copy(REPO / name, root / name)
-    shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__"))
-    (root / ".dvc").mkdir()
-    shutil.copy(REPO / ".dvc" / "config", root / ".dvc" / "config")
+    copy_pipeline(root)
     params = _merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    _run(["git", "init", "-q"], root)
-    _run(["dvc", "repro"], root)
+    run_cmd(["git", "init", "-q"], root)
+    run_cmd(["dvc", "repro"], root)
     return root
 
 
@@ -98,8 +83,8 @@ def test_repro_writes_corpus_manifests_trials_and_pack(repo):
 
 @pytest.mark.slow
 def test_second_repro_does_nothing_and_status_is_clean(repo):
-    assert _ran(_run(["dvc", "repro"], repo)) == set()
-    assert "up to date" in _run(["dvc", "status"], repo)
+    assert stages_run(run_cmd(["dvc", "repro"], repo)) == set()
+    assert "up to date" in run_cmd(["dvc", "status"], repo)
 
 
 @pytest.mark.slow
@@ -113,7 +98,7 @@ def test_repro_trains_every_run_and_writes_the_cltm(repo):
             assert (repo / "metrics" / task / name).is_file()
     assert (repo / "mlflow.db").is_file()
     assert "Table 1" in (repo / "metrics" / "report.md").read_text()
-    shown = _run(["dvc", "metrics", "show"], repo)
+    shown = run_cmd(["dvc", "metrics", "show"], repo)
     assert "metrics/gender/diagnostics.json" in shown and "rfd1" in shown
 
 
@@ -132,7 +117,7 @@ def test_curve_stage_chooses_N_from_nested_base_runs(repo):
         assert set(choice["implied_self_gain"]) == {"es", "de"}
         for name in ("curve.png", "interval_scores.png", "curve.csv"):
             assert (repo / "metrics" / "curves" / task / name).is_file()
-    shown = _run(["dvc", "metrics", "show"], repo)
+    shown = run_cmd(["dvc", "metrics", "show"], repo)
     assert "metrics/curves/gender.json" in shown and "chosen_N" in shown
 
 
@@ -165,7 +150,7 @@ def test_changing_speaker_N_reruns_only_what_depends_on_it(repo):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["tasks"]["speaker"]["N"] = 8
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    ran = _ran(_run(["dvc", "repro"], repo))
+    ran = stages_run(run_cmd(["dvc", "repro"], repo))
     # the curve keeps its runs (their hash leaves N out): only its data and choice are redone
     downstream = {"subsets@speaker", "grid@speaker", "cltm@speaker", "gaps@speaker",
                   "geometry"}

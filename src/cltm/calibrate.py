@@ -130,6 +130,8 @@ def run_variant(config_path: Path, name: str, progress: bool = True) -> Path:
     store = os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{Path.cwd().resolve()}/mlflow.db")
     with _inside(work), _environ("MLFLOW_TRACKING_URI", store):
         for step, args in (("corpus", ["demo-corpus"]), ("pretrain", ["pretrain"])):
+            if step == "pretrain":  # every stage after the corpus reads its TSVs from here
+                _cltm(*flag, "metadata")
             if steps.get(step) == keys[step]:
                 log.info("calibration %s: %s unchanged, kept", name, step)
                 continue

@@ -60,6 +60,15 @@ def _demo_corpus(args: argparse.Namespace, config: Config) -> None:
     log.info("demo corpus written to %s", out)
 
 
+def _metadata(args: argparse.Namespace, config: Config) -> None:
+    from cltm.data import commonvoice
+
+    locales = args.locale or config.data.languages
+    for locale in locales:
+        path = commonvoice.write_metadata(config.corpus_root, locale)
+        log.info("%s: metadata table written to %s", locale, path)
+
+
 def _pretrain(args: argparse.Namespace, config: Config) -> None:
     p = config.pretrain
     out = Path(p.out)
@@ -289,6 +298,11 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo-corpus", help="write the eSpeak NG demo corpus in Common Voice layout")
     d.add_argument("--out", help="output directory (default: demo.out)")
     d.set_defaults(func=_demo_corpus)
+
+    md = sub.add_parser("metadata", help="read a locale's TSVs into data/metadata/<locale>.parquet")
+    md.add_argument("--locale", action="append",
+                    help="a locale to read (repeatable; default: every one of data.languages)")
+    md.set_defaults(func=_metadata)
 
     pt = sub.add_parser("pretrain", help="pretrain the demo's small HuBERT on the corpus")
     pt.set_defaults(func=_pretrain)

@@ -114,7 +114,7 @@ def _select_and_decode(config: Config, out_dir: Path, choose: Callable, what: st
                        progress: bool) -> pd.DataFrame:
     """Select with `choose(table, exclude)`, decode what was chosen, replace what fails."""
     root = config.corpus_root
-    table = commonvoice.read_release(root, config.data.languages)
+    table = commonvoice.read_metadata(config.data.languages)
     writer = PackWriter(out_dir)
     failed: dict[str, str] = {}
     for _ in range(MAX_ROUNDS):

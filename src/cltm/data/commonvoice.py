@@ -2,6 +2,13 @@
 
 Only the TSV metadata is read here; audio is decoded elsewhere. The table has one row per
 (locale, split, clip) and the columns of RELEASE_COLUMNS; cltm.data.subsets selects from it.
+
+A release holds millions of clips, and a DVC dependency on its root would hash every one of
+them (about 1.5 hours for a release of 10 million clips, then minutes for every `dvc status`).
+So the pipeline's `metadata@<locale>` stage reads one locale's TSVs (`write_metadata`) into a
+table under data/metadata/ that the later stages read (`read_metadata`): adding a language
+reads one locale, and changing nothing reads nothing. A release's clips never change (a new
+release is a new root), so the clips a selection picks are decoded from the root, unhashed.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ RELEASE_COLUMNS: tuple[str, ...] = (
     "speaker",
     "gender",
     "sentence",
+    "sentence_id",
     "duration_s",
 )
 DURATIONS_FILE = "clip_durations.tsv"
@@ -165,6 +173,47 @@ def read_locale(root: Path, locale: str) -> pd.DataFrame:
     return _finish(pd.concat(parts, ignore_index=True))
 
 
+#: Where the metadata stage writes one table per locale (relative to the repository).
+METADATA_DIR = Path("data") / "metadata"
+
+
+def metadata_path(directory: Path, locale: str) -> Path:
+    return Path(directory) / f"{locale}.parquet"
+
+
+def write_metadata(root: Path, locale: str, directory: Path = METADATA_DIR) -> Path:
+    """Read one locale of the release at `root` and write its table (RELEASE_COLUMNS) to
+    `directory`/<locale>.parquet (written aside, then renamed: never half-written)."""
+    table = read_locale(root, locale)
+    path = metadata_path(directory, locale)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    table.to_parquet(tmp, index=False)
+    tmp.replace(path)
+    return path
+
+
+def read_metadata(locales: Sequence[str], directory: Path = METADATA_DIR) -> pd.DataFrame:
+    """The release table of `locales` from the metadata stage's tables (as read_release)."""
+    unique = list(dict.fromkeys(locales))
+    if not unique:
+        raise CltmError("No languages requested: list at least one Common Voice locale.")
+    missing = [loc for loc in unique if not metadata_path(directory, loc).is_file()]
+    if missing:
+        first = missing[0]
+        raise CltmError(
+            f"no metadata table for {', '.join(missing)} in {directory}: the metadata stage "
+            f"reads each locale's TSVs first. Run `dvc repro` (or `cltm metadata --locale "
+            f"{first}` for each locale)")
+    parts = [pd.read_parquet(metadata_path(directory, loc)) for loc in unique]
+    table = pd.concat(parts, ignore_index=True)
+    lacking = [c for c in RELEASE_COLUMNS if c not in table.columns]
+    if lacking:
+        raise CltmError(f"the metadata tables in {directory} lack {', '.join(lacking)} (written "
+                        "by an older cltm): run `dvc repro` to rewrite them")
+    return _finish(table)
+
+
 def _check_root(root: Path) -> None:
     if not root.is_dir():
         raise CltmError(f"Common Voice root not found (or not a folder): {root}. {_layout_hint()}")
@@ -233,6 +282,7 @@ def _release_rows(
             "speaker": raw["client_id"].astype(object),
             "gender": normalise_gender(raw["gender"]),
             "sentence": raw["sentence"].astype(object),
+            "sentence_id": raw["sentence_id"].astype(object),
             "duration_s": duration,
         },
         index=raw.index,
@@ -252,4 +302,6 @@ def _gender_report(split: str, raw_gender: pd.Series) -> str:
 
 def _finish(table: pd.DataFrame) -> pd.DataFrame:
     table = table.loc[:, list(RELEASE_COLUMNS)].reset_index(drop=True)
-    return table.astype({"duration_s": float})
+    # One dtype per column whichever way the table came (TSVs, or Parquet's string dtype).
+    text = dict.fromkeys((c for c in RELEASE_COLUMNS if c != "duration_s"), object)
+    return table.astype({**text, "duration_s": float})

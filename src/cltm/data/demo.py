@@ -823,9 +823,9 @@ def _clip_number_base(locale: str) -> int:
     return 10_000_000 * (1 + sorted(SUPPORTED).index(locale))
 
 
-def _speaker_task(task: _SpeakerTask) -> list[tuple[str, int, int, str, str, int]]:
+def _speaker_task(task: _SpeakerTask) -> list[tuple[str, int, int, str, str, int, str]]:
     """Render and write one speaker's clips; return (locale, speaker, clip, file name,
-    sentence, duration ms) per clip."""
+    sentence, duration ms, audio digest) per clip."""
     import soundfile as sf
 
     spec = task.spec
@@ -847,9 +847,9 @@ def _speaker_task(task: _SpeakerTask) -> list[tuple[str, int, int, str, str, int
         sf.write(Path(task.root) / task.locale / "clips" / name, audio, CV_RATE, format="MP3")
         # libsndfile's MP3 round trip is sample-exact (the LAME header carries the encoder
         # delay and padding), so the duration is that of the array written.
-        rows.append(
-            (task.locale, task.speaker, clip, name, text, round(1000 * len(audio) / CV_RATE))
-        )
+        digest = hashlib.sha256(audio.tobytes()).hexdigest()
+        rows.append((task.locale, task.speaker, clip, name, text,
+                     round(1000 * len(audio) / CV_RATE), digest))
     return rows
 
 
@@ -934,7 +934,7 @@ def write_demo_corpus(out: Path, spec: DemoSpec, workers: int = 2, progress: boo
                 tasks.append(
                     _SpeakerTask(str(tmp), locale, i, base + i * spec.clips_per_speaker, spec)
                 )
-        results: list[tuple[str, int, int, str, str, int]] = []
+        results: list[tuple[str, int, int, str, str, int, str]] = []
         n_clips = len(tasks) * spec.clips_per_speaker
         with tqdm(total=n_clips, unit="clip", desc="demo corpus", disable=not progress) as bar:
             if workers <= 1:
@@ -977,9 +977,13 @@ def _write_tables(root: Path, spec: DemoSpec, results: list[tuple]) -> None:
         ]
         table: dict[str, list[list[object]]] = {"train": [], "dev": [], "test": []}
         validated = []
-        for _, i, _, name, sentence, _ in rows:
+        for _, i, _, name, sentence, _, audio_digest in rows:
             speaker = speakers[i]
-            sentence_id = hashlib.sha256(f"{locale}\t{sentence}".encode()).hexdigest()
+            # A digest of the sentence and of the clip's audio: a corpus whose audio changed
+            # (a planting, a filter) has other TSVs, so the metadata stage, which reads the TSVs
+            # and not the clips, passes the change on to every stage after it.
+            sentence_id = hashlib.sha256(f"{locale}\t{sentence}\t{audio_digest}".encode()
+                                         ).hexdigest()
             record = [
                 client_id(spec.seed, locale, i), name, sentence_id, sentence, "", 2, 0,
                 speaker.age, speaker.gender, "", "", locale, "",

@@ -112,7 +112,7 @@ def cluster_targets(waves: list[np.ndarray], k: int, seed: int) -> list[np.ndarr
 def pretraining_clips(root: Path, languages: list[str], workers: int,
                       progress: bool) -> list[np.ndarray]:
     """Decoded training-split clips of every language (float32, 16 kHz)."""
-    table = commonvoice.read_release(root, languages)
+    table = commonvoice.read_metadata(languages)
     train = table[table["split"] == "train"]
     paths = [commonvoice.clip_path(root, lang, clip)
              for lang, clip in zip(train["language"], train["clip"])]
