@@ -40,9 +40,9 @@ import numpy as np
 from cltm.analysis.cltm import read_run_store
 from cltm.analysis.languages import family_map
 from cltm.analysis.stats import (
-    _family_codes,
     diagnostic_draws,
     difference_of_draws,
+    family_codes,
     percentile_interval,
     point_estimate,
     replicate_diagnostics,
@@ -58,7 +58,7 @@ def simulate(cells, families, k: int, experiments: int, bootstrap: int,
     """`experiments` simulated k-seed experiments: each one's point value, interval and
     bootstrap draws per key (the cltm stage's paired replicates, stats.diagnostic_draws)."""
     observed = cells.values.shape[1]
-    codes = _family_codes(cells.languages, families)
+    codes = family_codes(cells.languages, families)
     out = []
     for _ in range(experiments):
         pick = rng.integers(0, observed, k)

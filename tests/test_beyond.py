@@ -228,10 +228,10 @@ def test_a_task_can_have_its_own_lr_and_epochs():
 
 
 def test_a_task_can_have_its_own_seeds(tmp_path, monkeypatch):
-    from cltm.train.stage import plan, task_seeds
+    from cltm.train.stage import plan
 
     c = _config(**{"tasks.gender.seeds": [0, 1, 2, 3], "train.seeds": [0, 1]})
-    assert task_seeds(c, "gender") == [0, 1, 2, 3] and task_seeds(c, "speaker") == [0, 1]
+    assert c.seeds_of("gender") == [0, 1, 2, 3] and c.seeds_of("speaker") == [0, 1]
     monkeypatch.chdir(tmp_path)  # no subsets here: plan counts the grid from the params
     n = len(c.data.languages)
     runs = {row["task"]: row["runs"] for row in plan(c)}

@@ -201,7 +201,7 @@ def test_replicate_diagnostics_equal_diagnostics():
     np.testing.assert_allclose(rep.se[0], result.se.to_numpy(), equal_nan=True)
     for families in (FAMILIES, {"l0": "A"}):  # the second leaves intra_family_pos null
         d = diagnostics(result.matrix, result.se, families, self_gain=result.self_gain)
-        got = st.replicate_diagnostics(rep, st._family_codes(cells.languages, families))
+        got = st.replicate_diagnostics(rep, st.family_codes(cells.languages, families))
         for key in st.NUMERIC_KEYS:
             assert _same(d[key], got[key][0]), key
 
@@ -227,7 +227,7 @@ def test_bootstrap_covers_a_ones_matrix():
         runs = make_runs(rng, LANGS, gains)
         cells = st.seed_cells(runs)
         point = st.replicate_diagnostics(st.point_estimate(cells),
-                                         st._family_codes(LANGS, FAMILIES))
+                                         st.family_codes(LANGS, FAMILIES))
         point = {k: float(v[0]) for k, v in point.items()}
         boot = np.random.default_rng(int(rng.integers(2**32)))
         for level in hits:  # the same resamples for both levels
@@ -621,7 +621,7 @@ def test_noise_floor_covers_a_ones_matrix_and_not_a_structured_one():
     for _ in range(reps):
         cells = st.seed_cells(make_runs(rng, LANGS, gains, sd=0.03))
         observed = float(st.replicate_diagnostics(st.point_estimate(cells),
-                                                  st._family_codes(LANGS, None))["rfd1"][0])
+                                                  st.family_codes(LANGS, None))["rfd1"][0])
         floor = st.noise_floor(cells, None, replicates=200, level=0.95,
                                rng=np.random.default_rng(int(rng.integers(2**32))))
         inside += floor["rfd1"]["low"] <= observed <= floor["rfd1"]["high"]
@@ -630,7 +630,7 @@ def test_noise_floor_covers_a_ones_matrix_and_not_a_structured_one():
         np.add.outer(range(6), range(6)) % 2 == 0, 1.0, 0.2)
     cells = st.seed_cells(make_runs(rng, LANGS, gains, structured, sd=0.03))
     observed = float(st.replicate_diagnostics(st.point_estimate(cells),
-                                              st._family_codes(LANGS, None))["rfd1"][0])
+                                              st.family_codes(LANGS, None))["rfd1"][0])
     floor = st.noise_floor(cells, None, replicates=200, level=0.95,
                            rng=np.random.default_rng(0))
     assert observed > 2 * floor["rfd1"]["high"]

@@ -62,11 +62,11 @@ from cltm.analysis.stats import (
     NUMERIC_KEYS,
     PAIRED_DESIGN,
     SeedCells,
-    _family_codes,
     benjamini_hochberg,
     bootstrap_replicates,
     contrast_stream,
     difference_of_draws,
+    family_codes,
     pairing,
     percentile_interval,
     replicate_diagnostics,
@@ -143,7 +143,7 @@ def _draws(cells: SeedCells, families: Mapping[str, str] | None, replicates: int
            rng: np.random.Generator, paired: bool) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """stats.diagnostic_draws' draws (same generator use, so the same values) and, for the cell
     test, the replicates' CLTMs (R, n, n; NaN rows where undefined)."""
-    codes = _family_codes(cells.languages, families)
+    codes = family_codes(cells.languages, families)
     n = len(cells.languages)
     parts: dict[str, list[np.ndarray]] = {k: [] for k in NUMERIC_KEYS}
     matrices = [np.empty((0, n, n))]

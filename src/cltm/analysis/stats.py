@@ -304,7 +304,7 @@ def _group_diagnostics(c: np.ndarray, se: np.ndarray, gain: np.ndarray,
     return out
 
 
-def _family_codes(languages: Sequence[str], families: Mapping[str, str] | None) -> np.ndarray:
+def family_codes(languages: Sequence[str], families: Mapping[str, str] | None) -> np.ndarray:
     """Integer family code per language, -1 where no family is known."""
     labels = [(families or {}).get(t) or None for t in languages]
     names = sorted({x for x in labels if x is not None})
@@ -349,7 +349,7 @@ def diagnostic_intervals(
     """
     if not 0 < level < 1:
         raise CltmError(f"ci_level must lie strictly between 0 and 1, not {level}")
-    codes = _family_codes(cells.languages, families)
+    codes = family_codes(cells.languages, families)
     nulls = {k: {"low": None, "high": None} for k in NUMERIC_KEYS}
     if replicates <= 0:
         return nulls, {"replicates": 0}
@@ -409,7 +409,7 @@ def noise_floor(cells: SeedCells, families: Mapping[str, str] | None, *, replica
     """
     if replicates <= 0:
         return {k: {"mean": None, "low": None, "high": None} for k in NOISE_KEYS}
-    codes = _family_codes(cells.languages, families)
+    codes = family_codes(cells.languages, families)
     draws: dict[str, list[np.ndarray]] = {k: [] for k in NOISE_KEYS}
     for rep in bootstrap_replicates(null_cells(cells), replicates, rng, paired):
         diag = replicate_diagnostics(rep, codes)
@@ -448,7 +448,7 @@ def diagnostic_draws(cells: SeedCells, families: Mapping[str, str] | None, *,
                      paired: bool = False) -> dict[str, np.ndarray]:
     """Each diagnostic in `keys` over `replicates` bootstrap replicates (bootstrap_replicates,
     replicate_diagnostics): one value per replicate, in draw order, NaN where undefined."""
-    codes = _family_codes(cells.languages, families)
+    codes = family_codes(cells.languages, families)
     parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
     if replicates > 0:
         for rep in bootstrap_replicates(cells, replicates, rng, paired):
@@ -517,7 +517,7 @@ def difference_intervals(
     points, draws = [], []
     for cells in (cells_a, cells_b):
         est = replicate_diagnostics(point_estimate(cells),
-                                    _family_codes(cells.languages, families))
+                                    family_codes(cells.languages, families))
         points.append({k: float(est[k][0]) for k in keys})
         draws.append(diagnostic_draws(cells, families, keys=keys, replicates=replicates,
                                       rng=rng, paired=pairing(cells, pair_seeds)))
@@ -683,7 +683,7 @@ def family_structure(
     out: dict[str, object] = dict.fromkeys(FAMILY_KEYS)
     out.update(family_level=family_level, permutations=int(permutations))
     sub = _defined_square(matrix)
-    codes = _family_codes(list(sub.index), families)
+    codes = family_codes(list(sub.index), families)
     if codes.size == 0 or (codes < 0).any():
         return out
     n_fam = int(np.unique(codes).size)

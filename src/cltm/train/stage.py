@@ -99,11 +99,6 @@ def train_params(config: Config, task: str | None = None) -> TrainParams:
                        encoder=pick("encoder"))
 
 
-def task_seeds(config: Config, task: str) -> list[int]:
-    """The seeds of `task`'s grid: `tasks.<task>.seeds` where set, else `train.seeds`."""
-    return config.seeds_of(task)
-
-
 def settings_of(config: Config, task: str, curve: bool = False) -> dict[str, Any]:
     """Everything besides the data that determines a run's result (hashed into every run).
 
@@ -136,7 +131,7 @@ def worker_settings(config: Config, task: str, data_dir: Path | None = None,
         name_or_path=m.name_or_path, random_init=m.random_init, init_seed=m.init_seed,
         train=train_params(config, task), device=t.device, threads=t.threads,
         checkpoints=checkpoints or t.checkpoints,
-        checkpoints_dir=str(models_dir(task).resolve()), first_seed=task_seeds(config, task)[0],
+        checkpoints_dir=str(models_dir(task).resolve()), first_seed=config.seeds_of(task)[0],
         probe_clips=config.analysis.probe_clips, probe_seed=config.data.selection_seed,
     )
 
@@ -155,7 +150,7 @@ def pending(config: Config, task: str, settings: dict[str, Any] | None = None
         settings = settings_of(config, task)
     fingerprint = Fingerprints(subsets_dir(task), settings)
     languages = sorted(fingerprint.manifest["language"].unique())
-    specs = grid_specs(task, languages, task_seeds(config, task))
+    specs = grid_specs(task, languages, config.seeds_of(task))
     return _split(specs, fingerprint, RunStore(runs_dir(task)))
 
 
@@ -271,7 +266,7 @@ def plan(config: Config) -> list[dict[str, Any]]:
             jobs, done, total = pending(config, task)
         except CltmError:
             n = len(config.data.languages)
-            rows.append({"task": task, "runs": (n * n + n) * len(task_seeds(config, task)),
+            rows.append({"task": task, "runs": (n * n + n) * len(config.seeds_of(task)),
                          "done": 0, "left": None, "s_per_run": None, "eta_h": None,
                          "note": "subsets not built yet"})
             continue
