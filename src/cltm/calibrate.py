@@ -128,16 +128,19 @@ def run_variant(config_path: Path, name: str, progress: bool = True) -> Path:
     started = time.monotonic()
     # One MLflow store for the whole repository, not one per variant.
     store = os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{Path.cwd().resolve()}/mlflow.db")
+
+    def kept_or_run(step: str, command: str) -> None:
+        if steps.get(step) == keys[step]:
+            log.info("calibration %s: %s unchanged, kept", name, step)
+            return
+        _cltm(*flag, command)
+        steps[step] = keys[step]
+        steps_file.write_text(json.dumps(steps, indent=2) + "\n")
+
     with _inside(work), _environ("MLFLOW_TRACKING_URI", store):
-        for step, args in (("corpus", ["demo-corpus"]), ("pretrain", ["pretrain"])):
-            if step == "pretrain":  # every stage after the corpus reads its TSVs from here
-                _cltm(*flag, "metadata")
-            if steps.get(step) == keys[step]:
-                log.info("calibration %s: %s unchanged, kept", name, step)
-                continue
-            _cltm(*flag, *args)
-            steps[step] = keys[step]
-            steps_file.write_text(json.dumps(steps, indent=2) + "\n")
+        kept_or_run("corpus", "demo-corpus")
+        _cltm(*flag, "metadata")  # the TSVs, read by every stage after the corpus (seconds)
+        kept_or_run("pretrain", "pretrain")
         for task in TASKS:
             if config.curve.enabled:
                 _cltm(*flag, "curve", "--task", task)

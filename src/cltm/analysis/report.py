@@ -650,7 +650,8 @@ def _calibration_section(calibration: Path | None, report: Path) -> list[str]:
     return ["## The latest calibration", "",
             f"From [{calibration.name}]({_link(calibration, report)}) as `dvc repro "
             "calibration/dvc.yaml` last wrote it (not rerun by `dvc repro`: it runs the "
-            "pipeline on four corpora); the full table with the gender − speaker differences is in "
+            "pipeline on every calibration corpus); the full table with the gender − speaker "
+            "differences is in "
             f"[report.md]({_link(calibration.parent / 'report.md', report)}).", "",
             *table(variants), "", *check_lines(result.get("checks", {})), ""]
 

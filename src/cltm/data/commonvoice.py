@@ -141,13 +141,19 @@ def check_clips_exist(root: Path, table: pd.DataFrame) -> None:
     )
 
 
+def _requested(locales: Sequence[str]) -> list[str]:
+    """The locales in order, each once; an error when there are none."""
+    unique = list(dict.fromkeys(locales))
+    if not unique:
+        raise CltmError("No languages requested: list at least one Common Voice locale.")
+    return unique
+
+
 def read_release(root: Path, locales: Sequence[str]) -> pd.DataFrame:
     """One long table (RELEASE_COLUMNS) for the given locales of the release at `root`."""
     root = Path(root)
     _check_root(root)
-    unique = list(dict.fromkeys(locales))
-    if not unique:
-        raise CltmError("No languages requested: list at least one Common Voice locale.")
+    unique = _requested(locales)
     parts = [read_locale(root, locale) for locale in unique]
     return _finish(pd.concat(parts, ignore_index=True))
 
@@ -195,9 +201,7 @@ def write_metadata(root: Path, locale: str, directory: Path = METADATA_DIR) -> P
 
 def read_metadata(locales: Sequence[str], directory: Path = METADATA_DIR) -> pd.DataFrame:
     """The release table of `locales` from the metadata stage's tables (as read_release)."""
-    unique = list(dict.fromkeys(locales))
-    if not unique:
-        raise CltmError("No languages requested: list at least one Common Voice locale.")
+    unique = _requested(locales)
     missing = [loc for loc in unique if not metadata_path(directory, loc).is_file()]
     if missing:
         first = missing[0]
