@@ -224,19 +224,37 @@ def test_family_trait_strength_zero_is_an_exact_no_op() -> None:
     assert demo.apply_family_trait(x, trait, 0.0, np.random.default_rng(1)) is x
 
 
-def test_null_corpus_speaks_every_language_with_one_voice(tmp_path: Path) -> None:
-    spec = DemoSpec(("es", "ru"), speakers_per_language=2, clips_per_speaker=1,
+def test_null_corpus_gives_every_locale_the_same_mixture_of_voices(tmp_path: Path) -> None:
+    # The demo's shape: each locale's train speakers of a gender speak each language once.
+    langs = ("es", "it", "de", "nl", "ru", "pl", "fi", "et")
+    big = DemoSpec(langs, speakers_per_language=28, dev_speakers=2, test_speakers=10, null=True)
+    genders = [demo.MALE if i % 2 == 0 else demo.FEMALE for i in range(28)]
+    train = [i for i, s in enumerate(demo.assign_splits(genders, 2, 10)) if s == "train"]
+    orders = set()
+    for lang in langs:
+        for g in (demo.MALE, demo.FEMALE):
+            voices = [demo.voice_locale(big, lang, i) for i in train if genders[i] == g]
+            assert sorted(voices) == sorted(langs), (lang, g, voices)
+            orders.add(tuple(voices))
+    assert len(orders) > 8  # each locale (and gender) deals them in its own order
+    planted = dataclasses.replace(big, null=False)
+    assert [demo.voice_locale(planted, "ru", i) for i in range(6)] == ["ru"] * 6
+
+    spec = DemoSpec(("es", "ru"), speakers_per_language=4, clips_per_speaker=1,
                     dev_speakers=0, test_speakers=0, null=True)  # fmt: skip
+    drawn = {lang: [demo.voice_locale(spec, lang, i) for i in range(4)] for lang in spec.languages}
     write_demo_corpus(tmp_path / "null", spec, workers=1, progress=False)
     assert (tmp_path / "null" / "families.csv").read_text().splitlines()[1:] == [
         "es,Romance",
         "ru,Slavic",
     ]
     for lang in spec.languages:
-        for row in read_tsv(tmp_path / "null" / lang / "validated.tsv"):
-            assert row["locale"] == lang
-            # The null voice's script (Esperanto), not Cyrillic, whatever the label.
-            assert not any("\u0400" <= c <= "\u04ff" for c in row["sentence"]), row["sentence"]
+        rows = read_tsv(tmp_path / "null" / lang / "validated.tsv")
+        assert [r["locale"] for r in rows] == [lang] * 4
+        # Each clip in its speaker's language's script (Cyrillic for Russian), not the label's.
+        cyrillic = [any("\u0400" <= c <= "\u04ff" for c in r["sentence"]) for r in rows]
+        assert cyrillic == [v == "ru" for v in drawn[lang]], (lang, drawn[lang])
+        assert sum(cyrillic) == 2
 
 
 def test_check_languages_names_the_unsupported_and_lists_the_supported() -> None:
@@ -264,7 +282,7 @@ def test_tables_cover_every_supported_locale_and_every_voice_exists() -> None:
     variants = espeak.variants()
     assert all(variants[v] == "male" for v in demo.MALE_VARIANTS)
     assert all(variants[v] == "female" for v in demo.FEMALE_VARIANTS)
-    for voice in sorted(set(SUPPORTED.values()) | {demo.NULL_VOICE}):
+    for voice in sorted(set(SUPPORTED.values())):
         assert espeak.voice_exists(voice), voice
 
 

@@ -232,8 +232,8 @@ class CalibrationVariant:
     seed: int | None = None  # the corpus's seed; null: demo.seed
     # A held-out corpus is never used to choose a param; the report keeps it apart.
     held_out: bool = False
-    # Every language spoken by one voice set, nothing planted (demo.null_control): languages
-    # that differ only in their labels, where every true cell is 1.
+    # Every language's speakers dealt the same mix of voices, nothing planted
+    # (demo.null_control): languages that differ only in their labels, every true cell 1.
     exchangeable: bool = False
 
 

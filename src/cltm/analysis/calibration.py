@@ -166,8 +166,11 @@ def table(variants: Sequence[Mapping[str, Any]]) -> list[str]:
             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     rows = []
     for v in variants:
-        name = v["variant"] + (" (held out)" if v["held_out"] else "") + (
-            " (exchangeable)" if v.get("exchangeable") else "")
+        # A variant's role beside its name, unless the name already says it.
+        roles = [r for r, on in (("held out", v["held_out"]),
+                                 ("exchangeable", v.get("exchangeable"))) if on]  # fmt: skip
+        tags = [r for r in roles if r.replace(" ", "") != v["variant"]]
+        name = v["variant"] + "".join(f" ({r})" for r in tags)
         for t in TASKS:
             s = v[t]
             rows.append(
@@ -229,8 +232,9 @@ def summarize(out: Path, variants: Sequence[Mapping[str, Any]], default_strength
     lines = ["# Calibration: does the CLTM find what the corpus planted, and only that?", "",
              "Each corpus is the eSpeak NG demo corpus with a planted family structure of the "
              "given strength (0: none); the held-out corpus (other languages, another seed) "
-             "was never used to choose a param; in the exchangeable corpus every language is "
-             "spoken by one voice set and nothing is planted, so its languages differ only in "
+             "was never used to choose a param; in the exchangeable corpus every language's "
+             "speakers are dealt the same mix of the corpus's voices and nothing is planted, "
+             "so its languages differ only in "
              "their labels and every true cell is 1 (the null of the per-cell tests: at "
              "strength 0 the demo's languages still differ in their phonetics, and the cells "
              "that differ from 1 there can be real). Degenerate runs: gender runs that predict "

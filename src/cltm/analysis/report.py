@@ -326,8 +326,8 @@ def _null_control(task_dir: Path, info: dict) -> list[str]:
     tested, differ = cells.get("tested_vs1"), cells.get("differs_from_1")
     rfd1 = ci.get("rfd1") or {}
     floor = (info.get("noise_floor") or {}).get("rfd1") or {}
-    out = ["**Null control** (demo.null_control: every language spoken by the same voices with "
-           "no family trait; only the labels differ, so the true CLTM is all ones):", ""]
+    out = ["**Null control** (demo.null_control: every language's speakers dealt the same mix of "
+           "voices, no family trait; only the labels differ, so the true CLTM is all ones):", ""]
     if None in (tested, differ, fdr):
         return [*out, "- cell tests missing", ""]
     cells_ok = differ <= fdr * tested
