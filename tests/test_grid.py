@@ -24,6 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 def make_project(root: Path, seeds=(0, 1)) -> Path:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["train"].update({"seeds": list(seeds), "threads": 1, "device": "cpu"})
+    for task in params["tasks"].values():
+        task["seeds"] = None  # every task on train.seeds
     params["model"]["random_init"] = TINY_HUBERT
     params["pretrain"]["enabled"] = False
     # Fine-tuning runs: slow enough (about 0.1 s each) for a kill to land mid-grid.

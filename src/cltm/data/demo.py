@@ -648,11 +648,10 @@ def speaker_warp(spec: DemoSpec, locale: str, index: int) -> float:
 def voice_locale(spec: DemoSpec, locale: str, index: int) -> str:
     """The locale whose eSpeak voice and script speaker ``index`` of ``locale`` speaks: its own,
     or under ``null`` one of ``spec.languages``, dealt so that every locale's speakers of one
-    split and gender cycle through the same languages (each locale's own random order). The
-    per-cell tests compare another locale's training pool with the target's own; pools drawn
-    freely from the mixture differ in their make-up, which is a real difference (the first
-    mixture: 4 and 8 of 56 cells differed from 1). Not one voice set: under eSpeak's
-    Esperanto alone the frozen demo encoder left gender near chance (docs/findings.md)."""
+    split and gender cycle through the same languages (each locale's own random order): every
+    locale's pool then holds the same make-up of voices, which a free draw would leave to
+    chance. Not one voice set: under eSpeak's Esperanto alone the frozen demo encoder left
+    gender near chance. The pools still differ in their speakers (docs/findings.md)."""
     if not spec.null:
         return locale
     genders = [MALE if i % 2 == 0 else FEMALE for i in range(spec.speakers_per_language)]
