@@ -228,8 +228,8 @@ def test_null_corpus_gives_every_locale_the_same_mixture_of_voices(tmp_path: Pat
     # The demo's shape: each locale's train speakers of a gender speak each language once.
     langs = ("es", "it", "de", "nl", "ru", "pl", "fi", "et")
     big = DemoSpec(langs, speakers_per_language=28, dev_speakers=2, test_speakers=10, null=True)
-    genders = [demo.MALE if i % 2 == 0 else demo.FEMALE for i in range(28)]
-    train = [i for i, s in enumerate(demo.assign_splits(genders, 2, 10)) if s == "train"]
+    genders, splits = demo.speaker_roles(big)
+    train = [i for i, s in enumerate(splits) if s == "train"]
     orders = set()
     for lang in langs:
         for g in (demo.MALE, demo.FEMALE):

@@ -654,8 +654,7 @@ def voice_locale(spec: DemoSpec, locale: str, index: int) -> str:
     gender near chance. The pools still differ in their speakers (docs/findings.md)."""
     if not spec.null:
         return locale
-    genders = [MALE if i % 2 == 0 else FEMALE for i in range(spec.speakers_per_language)]
-    splits = assign_splits(genders, spec.dev_speakers, spec.test_speakers)
+    genders, splits = speaker_roles(spec)
     group = [i for i, (g, s) in enumerate(zip(genders, splits, strict=True))
              if g == genders[index] and s == splits[index]]  # fmt: skip
     rng = np.random.default_rng(
@@ -806,6 +805,12 @@ def _check_spec(spec: DemoSpec) -> None:
         raise CltmError("speaker_warp_semitones must lie in [0, 6] (a spread of half an octave)")
     if not spec.clip_seconds >= 1.0:
         raise CltmError("clip_seconds must be at least 1.0")
+
+
+def speaker_roles(spec: DemoSpec) -> tuple[list[str], list[str]]:
+    """Every locale's speakers' genders (even indices male, as make_speaker has it) and splits."""
+    genders = [MALE if i % 2 == 0 else FEMALE for i in range(spec.speakers_per_language)]
+    return genders, assign_splits(genders, spec.dev_speakers, spec.test_speakers)
 
 
 def assign_splits(genders: Sequence[str], dev: int, test: int) -> list[str]:
@@ -986,9 +991,8 @@ def _write_tables(root: Path, spec: DemoSpec, results: list[tuple]) -> None:
     by_locale: dict[str, list[tuple]] = {lang: [] for lang in spec.languages}
     for row in sorted(results, key=lambda r: (spec.languages.index(r[0]), r[1], r[2])):
         by_locale[row[0]].append(row)
+    _, splits = speaker_roles(spec)  # the same in every locale
     for locale, rows in by_locale.items():
-        genders = [MALE if i % 2 == 0 else FEMALE for i in range(spec.speakers_per_language)]
-        splits = assign_splits(genders, spec.dev_speakers, spec.test_speakers)
         speakers = [
             make_speaker(spec.seed, locale, i, SUPPORTED[voice_locale(spec, locale, i)])
             for i in range(spec.speakers_per_language)
