@@ -95,6 +95,13 @@ def test_bad_values_name_the_key(raw, key, value, message):
         config_from_dict(_set(raw, key, value))
 
 
+def test_shared_pool_needs_a_draw_per_seed(raw):
+    raw = _set(_set(raw, "data.selection", "fixed"), "data.selection_pool", "shared")
+    with pytest.raises(CltmError, match=r"selection_pool: shared .* set data\.selection: per_seed"):
+        config_from_dict(raw)
+    config_from_dict(_set(raw, "data.selection", "per_seed"))  # per_seed: accepted
+
+
 def test_missing_release_root_says_where_to_get_it(raw, tmp_path):
     raw = _set(raw, "data.source", "commonvoice")
     raw = _set(raw, "data.commonvoice.root", str(tmp_path / "nope"))

@@ -516,3 +516,40 @@ def test_per_seed_draws_each_satisfy_the_design_and_share_the_evaluation(
     pd.testing.assert_frame_equal(
         alone[alone["draw"] == 1].reset_index(drop=True),
         drawn[drawn["draw"] == 1].reset_index(drop=True))
+
+
+# --------------------------------------------------------------------------- one shared pool
+
+
+@pytest.mark.parametrize("select", [select_gender, select_speaker])
+def test_shared_pool_deals_every_language_from_one_pool(table: pd.DataFrame, select) -> None:
+    per_language = select(table, LANGS, 4, 2, seed=0, draws=[0, 1])
+    shared = select(table, LANGS, 4, 2, seed=0, draws=[0, 1], shared_pool=True)
+    assert list(shared.columns) == [*MANIFEST_COLUMNS, "draw", "locale"]
+    # evaluation stays each language's own test split
+    ev = shared[shared["role"] == "eval"]
+    assert (ev["locale"] == ev["language"]).all()
+    pd.testing.assert_frame_equal(
+        ev.drop(columns="locale").reset_index(drop=True),
+        per_language[per_language["role"] == "eval"].reset_index(drop=True))
+    pool = table[table["split"] == "validated"].set_index("clip")["language"].to_dict()
+    served_elsewhere = 0
+    for draw in (0, 1):
+        train = shared[(shared["draw"] == draw) & (shared["role"] != "eval")]
+        # a clip lies where the release has it, whichever language it serves
+        assert (train["clip"].map(pool) == train["locale"]).all()
+        # the 2 subsets of 3 languages: 6 blocks with no speaker in common
+        blocks = train.groupby(["language", "role"])["speaker"].apply(frozenset)
+        assert len(blocks) == 2 * len(LANGS)
+        assert sum(len(b) for b in blocks) == len(frozenset().union(*blocks))
+        # the same sizes and balance as a language's own selection
+        sizes = train.groupby(["language", "role", "gender"]).size()
+        own = per_language[(per_language["draw"] == draw) & (per_language["role"] != "eval")]
+        pd.testing.assert_series_equal(sizes, own.groupby(["language", "role", "gender"]).size())
+        assert not set(train["speaker"]) & set(ev["speaker"])
+        served_elsewhere += int((train["locale"] != train["language"]).sum())
+    # dealt from the union, a subset mostly holds other languages' speakers (2 of 3 expected)
+    assert served_elsewhere > len(shared[shared["role"] != "eval"]) / 3
+    pd.testing.assert_frame_equal(
+        shared, select(table, LANGS, 4, 2, seed=0, draws=[0, 1], shared_pool=True))
+

@@ -59,7 +59,10 @@ def variant_params(raw: dict[str, Any], config: Config, name: str) -> dict[str, 
     if v.seed is not None:
         p["demo"]["seed"] = v.seed
     if v.exchangeable:
+        # One voice mix for every language, and D'_i and D_j dealt from one pool of speakers:
+        # a language's finite set of speakers is then no property of it either.
         p["demo"]["null_control"] = True
+        p["data"]["selection_pool"] = "shared"
     if config.calibration.seeds is not None:
         for task in TASKS:
             p["tasks"][task]["seeds"] = list(config.calibration.seeds)

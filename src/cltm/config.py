@@ -45,6 +45,11 @@ class DataConfig:
     # test and interval, covers which clips a subset happened to get, not only the training
     # noise. Evaluation clips and trials are drawn once either way.
     selection: Literal["fixed", "per_seed"] = "fixed"
+    # Where each language's D and D' come from. `per_language`: its own speakers (the paper's).
+    # `shared`: dealt from every language's speakers at once, so that D'_i and D_j are drawn
+    # alike by construction and, on the null-control corpus, every true cell is 1 given the
+    # corpus (the calibration's exchangeable variant). Needs selection: per_seed.
+    selection_pool: Literal["per_language", "shared"] = "per_language"
     selection_seed: int = 0
     trials_seed: int = 0
     # Processes for decoding and generation.
@@ -417,6 +422,9 @@ def _check_values(c: Config, source: str) -> None:
     dupes = sorted({x for x in langs if langs.count(x) > 1})
     if dupes:
         fail(f"data.languages lists {', '.join(dupes)} more than once")
+    if c.data.selection_pool == "shared" and c.data.selection != "per_seed":
+        fail("data.selection_pool: shared deals D and D' anew for every seed, so that D'_i and "
+             "D_j differ only by the draw: set data.selection: per_seed")
     problem = _seeds_problem(c.train.seeds)
     if problem:
         fail(f"train.seeds {problem}")

@@ -41,6 +41,7 @@ def select(config: Config, task: str, table: pd.DataFrame, exclude: frozenset[st
     d = config.data
     common = dict(
         seed=d.selection_seed,
+        shared_pool=d.selection_pool == "shared",
         pool=d.commonvoice.pool,
         exclude=exclude,
         drop_short=d.drop_short_languages,
@@ -122,9 +123,11 @@ def _select_and_decode(config: Config, out_dir: Path, choose: Callable, what: st
         todo = manifest[~manifest["clip"].isin(writer.slots.keys())].drop_duplicates("clip")
         if todo.empty:
             break
+        # A shared pool's training rows serve a language other than the one they lie in.
+        where = todo.assign(language=todo["locale"]) if "locale" in todo.columns else todo
         paths = [commonvoice.clip_path(root, lang, clip)
-                 for lang, clip in zip(todo["language"], todo["clip"])]
-        commonvoice.check_clips_exist(root, todo)
+                 for lang, clip in zip(where["language"], where["clip"])]
+        commonvoice.check_clips_exist(root, where)
         for i, samples, err in decode_many(paths, config.data.workers, progress,
                                            desc=f"decoding {what} clips"):
             clip = todo["clip"].iloc[i]
@@ -137,8 +140,10 @@ def _select_and_decode(config: Config, out_dir: Path, choose: Callable, what: st
     else:
         raise CltmError(f"{len(failed)} clips failed to decode and replacements kept failing "
                         f"after {MAX_ROUNDS} rounds; first failures: {list(failed)[:5]}")
-    # A clip may serve several draws (data.selection: per_seed), never two languages.
-    if manifest.drop_duplicates(["language", "clip"])["clip"].duplicated().any():
+    # A clip may serve several draws (data.selection: per_seed), and with a shared pool
+    # several languages, but it lies in one.
+    lies_in = "locale" if "locale" in manifest.columns else "language"
+    if manifest.drop_duplicates([lies_in, "clip"])["clip"].duplicated().any():
         raise CltmError("clip names repeat across languages; the pack needs unique clip names")
 
     slots = writer.finish(keep=list(dict.fromkeys(manifest["clip"])))

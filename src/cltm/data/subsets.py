@@ -15,6 +15,11 @@ Manifest columns: MANIFEST_COLUMNS; role is "D", "D_prime" or "eval". With `draw
 selection per training seed) the manifest has a column `draw` too: the training seed whose D
 and D' a row belongs to, ALL_DRAWS (-1) for the evaluation rows that every seed shares; a clip
 can then appear once per draw.
+
+With `shared_pool` (the calibration's exchangeable control) every language's D and D' are dealt
+from the union of the languages' training speakers, so D'_i and D_j are drawn alike by
+construction; the manifest then has a column `locale` too: where the clip lies in the release,
+which for a training row need not be the `language` it serves.
 """
 
 from __future__ import annotations
@@ -126,12 +131,14 @@ def select_gender(
     min_duration_s: float | None = None,
     max_duration_s: float | None = None,
     draws: Sequence[int] | None = None,
+    shared_pool: bool = False,
 ) -> pd.DataFrame:
     """Gender-recognition manifest: per language N male + N female clips in D and in D'.
 
     Each subset takes `clips_per_speaker` clips from each of N / clips_per_speaker speakers
     per class; evaluation is the language's labelled test split (optionally capped, balanced).
-    `draws`: draw D and D' once per listed training seed (see the module's docstring).
+    `draws`: draw D and D' once per listed training seed (see the module's docstring);
+    `shared_pool`: deal them from every language's speakers (ditto).
     """
     per_lane = _speakers_per_subset("gender", N, clips_per_speaker)
     _check_eval_cap(eval_max_per_language)
@@ -140,16 +147,12 @@ def select_gender(
         pools, lambda lang: _gender_needs(pools, lang, per_lane, clips_per_speaker)
     )
     kept = _resolve_short(short, pools.languages, "gender", drop_short)
-    parts: list[pd.DataFrame] = []
+    parts = _training_parts(pools, kept, "gender", per_lane, clips_per_speaker, seed, draws,
+                            shared_pool)
     for language in kept:
-        train, test = pools.of(language)
-        for draw, prefix in _prefixes(seed, language, "gender", draws):
-            for gender in GENDERS:
-                d, d_prime = _draw(_of_gender(train, gender), per_lane, clips_per_speaker, prefix)
-                parts += [_with_role(d, "D", draw), _with_role(d_prime, "D_prime", draw)]
-        evaluation = _gender_eval(test, language, seed, eval_max_per_language)
+        evaluation = _gender_eval(pools.of(language)[1], language, seed, eval_max_per_language)
         parts.append(_with_role(evaluation, "eval", None if draws is None else ALL_DRAWS))
-    return _manifest(parts)
+    return _manifest(parts, shared_pool)
 
 
 def select_speaker(
@@ -165,12 +168,14 @@ def select_speaker(
     min_duration_s: float | None = None,
     max_duration_s: float | None = None,
     draws: Sequence[int] | None = None,
+    shared_pool: bool = False,
 ) -> pd.DataFrame:
     """Speaker manifest: per language N clips in D and in D' (new speakers), half per gender.
 
     Each subset holds N / clips_per_speaker speakers, half male and half female, with
     `clips_per_speaker` clips each; evaluation is every labelled clip of the test split.
-    `draws`: draw D and D' once per listed training seed (see the module's docstring).
+    `draws`: draw D and D' once per listed training seed (see the module's docstring);
+    `shared_pool`: deal them from every language's speakers (ditto).
     """
     per_subset = _speakers_per_subset("speaker", N, clips_per_speaker)
     if per_subset % 2:
@@ -185,15 +190,36 @@ def select_speaker(
         pools, lambda lang: _speaker_needs(pools, lang, per_lane, clips_per_speaker)
     )
     kept = _resolve_short(short, pools.languages, "speaker", drop_short)
-    parts: list[pd.DataFrame] = []
+    parts = _training_parts(pools, kept, "speaker", per_lane, clips_per_speaker, seed, draws,
+                            shared_pool)
     for language in kept:
-        train, test = pools.of(language)
-        for draw, prefix in _prefixes(seed, language, "speaker", draws):
+        parts.append(_with_role(pools.of(language)[1], "eval",
+                                None if draws is None else ALL_DRAWS))
+    return _manifest(parts, shared_pool)
+
+
+def _training_parts(pools: _Pools, kept: Sequence[str], task: str, per_lane: int, cps: int,
+                    seed: int, draws: Sequence[int] | None,
+                    shared_pool: bool) -> list[pd.DataFrame]:
+    """D and D' of every kept language and draw, per_lane speakers of each gender in each."""
+    parts: list[pd.DataFrame] = []
+    if shared_pool:
+        train = pools.train[pools.train["language"].isin(kept)]
+        for draw, prefix in _prefixes(seed, "shared", task, draws):
             for gender in GENDERS:
-                d, d_prime = _draw(_of_gender(train, gender), per_lane, clips_per_speaker, prefix)
+                blocks = _deal(_of_gender(train, gender), len(kept), per_lane, cps, prefix)
+                for k, rows in enumerate(blocks):
+                    role = "D" if k % 2 == 0 else "D_prime"
+                    served = rows.assign(locale=rows["language"], language=kept[k // 2])
+                    parts.append(_with_role(served, role, draw))
+        return parts
+    for language in kept:
+        train = pools.of(language)[0]
+        for draw, prefix in _prefixes(seed, language, task, draws):
+            for gender in GENDERS:
+                d, d_prime = _draw(_of_gender(train, gender), per_lane, cps, prefix)
                 parts += [_with_role(d, "D", draw), _with_role(d_prime, "D_prime", draw)]
-        parts.append(_with_role(test, "eval", None if draws is None else ALL_DRAWS))
-    return _manifest(parts)
+    return parts
 
 
 def select_curve(
@@ -250,15 +276,11 @@ def _ranked_speakers(
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """The first `clips_per_speaker` clips of the k best-ranked eligible speakers, and each
     row's speaker rank (0 = best)."""
-    ranked = rows.assign(_key=_hash_keys(f"{prefix}clip|", rows["clip"]))
-    ranked = ranked.sort_values(["speaker", "_key", "clip"], kind="stable")
-    first = ranked[ranked.groupby("speaker", sort=False).cumcount() < clips_per_speaker]
-    sizes = first.groupby("speaker").size()
-    eligible = sizes.index[sizes >= clips_per_speaker]
+    first, eligible = _first_clips(rows, clips_per_speaker, prefix)
     order = pd.DataFrame({"speaker": eligible, "key": _hash_keys(f"{prefix}speaker|", eligible)})
     chosen = order.sort_values(["key", "speaker"], kind="stable")["speaker"].head(k).tolist()
     rank_of = {speaker: r for r, speaker in enumerate(chosen)}
-    first = first[first["speaker"].isin(rank_of)].drop(columns="_key")
+    first = first[first["speaker"].isin(rank_of)]
     return first, first["speaker"].map(rank_of).to_numpy()
 
 
@@ -623,11 +645,7 @@ def _draw(
     speakers that still have enough clips. A speaker who loses a clip therefore only hands
     their slot to the next speaker of the same lane, and the other lane does not move.
     """
-    ranked = rows.assign(_key=_hash_keys(f"{prefix}clip|", rows["clip"]))
-    ranked = ranked.sort_values(["speaker", "_key", "clip"], kind="stable")
-    first = ranked[ranked.groupby("speaker", sort=False).cumcount() < clips_per_speaker]
-    sizes = first.groupby("speaker").size()
-    eligible = sizes.index[sizes >= clips_per_speaker]
+    first, eligible = _first_clips(rows, clips_per_speaker, prefix)
     order = pd.DataFrame(
         {
             "speaker": eligible,
@@ -638,8 +656,33 @@ def _draw(
     lane_d = list(order.loc[order["lane"] == 0, "speaker"])
     lane_d_prime = list(order.loc[order["lane"] == 1, "speaker"])
     d, d_prime = _fill_lanes(lane_d, lane_d_prime, per_lane)
-    first = first.drop(columns="_key")
     return first[first["speaker"].isin(d)], first[first["speaker"].isin(d_prime)]
+
+
+def _deal(rows: pd.DataFrame, n_languages: int, per_lane: int, clips_per_speaker: int,
+          prefix: str) -> list[pd.DataFrame]:
+    """2 · n_languages disjoint blocks of per_lane speakers (D, D' of the first language, D, D'
+    of the second, ...) from the pool rows of one gender: its eligible speakers, ranked by hash,
+    dealt in turn. Every block is then a uniform draw from the pool less the blocks before it, so
+    any two blocks are exchangeable.
+    """
+    first, eligible = _first_clips(rows, clips_per_speaker, prefix)
+    order = pd.DataFrame({"speaker": eligible, "key": _hash_keys(f"{prefix}speaker|", eligible)})
+    ranked = order.sort_values(["key", "speaker"], kind="stable")["speaker"].tolist()
+    if len(ranked) < 2 * n_languages * per_lane:
+        raise AssertionError("capacity was checked before dealing")  # pragma: no cover
+    return [first[first["speaker"].isin(ranked[k * per_lane:(k + 1) * per_lane])]
+            for k in range(2 * n_languages)]
+
+
+def _first_clips(rows: pd.DataFrame, clips_per_speaker: int,
+                 prefix: str) -> tuple[pd.DataFrame, pd.Index]:
+    """Each speaker's first clips_per_speaker clips by hash, and the speakers with that many."""
+    ranked = rows.assign(_key=_hash_keys(f"{prefix}clip|", rows["clip"]))
+    ranked = ranked.sort_values(["speaker", "_key", "clip"], kind="stable")
+    first = ranked[ranked.groupby("speaker", sort=False).cumcount() < clips_per_speaker]
+    sizes = first.groupby("speaker").size()
+    return first.drop(columns="_key"), sizes.index[sizes >= clips_per_speaker]
 
 
 def _fill_lanes(lane_a: list[str], lane_b: list[str], k: int) -> tuple[list[str], list[str]]:
@@ -675,13 +718,18 @@ def _prefixes(seed: int, language: str, task: str,
 
 
 def _with_role(rows: pd.DataFrame, role: str, draw: int | None = None) -> pd.DataFrame:
-    rows = rows.assign(role=role).loc[:, list(MANIFEST_COLUMNS)]
+    rows = rows.assign(role=role)
+    locale = ["locale"] if "locale" in rows.columns else []
+    rows = rows.loc[:, [*MANIFEST_COLUMNS, *locale]]
     return rows if draw is None else rows.assign(draw=draw)
 
 
-def _manifest(parts: list[pd.DataFrame]) -> pd.DataFrame:
+def _manifest(parts: list[pd.DataFrame], shared_pool: bool = False) -> pd.DataFrame:
     manifest = pd.concat(parts, ignore_index=True)
+    if shared_pool:  # evaluation rows serve the language they lie in
+        manifest["locale"] = manifest["locale"].fillna(manifest["language"])
     columns = list(MANIFEST_COLUMNS) + (["draw"] if "draw" in manifest.columns else [])
+    columns += ["locale"] if shared_pool else []
     manifest = manifest.loc[:, columns]
     manifest = manifest.sort_values([c for c in ("language", "role", "draw", "speaker", "clip")
                                      if c in columns], kind="stable")
