@@ -58,3 +58,26 @@ def test_a_clip_that_fails_to_decode_is_reported_and_replaced(corpus, tmp_path, 
     pack = PackedAudio(tmp_path / "fixed")
     assert set(pack.index) == set(fixed["clip"])
     assert all(pack.seconds(c) > 0.5 for c in fixed["clip"])
+
+
+def test_a_shared_pool_decodes_each_clip_from_where_it_lies(corpus, tmp_path, monkeypatch):
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    config = config_from_dict({**raw, "data": {**raw["data"], "languages": ["es", "de"],
+                                               "workers": 1, "selection": "per_seed",
+                                               "selection_pool": "shared",
+                                               "commonvoice": {"root": str(corpus)}},
+                               "demo": {**raw["demo"], "out": str(corpus)},
+                               "tasks": {**raw["tasks"],
+                                         "speaker": {**raw["tasks"]["speaker"], "N": 4,
+                                                     "clips_per_speaker": 2}}})
+    monkeypatch.chdir(tmp_path)
+    for locale in config.data.languages:
+        write_metadata(corpus, locale)
+    manifest = build_subsets(config, "speaker", tmp_path / "shared", progress=False)
+    train = manifest[manifest["role"] != "eval"]
+    assert (train["locale"] != train["language"]).any()  # es's D holds de's speakers, and back
+    for locale, clip in zip(train["locale"], train["clip"], strict=True):
+        assert (corpus / locale / "clips" / clip).is_file()
+    pack = PackedAudio(tmp_path / "shared")
+    assert set(pack.index) == set(manifest["clip"])
+    assert (tmp_path / "shared" / "trials.csv").is_file()

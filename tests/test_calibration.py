@@ -140,6 +140,21 @@ def test_unknown_variant_and_missing_runs_are_clear_errors(tmp_path, monkeypatch
     assert main(["calibrate-report"]) != 0  # names the variants not run yet
 
 
+def test_the_exchangeable_variant_deals_voices_and_subsets_from_one_pool(tmp_path):
+    from cltm.calibrate import variant_params
+    from cltm.config import config_from_dict
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    config = config_from_dict(params)
+    null = variant_params(params, config, "exchangeable")
+    assert null["demo"]["null_control"] is True
+    assert null["data"]["selection_pool"] == "shared"
+    config_from_dict(null)  # a valid config: the shared pool has its draw per seed
+    for planted in ("default", "heldout"):
+        assert variant_params(params, config, planted)["data"]["selection_pool"] == (
+            params["data"]["selection_pool"]) == "per_language"
+
+
 def _variant(name, strength, held_out=False, **task):
     base = {"undefined_rows": [], "cells_differ_from_1": 0, "cells_allowed": 1.4,
             "family_contrast": 0.0, "family_contrast_p": 0.5, "degenerate_share": 0.0,

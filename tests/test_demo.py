@@ -314,8 +314,17 @@ def test_family_cues_are_spread_by_construction() -> None:
     languages = ["es", "it", "de", "nl", "ru", "pl", "fi", "et"]
     cues = demo.family_cues(languages)
     assert list(cues) == ["Romance", "Germanic", "Slavic", "Uralic"]
-    shifts = sorted(shift for shift, _ in cues.values())
-    assert np.allclose(shifts, [-1.0, -1 / 3, 1 / 3, 1.0])
+    # four families: the corners of the square, any two the full span apart along an axis
+    corners = [cue for cue, _ in cues.values()]
+    assert sorted(corners) == [(-1.0, -1.0), (-1.0, 1.0), (1.0, -1.0), (1.0, 1.0)]
+    # two families: opposite corners; one: no shift
+    two = [cue for cue, _ in demo.family_cues(["es", "de"]).values()]
+    assert np.allclose(np.subtract(*two), [2.0, 2.0]) or np.allclose(np.subtract(*two), -2.0)
+    assert demo.family_cues(["es", "it"])["Romance"][0] == (0.0, 0.0)
+    # three: every cue on the square's edge, no two alike
+    three = [np.array(cue) for cue, _ in demo.family_cues(["es", "de", "ru"]).values()]
+    assert all(np.abs(c).max() == pytest.approx(1.0) for c in three)
+    assert min(np.abs(a - b).max() for a, b in combinations(three, 2)) > 1.0
     axes = [a for _, pair in cues.values() for a in pair]
     assert len(set(axes)) == 8  # four families, disjoint pairs of the eight bands
     # languages of one family share its cues: they come from the family, not the language
@@ -371,12 +380,32 @@ def test_gender_shift_raises_the_pitch_of_a_family_and_is_off_at_strength_zero(
     # strength 0 turns the shift off exactly, whatever gender_shift_semitones says
     spec = DemoSpec(("es", "de"), family_trait_strength=0.0, speakers_per_language=2,
                     clips_per_speaker=1, dev_speakers=0, test_speakers=0)
-    shifted = dataclasses.replace(spec, gender_shift_semitones=3.0)
+    shifted = dataclasses.replace(spec, gender_shift_semitones=3.0, gender_pitch_offset=20.0)
     for name, s in (("plain", spec), ("shifted", shifted)):
         write_demo_corpus(tmp_path / name, s, workers=1, progress=False)
     for clip in sorted((tmp_path / "plain").rglob("*.mp3")):
         twin = tmp_path / "shifted" / clip.relative_to(tmp_path / "plain")
         assert clip.read_bytes() == twin.read_bytes()
+
+
+def test_gender_pitch_offset_moves_a_family_s_f0_its_own_way(tmp_path: Path) -> None:
+    # two families: Romance on the corner (+1, +1), Germanic on (-1, -1)
+    assert demo.family_cues(["es", "de"])["Romance"][0] == (1.0, 1.0)
+    spec = DemoSpec(("es", "de"), family_trait_strength=1.0, speakers_per_language=2,
+                    clips_per_speaker=1, dev_speakers=0, test_speakers=0)
+    moved = dataclasses.replace(spec, gender_pitch_offset=20.0)
+    f0 = {}
+    for name, s in (("plain", spec), ("moved", moved)):
+        write_demo_corpus(tmp_path / name, s, workers=1, progress=False)
+        for locale in ("es", "de"):
+            clips = sorted((tmp_path / name / locale / "clips").glob("*.mp3"))
+            f0[name, locale] = [mean_f0(sf.read(c, dtype="float32")[0]) for c in clips]
+    # 20 settings move F0 by 1.4-3.5 semitones (less near 0: benchmarks/espeak_pitch.py), up for es,
+    # down for de, for both speakers (one male, one female)
+    for locale, sign in (("es", 1), ("de", -1)):
+        for before, after in zip(f0["plain", locale], f0["moved", locale], strict=True):
+            semitones = 12 * np.log2(after / before)
+            assert 1.0 < sign * semitones < 5.0, (locale, semitones)
 
 
 def test_each_speaker_has_its_own_warp_at_every_strength() -> None:

@@ -50,6 +50,7 @@ def _demo_corpus(args: argparse.Namespace, config: Config) -> None:
         null=config.demo.null_control,
         seed=config.demo.seed,
         gender_shift_semitones=config.demo.gender_shift_semitones,
+        gender_pitch_offset=config.demo.gender_pitch_offset,
         speaker_axes_db=config.demo.speaker_axes_db,
         speaker_axes_focus=config.demo.speaker_axes_focus,
         speaker_warp_semitones=config.demo.speaker_warp_semitones,

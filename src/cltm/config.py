@@ -68,10 +68,12 @@ class DemoConfig:
     null_control: bool = False
     seed: int = 0
     # The planted task cues, scaled by family_trait_strength (data/demo.py): each family's
-    # frequency warp of its voices (pitch and formants) in semitones at strength 1, the spread
-    # of each speaker's own spectral colouring (dB), and how much of that spread a family's
-    # speakers put on the family's own two bands (0: none; the total stays the same).
+    # frequency warp of its voices (pitch and formants) in semitones at strength 1 and the move
+    # of its eSpeak pitch setting (0-100, F0 alone), the spread of each speaker's own spectral
+    # colouring (dB), and how much of that spread a family's speakers put on the family's own
+    # two bands (0: none; the total stays the same).
     gender_shift_semitones: float = 0.0
+    gender_pitch_offset: float = 0.0
     speaker_axes_db: float = 0.0
     speaker_axes_focus: float = 0.0
     # Not a planting: the spread (semitones) of each speaker's own warp, at every strength.

@@ -10,10 +10,13 @@ every one off exactly):
 
 - a recording trait shared by a family (a spectral colouring and a faint stationary background,
   derived only from the family's name): languages of one family look alike to a model;
-- a shift of the cue gender recognition uses: every voice of a family is warped in frequency by
-  the family's own number of semitones (``gender_shift_semitones`` at strength 1), pitch and
-  formants together, so the boundary between the genders sits elsewhere in each family and a
-  donor of another family teaches a boundary that is off for the target;
+- a shift of the cues gender recognition uses, along two axes: every voice of a family is
+  warped in frequency by the family's own number of semitones (up to ``gender_shift_semitones``
+  at strength 1), pitch and formants together, and its eSpeak pitch setting (F0 alone) is moved
+  by up to ``gender_pitch_offset``. The families sit on the corners of a square in those two
+  axes (``family_cues``), so the boundary between the genders sits elsewhere in each family, and
+  a donor of any other family teaches a boundary that is off for the target along at least one
+  axis by the full span;
 - the axes along which speakers differ: every speaker carries a spectral colouring of its own,
   ``speaker_axes_db`` of spread over ``len(SPEAKER_AXES)`` smooth bands; within a family the
   spread concentrates on the family's two bands (their variance ``1 + strength ·
@@ -169,8 +172,9 @@ class DemoSpec:
     null: bool = False
     seed: int = 0
     clip_seconds: float = 3.0
-    # The planting the tasks use, both scaled by family_trait_strength (see the module doc).
+    # The planting the tasks use, all scaled by family_trait_strength (see the module doc).
     gender_shift_semitones: float = 0.0
+    gender_pitch_offset: float = 0.0
     speaker_axes_db: float = 0.0
     speaker_axes_focus: float = 0.0
     # Not a planting: each speaker's own frequency warp, N(0, this²) semitones, at every
@@ -453,8 +457,9 @@ def make_speaker(seed: int, locale: str, index: int, voice_language: str) -> Spe
     variants = MALE_VARIANTS if male else FEMALE_VARIANTS
     variant = variants[int(rng.integers(len(variants)))]
     # eSpeak's pitch setting shifts the variant's own range; these intervals keep every male
-    # F0 (about 75-115 Hz) below every female one (about 150-270 Hz).
-    pitch = int(rng.integers(15, 51) if male else rng.integers(40, 76))
+    # F0 (about 75-115 Hz) below every female one (about 150-270 Hz), and leave 20 settings
+    # on either side for a family's gender_pitch_offset.
+    pitch = int(rng.integers(20, 51) if male else rng.integers(40, 76))
     taps = np.concatenate([[1.0], rng.normal(0.0, 0.3, 11) * 0.6 ** np.arange(1, 12)])
     tilt = rng.uniform(-0.5, 0.6)  # >0 brightens (a difference), <0 darkens (a sum)
     taps = np.convolve(taps, [1.0, -tilt])
@@ -605,22 +610,29 @@ SPEAKER_AXES = (1000.0, 1300.0, 1700.0, 2200.0, 2900.0, 3700.0, 4900.0, 6300.0)
 SPEAKER_AXIS_OCTAVES = 0.18
 
 
-def family_cues(languages: Sequence[str]) -> dict[str, tuple[float, tuple[int, int]]]:
-    """Per planted family of ``languages``: its gender warp at strength 1 (a fraction of
-    gender_shift_semitones in [-1, 1]) and the two SPEAKER_AXES its speakers differ along most.
+def family_cues(
+    languages: Sequence[str],
+) -> dict[str, tuple[tuple[float, float], tuple[int, int]]]:
+    """Per planted family of ``languages``: its gender cue at strength 1, (warp, pitch) as
+    fractions in [-1, 1] of gender_shift_semitones and gender_pitch_offset, and the two
+    SPEAKER_AXES its speakers differ along most.
 
-    Spread by construction, in the order the families first appear: warps evenly over [-1, 1],
-    and axis pairs disjoint for up to four families (one low band, one high band each). A
-    family's cues therefore depend on which families the corpus holds, not on its name alone.
+    Spread by construction, in the order the families first appear: the gender cues at evenly
+    spaced angles, projected onto the square [-1, 1]² (four families: its corners, so any two
+    differ by the full span along at least one axis; on a line, as one axis gave, the middle
+    families stood closer to their neighbours than the genders' ranges are apart), and axis
+    pairs disjoint for up to four families (one low band, one high band each). A family's cues
+    therefore depend on which families the corpus holds, not on its name alone.
     """
     families = list(dict.fromkeys(FAMILIES[lang] for lang in languages))
     n, half = len(families), len(SPEAKER_AXES) // 2
-    # interleaved so that families listed one after the other are not neighbours in pitch
-    ranks = [*range(0, n, 2), *range(1, n, 2)]
     cues = {}
     for i, family in enumerate(families):
-        shift = 0.0 if n == 1 else -1.0 + 2.0 * ranks[i] / (n - 1)
-        cues[family] = (shift, (i % half, half + (i + 1) % half))
+        angle = np.pi / 4 + 2 * np.pi * i / n
+        point = np.array([np.cos(angle), np.sin(angle)])
+        cue = (0.0, 0.0) if n == 1 else tuple(
+            float(c) for c in np.round(point / np.abs(point).max(), 12))
+        cues[family] = (cue, (i % half, half + (i + 1) % half))
     return cues
 
 
@@ -801,6 +813,8 @@ def _check_spec(spec: DemoSpec) -> None:
         raise CltmError("speaker_axes_db and speaker_axes_focus must be >= 0")
     if not abs(spec.gender_shift_semitones) <= 12:
         raise CltmError("gender_shift_semitones must lie within ±12 (an octave)")
+    if not 0 <= spec.gender_pitch_offset <= 50:
+        raise CltmError("gender_pitch_offset must lie in [0, 50] (eSpeak's pitch setting is 0-100)")
     if not 0 <= spec.speaker_warp_semitones <= 6:
         raise CltmError("speaker_warp_semitones must lie in [0, 6] (a spread of half an octave)")
     if not spec.clip_seconds >= 1.0:
@@ -857,8 +871,13 @@ def _speaker_task(task: _SpeakerTask) -> list[tuple[str, int, int, str, str, int
     voice_language = SUPPORTED[script_locale]
     trait = None if spec.null else family_trait(FAMILIES[task.locale])
     speaker = make_speaker(spec.seed, task.locale, task.speaker, voice_language)
-    shift = 0.0 if spec.null else (spec.family_trait_strength * spec.gender_shift_semitones
-                                   * family_cues(spec.languages)[FAMILIES[task.locale]][0])
+    shift = 0.0
+    if not spec.null:
+        (warp_cue, pitch_cue), _ = family_cues(spec.languages)[FAMILIES[task.locale]]
+        shift = spec.family_trait_strength * spec.gender_shift_semitones * warp_cue
+        offset = round(spec.family_trait_strength * spec.gender_pitch_offset * pitch_cue)
+        # eSpeak takes 0-100: a strong planting squeezes the extremes against the ends
+        speaker = dataclasses.replace(speaker, pitch=int(np.clip(speaker.pitch + offset, 0, 100)))
     shift += speaker_warp(spec, task.locale, task.speaker)
     axes = speaker_axes_gain(spec, task.locale, task.speaker)
     rows = []
