@@ -27,9 +27,9 @@ def corpus(tmp_path_factory) -> Path:
     return out
 
 
-def _config(root: Path):
+def _config(root: Path, **data):
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    raw["data"].update({"languages": ["es", "de"], "workers": 1})
+    raw["data"].update({"languages": ["es", "de"], "workers": 1, **data})
     raw["data"]["commonvoice"]["root"] = str(root)
     raw["demo"]["out"] = str(root)
     raw["tasks"]["gender"] = {"N": 2, "clips_per_speaker": 1}
@@ -61,15 +61,7 @@ def test_a_clip_that_fails_to_decode_is_reported_and_replaced(corpus, tmp_path, 
 
 
 def test_a_shared_pool_decodes_each_clip_from_where_it_lies(corpus, tmp_path, monkeypatch):
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    config = config_from_dict({**raw, "data": {**raw["data"], "languages": ["es", "de"],
-                                               "workers": 1, "selection": "per_seed",
-                                               "selection_pool": "shared",
-                                               "commonvoice": {"root": str(corpus)}},
-                               "demo": {**raw["demo"], "out": str(corpus)},
-                               "tasks": {**raw["tasks"],
-                                         "speaker": {**raw["tasks"]["speaker"], "N": 4,
-                                                     "clips_per_speaker": 2}}})
+    config = _config(corpus, selection="per_seed", selection_pool="shared")
     monkeypatch.chdir(tmp_path)
     for locale in config.data.languages:
         write_metadata(corpus, locale)
