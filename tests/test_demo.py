@@ -408,6 +408,29 @@ def test_gender_pitch_offset_moves_a_family_s_f0_its_own_way(tmp_path: Path) -> 
             assert 1.0 < sign * semitones < 5.0, (locale, semitones)
 
 
+def test_family_pitch_offset_grows_with_strength_only_up_to_the_room_every_speaker_keeps() -> None:
+    spec = DemoSpec(("es", "de"), gender_pitch_offset=20.0)
+
+    def offset(strength: float, cue: float) -> int:
+        return demo.family_pitch_offset(
+            dataclasses.replace(spec, family_trait_strength=strength), cue)
+
+    assert demo.PITCH_ROOM == 20
+    assert [offset(s, -1.0) for s in (0.0, 0.5, 1.0, 2.0, 5.0)] == [0, -10, -20, -20, -20]
+    assert offset(2.0, 0.5) == 10 and offset(0.5, 1.0) == 10
+    # whatever the cue and strength, no speaker's setting leaves eSpeak's 0-100, so none is
+    # clipped onto another's (at strength 2 an unbounded offset of 40 put 2 in 3 males at 0)
+    pitches = [demo.make_speaker(0, "es", i, SUPPORTED["es"]).pitch for i in range(300)]
+    assert min(pitches) == demo.MALE_PITCH[0] and max(pitches) == demo.FEMALE_PITCH[1]
+    for strength in (1.0, 2.0, 5.0):
+        for cue in (-1.0, 1.0):
+            moved = [p + offset(strength, cue) for p in pitches]
+            assert 0 <= min(moved) and max(moved) <= 100
+            assert len(set(moved)) == len(set(pitches))
+    with pytest.raises(CltmError, match="gender_pitch_offset must lie in \\[0, 20\\]"):
+        write_demo_corpus(Path("unused"), dataclasses.replace(spec, gender_pitch_offset=25.0))
+
+
 def test_each_speaker_has_its_own_warp_at_every_strength() -> None:
     spec = DemoSpec(("es", "de"), speaker_warp_semitones=2.0)
     warps = np.array([demo.speaker_warp(spec, "es", i) for i in range(400)])

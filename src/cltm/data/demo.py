@@ -13,10 +13,12 @@ every one off exactly):
 - a shift of the cues gender recognition uses, along two axes: every voice of a family is
   warped in frequency by the family's own number of semitones (up to ``gender_shift_semitones``
   at strength 1), pitch and formants together, and its eSpeak pitch setting (F0 alone) is moved
-  by up to ``gender_pitch_offset``. The families sit on the corners of a square in those two
-  axes (``family_cues``), so the boundary between the genders sits elsewhere in each family, and
-  a donor of any other family teaches a boundary that is off for the target along at least one
-  axis by the full span;
+  by up to ``gender_pitch_offset`` (growing with strength only up to ``PITCH_ROOM``, the room
+  eSpeak's 0-100 leaves every speaker: clipping at the ends would give most of a family's
+  speakers of one gender the same pitch, and take a speaker cue away). The families sit on the
+  corners of a square in those two axes (``family_cues``), so the boundary between the genders
+  sits elsewhere in each family, and a donor of any other family teaches a boundary that is off
+  for the target along at least one axis by the full span;
 - the axes along which speakers differ: every speaker carries a spectral colouring of its own,
   ``speaker_axes_db`` of spread over ``len(SPEAKER_AXES)`` smooth bands; within a family the
   spread concentrates on the family's two bands (their variance ``1 + strength ·
@@ -449,6 +451,20 @@ class Speaker:
     noise_slope: float  # noise spectrum ~ f^-slope (0 white, 1 pink)
 
 
+#: eSpeak pitch settings (0-100) of the demo's speakers. The setting shifts the variant's own
+#: range; these intervals keep every male F0 (about 75-115 Hz) below every female one (about
+#: 150-270 Hz), and leave PITCH_ROOM settings on either side for a family's pitch offset.
+MALE_PITCH, FEMALE_PITCH = (20, 50), (40, 75)
+PITCH_ROOM = min(MALE_PITCH[0], FEMALE_PITCH[0], 100 - MALE_PITCH[1], 100 - FEMALE_PITCH[1])
+
+
+def family_pitch_offset(spec: DemoSpec, pitch_cue: float) -> int:
+    """The eSpeak pitch setting a family's ``pitch_cue`` (in [-1, 1]) adds to its speakers':
+    ``strength · gender_pitch_offset``, at most PITCH_ROOM, so that no speaker is clipped."""
+    return round(pitch_cue * min(spec.family_trait_strength * spec.gender_pitch_offset,
+                                 PITCH_ROOM))
+
+
 def make_speaker(seed: int, locale: str, index: int, voice_language: str) -> Speaker:
     """Speaker ``index`` of ``locale``: even indices are male, odd ones female, so any prefix
     of the speakers is gender-balanced. Everything else comes from the speaker's own RNG."""
@@ -456,10 +472,8 @@ def make_speaker(seed: int, locale: str, index: int, voice_language: str) -> Spe
     male = index % 2 == 0
     variants = MALE_VARIANTS if male else FEMALE_VARIANTS
     variant = variants[int(rng.integers(len(variants)))]
-    # eSpeak's pitch setting shifts the variant's own range; these intervals keep every male
-    # F0 (about 75-115 Hz) below every female one (about 150-270 Hz), and leave 20 settings
-    # on either side for a family's gender_pitch_offset.
-    pitch = int(rng.integers(20, 51) if male else rng.integers(40, 76))
+    low, high = MALE_PITCH if male else FEMALE_PITCH
+    pitch = int(rng.integers(low, high + 1))
     taps = np.concatenate([[1.0], rng.normal(0.0, 0.3, 11) * 0.6 ** np.arange(1, 12)])
     tilt = rng.uniform(-0.5, 0.6)  # >0 brightens (a difference), <0 darkens (a sum)
     taps = np.convolve(taps, [1.0, -tilt])
@@ -813,8 +827,10 @@ def _check_spec(spec: DemoSpec) -> None:
         raise CltmError("speaker_axes_db and speaker_axes_focus must be >= 0")
     if not abs(spec.gender_shift_semitones) <= 12:
         raise CltmError("gender_shift_semitones must lie within ±12 (an octave)")
-    if not 0 <= spec.gender_pitch_offset <= 50:
-        raise CltmError("gender_pitch_offset must lie in [0, 50] (eSpeak's pitch setting is 0-100)")
+    if not 0 <= spec.gender_pitch_offset <= PITCH_ROOM:
+        raise CltmError(
+            f"gender_pitch_offset must lie in [0, {PITCH_ROOM}]: eSpeak's pitch setting is 0-100 "
+            f"and the demo's speakers use {MALE_PITCH[0]}-{FEMALE_PITCH[1]}")
     if not 0 <= spec.speaker_warp_semitones <= 6:
         raise CltmError("speaker_warp_semitones must lie in [0, 6] (a spread of half an octave)")
     if not spec.clip_seconds >= 1.0:
@@ -875,9 +891,8 @@ def _speaker_task(task: _SpeakerTask) -> list[tuple[str, int, int, str, str, int
     if not spec.null:
         (warp_cue, pitch_cue), _ = family_cues(spec.languages)[FAMILIES[task.locale]]
         shift = spec.family_trait_strength * spec.gender_shift_semitones * warp_cue
-        offset = round(spec.family_trait_strength * spec.gender_pitch_offset * pitch_cue)
-        # eSpeak takes 0-100: a strong planting squeezes the extremes against the ends
-        speaker = dataclasses.replace(speaker, pitch=int(np.clip(speaker.pitch + offset, 0, 100)))
+        speaker = dataclasses.replace(
+            speaker, pitch=speaker.pitch + family_pitch_offset(spec, pitch_cue))
     shift += speaker_warp(spec, task.locale, task.speaker)
     axes = speaker_axes_gain(spec, task.locale, task.speaker)
     rows = []
@@ -919,10 +934,13 @@ Speakers: eSpeak NG voice variants of the speaker's gender, each with its own pi
 range and speaking rate, and its own recording channel (microphone colouring, synthetic room
 reverberation, background noise at 20-40 dB SNR). Speakers are disjoint across train/dev/test.
 
-Planted structure: every language family shares a recording trait (a spectral colouring and a
-faint hum plus coloured noise, derived from the family's name), at strength
-family_trait_strength. With null = true nothing is planted and every locale's speakers of one
-split and gender speak the corpus's languages in turn: only the labels differ.
+Planted structure, at strength family_trait_strength (0: none): every language family shares
+a recording trait (a spectral colouring and a faint hum plus coloured noise, derived from the
+family's name); its voices are warped in frequency and their pitch setting moved by the family's
+own amounts, so the boundary between the genders sits elsewhere in each family; and its speakers
+differ from one another mostly along the family's own two spectral bands. With null = true
+nothing is planted and every locale's speakers of one split and gender speak the corpus's
+languages in turn: only the labels differ.
 
 Languages and planted families: {families}. See families.csv.
 
