@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cltm.analysis.calibration import checks
+from cltm.analysis.calibration import checks, dose_series
 from cltm.cli import main
 from cltm.errors import CltmError
 
@@ -86,8 +86,19 @@ def test_calibration_writes_every_file_and_table(calibrated):
             # tiny grids leave rows undefined; the family test then may have nothing to test
             assert s["cells_tested"] >= 0 and "family_contrast_p" in s
             assert len(s["undefined_rows"]) + s["self_gains_positive"] == 4
+        assert summary["families"] == {"es": "Romance", "it": "Romance", "de": "Germanic",
+                                       "nl": "Germanic"}
     metrics = json.loads((cal / "metrics.json").read_text())
     assert set(metrics["variants"]) == {"strength0", "default"}
+    # the dose-response's one step, per task, read from the two run stores
+    for task in ("gender", "speaker"):
+        (step,) = metrics["growth"][task]
+        assert (step["from"], step["to"], step["strengths"]) == ("strength0", "default", [0, 1])
+        if step.get("difference") is not None:
+            assert step["difference"] == pytest.approx(
+                metrics["variants"]["default"][task]["weighted_contrast"]
+                - metrics["variants"]["strength0"][task]["weighted_contrast"])
+            assert step["replicates_used"] + step["replicates_dropped"] == 40
     assert set(metrics["checks"]) >= {"every_row_defined", "null_family_p_at_least_alpha",
                                       "default_families_detected", "degenerate_runs_at_most_5pct"}
     report = (cal / "report.md").read_text()
@@ -95,6 +106,7 @@ def test_calibration_writes_every_file_and_table(calibrated):
         for task in ("gender", "speaker"):
             assert f"| {variant} | " in report and f"| {task} |" in report
     assert "## Checks" in report and "Gender − speaker" in report
+    assert "| gender | strength0 → default (0 → 1) |" in report
 
 
 @pytest.mark.slow
@@ -157,23 +169,37 @@ def test_the_exchangeable_variant_deals_voices_and_subsets_from_one_pool(tmp_pat
 
 def _variant(name, strength, held_out=False, **task):
     base = {"undefined_rows": [], "cells_differ_from_1": 0, "cells_allowed": 1.4,
-            "family_contrast": 0.0, "family_contrast_p": 0.5, "degenerate_share": 0.0,
+            "family_contrast": 0.0, "family_contrast_p": 0.5, "weighted_contrast": 0.0,
+            "weighted_contrast_p": 0.5, "degenerate_share": 0.0,
             "self_gains_positive": 8, "languages": 8, "self_gain_z_mean": 3.0}
     return {"variant": name, "strength": strength, "held_out": held_out,
             "gender": {**base, **task}, "speaker": {**base, **task}}
 
 
+def _growth(*steps):
+    """dose_growth's steps, the same for both tasks: (difference, low, high) each."""
+    rows = [{"from": "a", "to": "b", "strengths": [0, 1], "difference": d, "low": lo,
+             "high": hi, "excludes_zero": None if lo is None else bool(lo > 0 or hi < 0)}
+            for d, lo, hi in steps]
+    return {"gender": rows, "speaker": rows}
+
+
 def test_checks_pass_and_fail_on_what_the_variants_found():
     good = [_variant("strength0", 0.0),
-            _variant("default", 1.0, family_contrast=0.4, family_contrast_p=0.01),
-            _variant("strong", 2.0, family_contrast=0.8, family_contrast_p=0.001),
-            _variant("heldout", 1.0, True, family_contrast=0.3, family_contrast_p=0.02)]
-    result = checks(good, default_strength=1.0)
+            _variant("default", 1.0, weighted_contrast=0.4, weighted_contrast_p=0.01),
+            _variant("strong", 2.0, weighted_contrast=0.8, weighted_contrast_p=0.001),
+            _variant("heldout", 1.0, True, weighted_contrast=0.3, weighted_contrast_p=0.02)]
+    grows = _growth((0.4, 0.2, 0.6), (0.4, 0.1, 0.7))
+    result = checks(good, default_strength=1.0, growth=grows)
     assert all(v is True for k, v in result.items() if k != "contrast_grows_with_strength")
     assert result["contrast_grows_with_strength"] == {"gender": True, "speaker": True}
+    # the families are found by the weighted contrast, not the plain one
+    plain_only = [_variant("strength0", 0.0),
+                  _variant("default", 1.0, family_contrast=0.4, family_contrast_p=0.01)]
+    assert checks(plain_only, 1.0)["default_families_detected"] is False
     bad = [dict(v) for v in good]
-    bad[0] = _variant("strength0", 0.0, family_contrast_p=0.01, cells_differ_from_1=3)
-    bad[3] = _variant("heldout", 1.0, True, family_contrast=0.3, family_contrast_p=0.2,
+    bad[0] = _variant("strength0", 0.0, weighted_contrast_p=0.01, cells_differ_from_1=3)
+    bad[3] = _variant("heldout", 1.0, True, weighted_contrast=0.3, weighted_contrast_p=0.2,
                       undefined_rows=["tr"], degenerate_share=0.1, self_gain_z_mean=1.0)
     result = checks(bad, default_strength=1.0)
     for key in ("every_row_defined", "null_no_more_cells_than_fdr_allows",
@@ -181,25 +207,32 @@ def test_checks_pass_and_fail_on_what_the_variants_found():
                 "default_families_detected_held_out", "degenerate_runs_at_most_5pct",
                 "speaker_mean_gain_over_se_at_least_2"):
         assert result[key] is False, key
-    shrinking = [good[0], good[2], {**good[1], "strength": 3.0}]
-    assert checks(shrinking, 1.0)["contrast_grows_with_strength"]["gender"] is False
+    # growth: every step's interval above 0; a step inside the noise or falling fails, and
+    # without intervals (or with a step that has none) nothing is checked
+    def grows(growth):
+        return checks(good, 1.0, growth)["contrast_grows_with_strength"]
+
+    assert grows(_growth((0.4, 0.2, 0.6), (0.1, -0.1, 0.3)))["gender"] is False
+    assert grows(_growth((0.4, 0.2, 0.6), (-0.4, -0.6, -0.2)))["speaker"] is False
+    assert grows(None) == {"gender": None, "speaker": None}
+    assert grows(_growth((0.4, None, None)))["gender"] is None
 
 
 def test_the_exchangeable_corpus_carries_the_per_cell_null():
     # Real languages at strength 0 may hold true cells other than 1: with an exchangeable
     # corpus present, only its cells are held to the FDR, and it is no point of the dose-response.
     variants = [_variant("strength0", 0.0, cells_differ_from_1=9),
-                {**_variant("exchangeable", 0.0, family_contrast=5.0), "exchangeable": True},
-                _variant("default", 1.0, family_contrast=0.4, family_contrast_p=0.01),
-                _variant("strong", 2.0, family_contrast=0.8, family_contrast_p=0.001)]
+                {**_variant("exchangeable", 0.0, weighted_contrast=5.0), "exchangeable": True},
+                _variant("default", 1.0, weighted_contrast=0.4, weighted_contrast_p=0.01),
+                _variant("strong", 2.0, weighted_contrast=0.8, weighted_contrast_p=0.001)]
     result = checks(variants, default_strength=1.0)
     assert result["null_no_more_cells_than_fdr_allows"] is True
-    assert result["contrast_grows_with_strength"] == {"gender": True, "speaker": True}
+    assert [v["variant"] for v in dose_series(variants)] == ["strength0", "default", "strong"]
     variants[1]["gender"] = {**variants[1]["gender"], "cells_differ_from_1": 2}
     variants[1]["speaker"] = {**variants[1]["speaker"], "cells_differ_from_1": 2}
     assert checks(variants, 1.0)["null_no_more_cells_than_fdr_allows"] is False  # 2 > 1.4
     # ... and its family test counts among the nulls'
-    variants[1]["gender"]["family_contrast_p"] = 0.01
+    variants[1]["gender"]["weighted_contrast_p"] = 0.01
     assert checks(variants, 1.0)["null_family_p_at_least_alpha"] is False
     # without one, the strength-0 corpus is held to the FDR
     assert checks([variants[0], *variants[2:]], 1.0)["null_no_more_cells_than_fdr_allows"] is False
@@ -212,7 +245,8 @@ def test_demo_report_shows_the_latest_calibration_table(tmp_path):
     cal = tmp_path / "calibration"
     cal.mkdir()
     variants = [_variant("strength0", 0.0),
-                _variant("default", 1.0, family_contrast=0.4, family_contrast_p=0.01)]
+                _variant("default", 1.0, weighted_contrast=0.4, weighted_contrast_p=0.01,
+                         family_contrast=0.5, family_contrast_p=0.02)]
     for v in variants:
         for t in ("gender", "speaker"):
             v[t].update({"intra_family_pos": 0.3, "intra_family_pos_chance": 0.14,
@@ -230,7 +264,7 @@ def test_demo_report_shows_the_latest_calibration_table(tmp_path):
     run_report(metrics, metrics / "report.md", calibration=cal / "metrics.json")
     text = (metrics / "report.md").read_text()
     assert "## The latest calibration" in text
-    assert "| default | 1 | gender | 0.4 (0.01) |" in text
+    assert "| default | 1 | gender | 0.4 (0.01) | 0.5 (0.02) |" in text
     assert "(../calibration/report.md)" in text
     run_report(metrics, metrics / "report.md", calibration=tmp_path / "absent.json")
     assert "The latest calibration" not in (metrics / "report.md").read_text()
@@ -251,7 +285,8 @@ def test_committed_calibration_is_what_its_variants_found():
     for name in names:
         own = json.loads((REPO / "calibration" / "metrics" / f"{name}.json").read_text())
         assert result["variants"][name] == own
-    recomputed = checks(list(result["variants"].values()), result["default_strength"])
+    recomputed = checks(list(result["variants"].values()), result["default_strength"],
+                        result["growth"])
     assert json.loads(json.dumps(recomputed)) == result["checks"]
     for v in result["variants"].values():
         for task in ("gender", "speaker"):

@@ -236,8 +236,8 @@ def _calibrate(args: argparse.Namespace, config: Config) -> None:
 
 
 def _calibrate_report(args: argparse.Namespace, config: Config) -> None:
-    from cltm.analysis.calibration import summarize
-    from cltm.calibrate import METRICS
+    from cltm.analysis.calibration import dose_growth, summarize
+    from cltm.calibrate import METRICS, WORK
 
     out = Path(config.calibration.out)
     missing = [n for n in config.calibration.variants
@@ -247,7 +247,10 @@ def _calibrate_report(args: argparse.Namespace, config: Config) -> None:
                         "`dvc repro calibration/dvc.yaml` (or `cltm calibrate --variant NAME`)")
     variants = [json.loads((out / METRICS / f"{n}.json").read_text())
                 for n in config.calibration.variants]
-    result = summarize(out, variants, config.demo.family_trait_strength)
+    a = config.analysis
+    growth = dose_growth(out / WORK, variants, replicates=a.bootstrap, ci_level=a.ci_level,
+                         stats_seed=a.stats_seed, pair_seeds=a.pair_seeds)
+    result = summarize(out, variants, config.demo.family_trait_strength, growth)
     failed = [k for k, v in result["checks"].items()
               if v is False or (isinstance(v, dict) and False in v.values())]
     log.info("calibration report written to %s; checks failed: %s", out / "report.md",

@@ -299,6 +299,10 @@ def _family_check(task_dir: Path) -> list[str]:
         f"families, {fam.get('permutations')} label permutations):", "",
         f"- same-family minus cross-family mean entry: {num('contrast')} (two-sided permutation "
         f"p = {num('contrast_p')}; chance {num('contrast_chance')})",
+        f"- the same, each entry weighted by its target's self-gain (the family test; a target "
+        f"whose self-gain is small against its noise weighs little): "
+        f"{num('weighted_contrast')} (p = {num('weighted_contrast_p')}; chance "
+        f"{num('weighted_contrast_chance')})",
         f"- intra_family_pos: {_fmt(fam.get('intra_family_pos'), 'pct')} (one-sided p = "
         f"{num('intra_family_pos_p')}, towards more within-family mass; chance "
         f"{_fmt(share, 'pct')} = the share of same-family pairs, permutation mean "
@@ -306,8 +310,14 @@ def _family_check(task_dir: Path) -> list[str]:
         _direction(fam), ""]
 
 
+def _family_test(fam: dict) -> tuple[float | None, float | None]:
+    """The family test's contrast and p: the weighted contrast where there is one."""
+    key = "weighted_contrast" if fam.get("weighted_contrast") is not None else "contrast"
+    return fam.get(key), fam.get(f"{key}_p")
+
+
 def _direction(fam: dict) -> str:
-    contrast, p = fam.get("contrast"), fam.get("contrast_p")
+    contrast, p = _family_test(fam)
     if contrast is None or p is None:
         return "- direction: not testable"
     way = "more" if contrast > 0 else "less"
@@ -339,9 +349,10 @@ def _null_control(task_dir: Path, info: dict) -> list[str]:
         out.append(f"- rfd1 interval [{_fmt(rfd1['low'], 'num')}, {_fmt(rfd1['high'], 'num')}] "
                    f"{'covers' if covers else 'does NOT cover'} the value seed noise alone "
                    f"gives ({_fmt(floor['mean'], 'num')})")
-    if fam.get("contrast_p") is not None:
-        out.append(f"- family-block contrast permutation p = {_fmt(fam['contrast_p'], 'num')} "
-                   f"({'no' if fam['contrast_p'] >= 0.05 else 'spurious'} family structure)")
+    p = _family_test(fam)[1]
+    if p is not None:
+        out.append(f"- family-block contrast permutation p = {_fmt(p, 'num')} "
+                   f"({'no' if p >= 0.05 else 'spurious'} family structure)")
     return [*out, ""]
 
 

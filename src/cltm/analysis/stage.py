@@ -234,7 +234,8 @@ def run_diagnostics(
         _write_json(diag, Path(json_out))
     if permutations > 0 or family_json is not None:
         fam = family_structure(matrix, families, family_level=family_level,
-                               permutations=permutations, rng=streams(stats_seed)[1])
+                               permutations=permutations, rng=streams(stats_seed)[1],
+                               self_gain=gains)
         log.info("%s", format_family(fam))
         if family_json is not None:
             Path(family_json).parent.mkdir(parents=True, exist_ok=True)
