@@ -94,10 +94,11 @@ def test_calibration_writes_every_file_and_table(calibrated):
     for task in ("gender", "speaker"):
         (step,) = metrics["growth"][task]
         assert (step["from"], step["to"], step["strengths"]) == ("strength0", "default", [0, 1])
-        if step.get("difference") is not None:
-            assert step["difference"] == pytest.approx(
-                metrics["variants"]["default"][task]["weighted_contrast"]
-                - metrics["variants"]["strength0"][task]["weighted_contrast"])
+        ends = [metrics["variants"][v][task]["weighted_contrast"] for v in ("strength0", "default")]
+        if None in ends:  # tiny grids can leave too few rows for a family test: no growth then
+            assert step.get("difference") is None
+        else:
+            assert step["difference"] == pytest.approx(ends[1] - ends[0])
             assert step["replicates_used"] + step["replicates_dropped"] == 40
     assert set(metrics["checks"]) >= {"every_row_defined", "null_family_p_at_least_alpha",
                                       "default_families_detected", "degenerate_runs_at_most_5pct"}

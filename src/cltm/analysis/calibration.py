@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from cltm.analysis.cltm import read_run_store
-from cltm.analysis.languages import family_map
+from cltm.analysis.languages import read_families_csv
 from cltm.analysis.stats import (
     PAIRED_DESIGN,
     contrast_stream,
@@ -89,10 +89,9 @@ def variant_summary(work: Path, name: str, *, strength: float, held_out: bool,
     out: dict[str, Any] = {"variant": name, "strength": strength, "held_out": held_out,
                            "exchangeable": exchangeable,
                            **{t: task_summary(metrics, t) for t in TASKS}}
-    level = _json(metrics / "gender" / "family_structure.json").get("family_level", "genus")
     csv = work / "data" / "demo_corpus" / "families.csv"
-    if csv.is_file():
-        out["families"] = family_map(level, csv)
+    if csv.is_file():  # the planted families, which the family tests use (languages.family_map)
+        out["families"] = read_families_csv(csv)
     info = _json(metrics / "gender" / "stats_info.json")
     stores = [metrics / "runs" / t / "runs.jsonl" for t in TASKS]
     if all(s.is_file() for s in stores) and info:
