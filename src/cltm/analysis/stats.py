@@ -86,11 +86,11 @@ Family structure (`family_structure`, family_structure.json)
     As a cell times its target's self-gain is the donor's raw gain (a_ij − b_i), it is the
     ratio of mean gains to mean self-gains rather than the mean of ratios: a target whose
     self-gain is small against its noise weighs little instead of deciding the statistic.
-    On the speaker task of the demo corpora its seed-bootstrap spread is 2-5 times smaller
-    than the plain contrast's (docs/findings.md), and it is the statistic the calibration's
-    checks read. It needs the self-gains: a matrix without them gets none. Under a shuffle its
-    weights change with unequal family sizes, so its null mean is only near 0 (the permutation
-    test does not need it to be 0).
+    On the speaker task of 8 demo corpora its seed-bootstrap spread is about 2.5 times smaller
+    than the plain contrast's at the median (1.2-5.5 times; docs/findings.md), and it is the
+    statistic the calibration's checks read. It needs the self-gains: a matrix without them
+    gets none. Under a shuffle its weights change with unequal family sizes, so its null mean
+    is only near 0 (the permutation test does not need it to be 0).
 
 Randomness comes from one `stats_seed`, split into independent streams for the bootstrap,
 the permutations, the noise floor and the difference between two results, so the outputs are
