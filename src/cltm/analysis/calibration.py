@@ -121,24 +121,24 @@ def dose_growth(work: Path, variants: Sequence[Mapping[str, Any]], *, replicates
     series = dose_series(variants)
     out: dict[str, list[dict]] = {}
     for task in TASKS:
-        draws = {}
+        cells = {}
         for v in series:
             store = work / v["variant"] / "metrics" / "runs" / task
             if not (store / "runs.jsonl").is_file() or "families" not in v:
-                draws[v["variant"]] = None
+                cells[v["variant"]] = None
                 continue
-            cells = seed_cells(read_run_store(store, task))
-            draws[v["variant"]] = (cells, pairing(cells, pair_seeds))
+            seeds = seed_cells(read_run_store(store, task))
+            cells[v["variant"]] = (seeds, pairing(seeds, pair_seeds))
         steps = []
         for a, b in pairwise(series):
             step: dict[str, Any] = {"from": a["variant"], "to": b["variant"],
                                     "strengths": [a["strength"], b["strength"]]}
-            if draws[a["variant"]] is not None and draws[b["variant"]] is not None:
+            if cells[a["variant"]] is not None and cells[b["variant"]] is not None:
                 rng = contrast_stream(stats_seed)  # A's replicates first, then B's
                 (pa, da), (pb, db) = (
-                    weighted_contrast_draws(draws[v["variant"]][0], v["families"],
+                    weighted_contrast_draws(cells[v["variant"]][0], v["families"],
                                             replicates=replicates, rng=rng,
-                                            paired=draws[v["variant"]][1])
+                                            paired=cells[v["variant"]][1])
                     for v in (a, b))
                 if pa is not None and pb is not None and da.size == db.size:
                     step.update(difference_of_draws(pa, pb, da, db, ci_level))

@@ -679,17 +679,18 @@ def _perm_p(null: np.ndarray, observed: float, *, two_sided: bool) -> float:
 
 
 def weighted_contrasts(c: np.ndarray, gain: np.ndarray, same: np.ndarray) -> np.ndarray:
-    """weighted_contrast of B CLTMs `c` (B, m, m) with self-gains `gain` (B, m), one family
-    labelling `same` (m, m; True for same-family pairs off the diagonal). NaN where a row is
-    undefined or a group of pairs has no weight."""
+    """weighted_contrast of B CLTMs `c` (B, m, m) with self-gains `gain` (B, m) under P family
+    labellings `same` (P, m, m; True for same-family pairs, the diagonal ignored): (B, P).
+    NaN where a row of a CLTM is undefined. Every labelling must have a same-family pair."""
     off = ~np.eye(c.shape[1], dtype=bool)
-    w = np.broadcast_to(gain[:, :, None], c.shape)
-
-    def mean_of(mask: np.ndarray) -> np.ndarray:
-        return _ratio((w * c)[:, mask].sum(1), w[:, mask].sum(1))
-
-    out = mean_of(same) - mean_of(off & ~same)
-    return np.where(np.isnan(c[:, off]).any(1), np.nan, out)
+    weights = gain[:, :, None] * off  # a cell's weight is its target's self-gain
+    weighted = weights * np.where(off, c, 0.0)  # NaN rows stay NaN
+    same = same & off
+    num = np.einsum("bij,pij->bp", weighted, same)
+    den = np.einsum("bij,pij->bp", weights, same)
+    cross_num = weighted.sum((1, 2))[:, None] - num
+    cross_den = weights.sum((1, 2))[:, None] - den
+    return num / den - cross_num / cross_den
 
 
 def weighted_contrast_draws(cells: SeedCells, families: Mapping[str, str] | None, *,
@@ -707,7 +708,8 @@ def weighted_contrast_draws(cells: SeedCells, families: Mapping[str, str] | None
     keep = np.ix_(defined, defined)
 
     def of(rep: Replicates) -> np.ndarray:
-        return weighted_contrasts(rep.cltm[(slice(None), *keep)], rep.gain[:, defined], same)
+        return weighted_contrasts(rep.cltm[(slice(None), *keep)], rep.gain[:, defined],
+                                  same[None])[:, 0]
 
     draws = [of(rep) for rep in bootstrap_replicates(cells, replicates, rng, paired)]
     return float(of(point)[0]), np.concatenate(draws) if draws else np.full(0, np.nan)
@@ -748,9 +750,6 @@ def family_structure(
     n_same, n_all = int(same.sum()), int(off.sum())
     total, pos_total, rank_total = c_off.sum(), mass.sum(), ranks.sum()
     gain = None if self_gain is None else pd.Series(self_gain).reindex(sub.index).to_numpy(float)
-    # A cell times its row's weight; each pair's weight (for the weighted means' denominators).
-    weighted = None if gain is None else gain[:, None] * c_off
-    weights = None if gain is None else gain[:, None] * off
 
     def contrast_of(same_sum: np.ndarray, all_sum: float) -> np.ndarray:
         return same_sum / n_same - (all_sum - same_sum) / (n_all - n_same)
@@ -760,16 +759,16 @@ def family_structure(
         intra = mass_sum / pos_total if pos_total > 0 else np.full(mass_sum.shape, np.nan)
         plain = (contrast_of(_family_sums(c_off, hot), total),
                  contrast_of(_family_sums(ranks, hot), rank_total), intra)
-        if weighted is None:
+        if gain is None:
             return (*plain, np.full(mass_sum.shape, np.nan))
-        num, den = _family_sums(weighted, hot), _family_sums(weights, hot)
-        return (*plain, num / den - (weighted.sum() - num) / (weights.sum() - den))
+        same_of = np.einsum("pif,pjf->pij", hot, hot).astype(bool)
+        return (*plain, weighted_contrasts(c_off[None], gain[None], same_of)[0])
 
     contrast, rank_contrast, intra, wcontrast = stats_of(np.eye(n_fam)[codes][None])
     out.update(contrast=float(contrast[0]), rank_contrast=float(rank_contrast[0]),
                same_family_pair_share=n_same / n_all,
                intra_family_pos=float(intra[0]) if pos_total > 0 else None,
-               weighted_contrast=None if weighted is None else float(wcontrast[0]))
+               weighted_contrast=None if gain is None else float(wcontrast[0]))
     if permutations <= 0:
         return out
     nulls: list[list[np.ndarray]] = [[], [], [], []]
@@ -782,7 +781,7 @@ def family_structure(
     out.update(contrast_p=_perm_p(nc, out["contrast"], two_sided=True),
                contrast_chance=float(nc.mean()),
                rank_contrast_p=_perm_p(nr, out["rank_contrast"], two_sided=True))
-    if weighted is not None:
+    if gain is not None:
         out.update(weighted_contrast_p=_perm_p(nw, out["weighted_contrast"], two_sided=True),
                    weighted_contrast_chance=float(nw.mean()))
     if out["intra_family_pos"] is not None:
