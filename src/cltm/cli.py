@@ -13,8 +13,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from cltm.config import DEFAULT_PARAMS, TASKS, Config, load_config
+from cltm.config import DEFAULT_PARAMS, Config, load_config
 from cltm.errors import CltmError
+from cltm.layout import FAMILIES, TASKS
 
 log = logging.getLogger("cltm")
 
@@ -26,37 +27,35 @@ def _tasks(args: argparse.Namespace) -> tuple[str, ...]:
 def _demo_corpus(args: argparse.Namespace, config: Config) -> None:
     from cltm.data import demo
 
-    out = Path(args.out or config.demo.out)
-    if config.data.source != "demo" and args.out is None:
+    out = Path(args.out)
+    if out.exists():
+        shutil.rmtree(out)
+    if config.data.source != "demo":
         # The stage exists in every pipeline; with a real release it only leaves a note, so that
         # `dvc repro` spends no minutes generating a corpus nobody reads.
-        if out.exists():
-            shutil.rmtree(out)
         out.mkdir(parents=True)
         (out / "README.txt").write_text(
             "Not generated: data.source is 'commonvoice', so the pipeline reads "
-            f"{config.data.commonvoice.root}.\n"
-        )
+            f"{config.data.commonvoice.root}.\n")
         log.info("data.source is commonvoice: demo corpus skipped")
         return
+    d = config.demo
     spec = demo.DemoSpec(
         languages=tuple(config.data.languages),
-        speakers_per_language=config.demo.speakers_per_language,
-        clips_per_speaker=config.demo.clips_per_speaker,
-        dev_speakers=config.demo.dev_speakers,
-        test_speakers=config.demo.test_speakers,
-        family_trait_strength=config.demo.family_trait_strength,
-        clip_seconds=config.demo.clip_seconds,
-        null=config.demo.null_control,
-        seed=config.demo.seed,
-        gender_shift_semitones=config.demo.gender_shift_semitones,
-        gender_pitch_offset=config.demo.gender_pitch_offset,
-        speaker_axes_db=config.demo.speaker_axes_db,
-        speaker_axes_focus=config.demo.speaker_axes_focus,
-        speaker_warp_semitones=config.demo.speaker_warp_semitones,
+        speakers_per_language=d.speakers_per_language,
+        clips_per_speaker=d.clips_per_speaker,
+        dev_speakers=d.dev_speakers,
+        test_speakers=d.test_speakers,
+        family_trait_strength=d.family_trait_strength,
+        clip_seconds=d.clip_seconds,
+        null=d.null_control,
+        seed=d.seed,
+        gender_shift_semitones=d.gender_shift_semitones,
+        gender_pitch_offset=d.gender_pitch_offset,
+        speaker_axes_db=d.speaker_axes_db,
+        speaker_axes_focus=d.speaker_axes_focus,
+        speaker_warp_semitones=d.speaker_warp_semitones,
     )
-    if out.exists():
-        shutil.rmtree(out)
     demo.write_demo_corpus(out, spec, workers=config.data.workers, progress=not args.no_progress)
     log.info("demo corpus written to %s", out)
 
@@ -64,36 +63,39 @@ def _demo_corpus(args: argparse.Namespace, config: Config) -> None:
 def _metadata(args: argparse.Namespace, config: Config) -> None:
     from cltm.data import commonvoice
 
-    locales = args.locale or config.data.languages
-    for locale in locales:
-        path = commonvoice.write_metadata(config.corpus_root, locale)
+    for locale in args.locale or config.data.languages:
+        path = commonvoice.write_metadata(Path(args.root), locale, Path(args.out))
         log.info("%s: metadata table written to %s", locale, path)
 
 
 def _pretrain(args: argparse.Namespace, config: Config) -> None:
     p = config.pretrain
-    out = Path(p.out)
+    out, metrics = Path(args.out), Path(args.metrics)
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
+    metrics.parent.mkdir(parents=True, exist_ok=True)
     if not p.enabled:
         (out / "README.txt").write_text(
             f"Not pretrained: pretrain.enabled is false; fine-tuning loads "
             f"{config.model.name_or_path}.\n")
-        Path("metrics").mkdir(exist_ok=True)
-        Path("metrics/pretrain.json").write_text('{"enabled": false}\n')
+        metrics.write_text('{"enabled": false}\n')
         log.info("pretrain.enabled is false: nothing to pretrain")
         return
+    if Path(config.model.name_or_path).resolve() != out.resolve():
+        raise CltmError(f"pretrain.enabled is true but model.name_or_path "
+                        f"({config.model.name_or_path}) is not the pretrained encoder {out}: "
+                        f"set model.name_or_path: {args.out}, or pretrain.enabled: false")
     from cltm.train.pretrain import PretrainSettings, run_pretrain
 
     settings = PretrainSettings(
         architecture=p.architecture, clusters=p.clusters, epochs=p.epochs,
         crop_seconds=p.crop_seconds, batch_size=p.batch_size, lr=p.lr, seed=p.seed,
         threads=p.threads)
-    summary = run_pretrain(config.corpus_root, config.data.languages, out, settings,
-                           workers=config.data.workers, progress=not args.no_progress)
-    Path("metrics").mkdir(exist_ok=True)
-    Path("metrics/pretrain.json").write_text(json.dumps(
+    summary = run_pretrain(Path(args.corpus), Path(args.metadata), config.data.languages, out,
+                           settings, workers=config.data.workers,
+                           progress=not args.no_progress)
+    metrics.write_text(json.dumps(
         {"enabled": True, **{k: v for k, v in summary.items() if k != "loss_per_epoch"}},
         indent=2) + "\n")
 
@@ -101,66 +103,71 @@ def _pretrain(args: argparse.Namespace, config: Config) -> None:
 def _subsets(args: argparse.Namespace, config: Config) -> None:
     from cltm.data.build import build_subsets
 
-    for task in _tasks(args):
-        build_subsets(config, task, progress=not args.no_progress)
+    build_subsets(config, args.task, Path(args.out), Path(args.metadata),
+                  curve_choice=Path(args.curve) if args.curve else None,
+                  progress=not args.no_progress)
 
 
 def _grid(args: argparse.Namespace, config: Config) -> None:
     from cltm.train.stage import run_grid
 
-    for task in _tasks(args):
-        run_grid(config, task, progress=not args.no_progress)
+    run_grid(config, args.task, Path(args.subsets), Path(args.runs), Path(args.models),
+             progress=not args.no_progress)
 
 
 def _curve(args: argparse.Namespace, config: Config) -> None:
     from cltm.analysis.beyond import curve_disabled, run_curve_analysis
-    from cltm.train.stage import curve_data_dir, curve_runs_dir
 
-    for task in _tasks(args):
-        data, runs = curve_data_dir(task), curve_runs_dir(task)
-        if not config.curve.enabled:
-            # The stage exists in every pipeline (subsets reads its choice); off, it only
-            # leaves notes. The run store is kept: turning the curve on again resumes it.
-            for d in (data, runs):
-                d.mkdir(parents=True, exist_ok=True)
-                (d / "README.txt").write_text("curve.enabled is false: no learning curve.\n")
-            curve_disabled(task)
-            log.info("curve.enabled is false: no %s learning curve", task)
-            continue
-        from cltm.data.build import build_curve_subsets
-        from cltm.train.stage import run_curve
+    task, data, runs, metrics = args.task, Path(args.data), Path(args.runs), Path(args.metrics)
+    if not config.curve.enabled:
+        # The stage exists in every pipeline (subsets reads its choice); off, it only
+        # leaves notes. The run store is kept: turning the curve on again resumes it.
+        for d in (data, runs):
+            d.mkdir(parents=True, exist_ok=True)
+            (d / "README.txt").write_text("curve.enabled is false: no learning curve.\n")
+        curve_disabled(task, metrics)
+        log.info("curve.enabled is false: no %s learning curve", task)
+        return
+    from cltm.data.build import build_curve_subsets
+    from cltm.train.stage import run_curve
 
-        (data / "README.txt").unlink(missing_ok=True)
-        build_curve_subsets(config, task, data, progress=not args.no_progress)
-        run_curve(config, task, progress=not args.no_progress)
-        run_curve_analysis(config, task, runs)
+    (data / "README.txt").unlink(missing_ok=True)
+    build_curve_subsets(config, task, data, Path(args.metadata), progress=not args.no_progress)
+    run_curve(config, task, data, runs, progress=not args.no_progress)
+    run_curve_analysis(config, task, runs, metrics)
 
 
 def _geometry(args: argparse.Namespace, config: Config) -> None:
     from cltm.analysis.beyond import run_geometry
 
-    run_geometry(config, Path("metrics") / "runs" / "speaker")
+    run_geometry(config, Path(args.runs), metrics_dir=Path(args.metrics))
 
 
 def _gaps(args: argparse.Namespace, config: Config) -> None:
     from cltm.analysis.beyond import run_gaps
 
-    families = _families(config)
-    for task in _tasks(args):
-        run_gaps(config, task, Path("metrics") / "runs" / task, families=families)
+    run_gaps(config, args.task, Path(args.runs), families=_families(config, args.corpus),
+             metrics_dir=Path(args.metrics))
 
 
-def _families(config: Config) -> dict[str, str]:
+def _families_csv(config: Config, corpus: str | None) -> Path | None:
+    """The demo corpus's planted families (FAMILIES inside it), where there is one."""
+    if config.data.source != "demo" or corpus is None:
+        return None
+    csv = Path(corpus) / FAMILIES
+    return csv if csv.is_file() else None
+
+
+def _families(config: Config, corpus: str | None) -> dict[str, str]:
     from cltm.analysis.languages import family_map
 
-    csv = Path(config.demo.out) / "families.csv" if config.data.source == "demo" else None
-    return family_map(config.analysis.family_level, csv if csv and csv.is_file() else None)
+    return family_map(config.analysis.family_level, _families_csv(config, corpus))
 
 
 def _plan(args: argparse.Namespace, config: Config) -> None:
     from cltm.train.stage import plan
 
-    for row in plan(config):
+    for row in plan(config, Path(args.subsets), Path(args.runs)):
         left = "?" if row["left"] is None else row["left"]
         pace = "no runs timed yet" if row["s_per_run"] is None else (
             f"{row['s_per_run']:.2f} s a run, about {row['eta_h']:.2f} h left")
@@ -172,16 +179,14 @@ def _plan(args: argparse.Namespace, config: Config) -> None:
 def _cltm(args: argparse.Namespace, config: Config) -> None:
     from cltm.analysis.stage import run_cltm
 
-    families = Path(config.demo.out) / "families.csv" if config.data.source == "demo" else None
     a = config.analysis
-    for task in _tasks(args):
-        run_cltm(
-            task, Path("metrics") / "runs" / task, Path("metrics") / task,
-            family_level=config.analysis.family_level,
-            highlight=config.analysis.highlight_languages, families_csv=families,
-            fdr=a.fdr, bootstrap=a.bootstrap, ci_level=a.ci_level,
-            permutations=a.permutations, stats_seed=a.stats_seed, pair_seeds=a.pair_seeds,
-        )
+    run_cltm(
+        args.task, Path(args.runs), Path(args.out),
+        family_level=a.family_level, highlight=a.highlight_languages,
+        families_csv=_families_csv(config, args.corpus),
+        fdr=a.fdr, bootstrap=a.bootstrap, ci_level=a.ci_level,
+        permutations=a.permutations, stats_seed=a.stats_seed, pair_seeds=a.pair_seeds,
+    )
 
 
 def _compare(args: argparse.Namespace, config: Config) -> None:
@@ -189,7 +194,7 @@ def _compare(args: argparse.Namespace, config: Config) -> None:
 
     a = config.analysis
     run_compare(Path(args.a), Path(args.b), Path(args.out), labels=(args.label_a, args.label_b),
-                families=_families(config), fdr=a.fdr, bootstrap=a.bootstrap,
+                families=_families(config, args.corpus), fdr=a.fdr, bootstrap=a.bootstrap,
                 ci_level=a.ci_level, stats_seed=a.stats_seed, pair_seeds=a.pair_seeds)
 
 
@@ -207,53 +212,56 @@ def _report(args: argparse.Namespace, config: Config) -> None:
     from cltm.analysis.report import run_report
 
     demo = config.data.source == "demo"
-    # The calibration's table is read, not declared as a dependency in dvc.yaml: declared, it
-    # would make every `dvc repro` run the hour-long calibration pipeline first.
-    run_report(Path("metrics"), Path("metrics") / "report.md",
-               null_control=demo and config.demo.null_control, planted=demo,
-               calibration=Path(config.calibration.out) / "metrics.json" if demo else None)
+    run_report(Path(args.metrics), Path(args.out), null_control=demo and config.demo.null_control,
+               planted=demo, runs_dir=Path(args.runs))
 
 
-def _strength(config: Config, name: str) -> float:
-    v = config.calibration.variants[name]
-    if v.exchangeable:
-        return 0.0  # nothing is planted in a null-control corpus, whatever the strength
-    return (config.demo.family_trait_strength if v.family_trait_strength is None
-            else v.family_trait_strength)
+def _calibration_params(args: argparse.Namespace, config: Config) -> None:
+    import yaml
+
+    from cltm.config import load_calibration, variant_params
+
+    raw = yaml.safe_load(Path(args.params).read_text())
+    params = variant_params(raw, load_calibration(args.calibration), args.variant,
+                            corpus=args.corpus, encoder=args.encoder)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def _calibrate(args: argparse.Namespace, config: Config) -> None:
-    from cltm import calibrate
+def _calibration_summary(args: argparse.Namespace, config: Config) -> None:
     from cltm.analysis.calibration import variant_summary
+    from cltm.config import load_calibration, variant_strength
 
-    work = calibrate.run_variant(Path(args.params), args.variant, progress=not args.no_progress)
-    out = Path(config.calibration.out) / calibrate.METRICS
-    out.mkdir(parents=True, exist_ok=True)
-    v = config.calibration.variants[args.variant]
-    summary = variant_summary(work, args.variant, strength=_strength(config, args.variant),
-                              held_out=v.held_out, exchangeable=v.exchangeable)
-    (out / f"{args.variant}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    cal = load_calibration(args.calibration)
+    v = cal.variants[args.variant]
+    summary = variant_summary(
+        Path(args.metrics), Path(args.runs), _families_csv(config, args.corpus), args.variant,
+        strength=variant_strength(cal, args.variant, config.demo.family_trait_strength),
+        held_out=v.held_out, exchangeable=v.exchangeable)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=2) + "\n")
 
 
-def _calibrate_report(args: argparse.Namespace, config: Config) -> None:
+def _calibration_report(args: argparse.Namespace, config: Config) -> None:
     from cltm.analysis.calibration import dose_growth, summarize
-    from cltm.calibrate import METRICS, WORK
+    from cltm.config import load_calibration
 
-    out = Path(config.calibration.out)
-    missing = [n for n in config.calibration.variants
-               if not (out / METRICS / f"{n}.json").is_file()]
+    cal = load_calibration(args.calibration)
+    summaries, runs = Path(args.summaries), Path(args.runs)
+    missing = [n for n in cal.variants if not (summaries / f"{n}.json").is_file()]
     if missing:
         raise CltmError(f"calibration variants not run yet: {', '.join(missing)}; run "
-                        "`dvc repro calibration/dvc.yaml` (or `cltm calibrate --variant NAME`)")
-    variants = [json.loads((out / METRICS / f"{n}.json").read_text())
-                for n in config.calibration.variants]
+                        "`dvc repro` in calibration/")
+    variants = [json.loads((summaries / f"{n}.json").read_text()) for n in cal.variants]
     a = config.analysis
-    growth = dose_growth(out / WORK, variants, replicates=a.bootstrap, ci_level=a.ci_level,
+    growth = dose_growth(runs, variants, replicates=a.bootstrap, ci_level=a.ci_level,
                          stats_seed=a.stats_seed, pair_seeds=a.pair_seeds)
-    result = summarize(out, variants, config.demo.family_trait_strength, growth)
+    result = summarize(Path(args.out), variants, config.demo.family_trait_strength, growth)
     failed = [k for k, v in result["checks"].items()
               if v is False or (isinstance(v, dict) and False in v.values())]
-    log.info("calibration report written to %s; checks failed: %s", out / "report.md",
+    log.info("calibration report written to %s; checks failed: %s", args.out,
              ", ".join(failed) or "none")
 
 
@@ -268,27 +276,35 @@ def _diagnostics(args: argparse.Namespace) -> None:
 
 def _languages(args: argparse.Namespace, config: Config) -> None:
     from cltm.data import commonvoice, subsets
+    from cltm.data.build import resolve_n
 
     root = Path(args.root or config.data.commonvoice.root)
     locales = args.locales or config.data.languages
     table = commonvoice.read_release(root, locales)
-    from cltm.data.build import resolve_n
-
     g, s = config.tasks.gender, config.tasks.speaker
+    curve = {t: Path(c) if c else None for t, c in (("gender", args.gender_curve),
+                                                     ("speaker", args.speaker_curve))}
     report = subsets.language_capacity(
-        table, locales, gender_N=resolve_n(config, "gender"), gender_cps=g.clips_per_speaker,
-        speaker_N=resolve_n(config, "speaker"), speaker_cps=s.clips_per_speaker,
-        pool=config.data.commonvoice.pool,
+        table, locales, gender_N=resolve_n(config, "gender", curve["gender"]),
+        gender_cps=g.clips_per_speaker,
+        speaker_N=resolve_n(config, "speaker", curve["speaker"]),
+        speaker_cps=s.clips_per_speaker, pool=config.data.commonvoice.pool,
     )
     print(report.to_string())
 
 
-def _task_command(sub: argparse._SubParsersAction, name: str, help: str,
-                  func: Callable[[argparse.Namespace, Config], None]) -> None:
-    """A stage subcommand that runs per task: --task gender, speaker or all."""
+def _sub(sub: argparse._SubParsersAction, name: str, help: str,
+         func: Callable[[argparse.Namespace, Config], None], *,
+         task: bool = False, **paths: str) -> argparse.ArgumentParser:
+    """A subcommand; `task`: it runs one task (--task); `paths`: its required path arguments
+    (--NAME PATH), which dvc.yaml gives: the code holds no path of its own."""
     p = sub.add_parser(name, help=help)
-    p.add_argument("--task", choices=[*TASKS, "all"], required=True)
+    if task:
+        p.add_argument("--task", choices=TASKS, required=True)
+    for arg, text in paths.items():
+        p.add_argument(f"--{arg.replace('_', '-')}", required=True, metavar="PATH", help=text)
     p.set_defaults(func=func)
+    return p
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -299,36 +315,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
 
-    d = sub.add_parser("demo-corpus", help="write the eSpeak NG demo corpus in Common Voice layout")
-    d.add_argument("--out", help="output directory (default: demo.out)")
-    d.set_defaults(func=_demo_corpus)
-
-    md = sub.add_parser("metadata", help="read a locale's TSVs into data/metadata/<locale>.parquet")
+    _sub(sub, "demo-corpus", "write the eSpeak NG demo corpus in Common Voice layout",
+         _demo_corpus, out="the corpus folder (a note only, with data.source: commonvoice)")
+    md = _sub(sub, "metadata", "read locales' TSVs into one table each (<out>/<locale>.parquet)",
+              _metadata, root="the release root (data.commonvoice.root)",
+              out="folder of the tables")
     md.add_argument("--locale", action="append",
                     help="a locale to read (repeatable; default: every one of data.languages)")
-    md.set_defaults(func=_metadata)
-
-    pt = sub.add_parser("pretrain", help="pretrain the demo's small HuBERT on the corpus")
-    pt.set_defaults(func=_pretrain)
-
-    _task_command(sub, "subsets", "select D, D' and evaluation clips; pack their audio", _subsets)
-
-    _task_command(sub, "grid", "train and score every run of a task's grid (resumable)", _grid)
-
-    _task_command(sub, "curve", "learning curves over curve.N_grid; choose N (§2.2)", _curve)
-
-    ge = sub.add_parser("geometry", help="speaker embedding geometry of every cross run")
-    ge.set_defaults(func=_geometry)
-
-    _task_command(sub, "gaps", "performance gap and linguistic gap (CKA) of a task", _gaps)
-
-    pl = sub.add_parser("plan", help="runs per task, how many are done, the time left")
-    pl.set_defaults(func=_plan)
-
-    _task_command(sub, "cltm", "the CLTM of a task, its standard errors, diagnostics, plots", _cltm)
-
-    r = sub.add_parser("report", help="write metrics/report.md")
-    r.set_defaults(func=_report)
+    _sub(sub, "pretrain", "pretrain the demo's small HuBERT on the corpus", _pretrain,
+         corpus="the release root", metadata="the metadata stage's folder",
+         out="the encoder folder (a note only, with pretrain.enabled: false)",
+         metrics="the summary JSON")
+    sb = _sub(sub, "subsets", "select D, D' and evaluation clips; pack their audio", _subsets,
+              task=True, metadata="the metadata stage's folder", out="the task's subsets folder")
+    sb.add_argument("--curve", metavar="PATH",
+                    help="the curve stage's choice (JSON), read when tasks.<task>.N is auto")
+    _sub(sub, "grid", "train and score every run of a task's grid (resumable)", _grid,
+         task=True, subsets="the task's subsets folder", runs="the task's run store",
+         models="the task's checkpoints folder")
+    _sub(sub, "curve", "learning curves over curve.N_grid; choose N (§2.2)", _curve,
+         task=True, metadata="the metadata stage's folder", data="the curve's subsets folder",
+         runs="the curve's run store", metrics="the metrics folder (curves/<task>[.json])")
+    _sub(sub, "geometry", "speaker embedding geometry of every cross run", _geometry,
+         runs="the speaker run store", metrics="the metrics folder (speaker/geometry[.json])")
+    _sub(sub, "gaps", "performance gap and linguistic gap (CKA) of a task", _gaps, task=True,
+         runs="the task's run store", metrics="the metrics folder (<task>/gaps[.json])",
+         corpus="the corpus folder (the demo's planted families)")
+    _sub(sub, "plan", "runs per task, how many are done, the time left", _plan,
+         subsets="the folder of the subsets folders (data/subsets)",
+         runs="the folder of the run stores (metrics/runs)")
+    _sub(sub, "cltm", "the CLTM of a task, its standard errors, diagnostics, plots", _cltm,
+         task=True, runs="the task's run store", out="the task's metrics folder",
+         corpus="the corpus folder (the demo's planted families)")
+    _sub(sub, "report", "write the Markdown report", _report,
+         metrics="the metrics folder", runs="the folder of the run stores", out="the report")
 
     cm = sub.add_parser(
         "compare", help="two results (run stores) side by side: B − A of each diagnostic and "
@@ -338,20 +358,29 @@ def build_parser() -> argparse.ArgumentParser:
     cm.add_argument("b", help="run store of result B")
     cm.add_argument("--label-a", help="A's name in the outputs (default: the end of its path)")
     cm.add_argument("--label-b", help="B's name in the outputs (default: the end of its path)")
-    cm.add_argument("--out", default="metrics/compare",
+    cm.add_argument("--out", required=True,
                     help="output folder for compare.md, compare.json, compare_cells.csv and "
-                    "compare_heatmap.png (default: %(default)s)")
+                    "compare_heatmap.png (e.g. metrics/compare/NAME)")
+    cm.add_argument("--corpus", help="a demo corpus folder whose planted families to use")
     cm.set_defaults(func=_compare)
+
+    cal = "the calibration's params (calibration/params.yaml)"
+    _sub(sub, "calibration-params", "the params file of one calibration variant",
+         _calibration_params, calibration=cal, corpus="the variant's corpus folder",
+         encoder="the variant's pretrained encoder folder", out="the variant's params file"
+         ).add_argument("--variant", required=True)
+    _sub(sub, "calibration-summary", "one calibration variant's summary (JSON)",
+         _calibration_summary, calibration=cal, metrics="the variant's metrics folder",
+         runs="the folder of the variant's run stores", corpus="the variant's corpus folder",
+         out="the summary JSON").add_argument("--variant", required=True)
+    _sub(sub, "calibration-report", "the calibration table and its checks (report.md, "
+         "metrics.json)", _calibration_report, calibration=cal,
+         summaries="the folder of the variants' summaries",
+         runs="the folder of the variants' work folders (<variant>/runs/<task>)",
+         out="the folder for report.md and metrics.json")
 
     dg = sub.add_parser("diagnostics",
                         help="the paper's diagnostics of any CLTM in cltm.csv format")
-    cal = sub.add_parser("calibrate", help="run the pipeline on one calibration corpus "
-                         "(calibration.variants.NAME) in calibration/work/NAME")
-    cal.add_argument("--variant", required=True)
-    cal.set_defaults(func=_calibrate)
-    sub.add_parser("calibrate-report", help="the calibration table and its checks: "
-                   "calibration/report.md and calibration/metrics.json"
-                   ).set_defaults(func=_calibrate_report)
     dg.add_argument("matrix", help="CLTM csv: index column `target`, one column per donor")
     dg.add_argument("--se", help="standard errors, same shape")
     dg.add_argument("--family-level", choices=["family", "genus"], default="genus")
@@ -361,6 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     lg = sub.add_parser("languages", help="which locales of a release can fill the requests")
     lg.add_argument("--root", help="Common Voice root (default: data.commonvoice.root)")
+    lg.add_argument("--gender-curve", help="the gender curve's choice, when tasks.gender.N is auto")
+    lg.add_argument("--speaker-curve",
+                    help="the speaker curve's choice, when tasks.speaker.N is auto")
     lg.add_argument("locales", nargs="*", help="locales to check (default: data.languages)")
     lg.set_defaults(func=_languages)
     return p

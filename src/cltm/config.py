@@ -7,105 +7,107 @@ the key and what is expected, instead of deep inside a stage.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import re
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
 
 from cltm.errors import CltmError
+from cltm.layout import ENCODER_TYPES, TASKS
 
 DEFAULT_PARAMS = Path("params.yaml")
 
 
 @dataclass(frozen=True)
 class CommonVoiceConfig:
-    # With data.source: demo this must be the demo corpus directory (demo.out).
-    root: str = "data/demo_corpus"
+    # The release root (one folder per locale). With data.source: demo, the demo corpus that
+    # dvc.yaml's demo-corpus stage writes.
+    root: str
     # `validated`: validated clips of speakers outside dev/test; `train`: the official split only.
-    pool: Literal["validated", "train"] = "validated"
+    pool: Literal["validated", "train"]
 
 
 @dataclass(frozen=True)
 class DataConfig:
     source: Literal["demo", "commonvoice"]
     languages: list[str]
-    commonvoice: CommonVoiceConfig = field(default_factory=CommonVoiceConfig)
+    commonvoice: CommonVoiceConfig
     # Drop languages that cannot fill a request (with a warning) instead of stopping.
-    drop_short_languages: bool = False
-    min_duration_s: float | None = None
-    max_duration_s: float | None = None
+    drop_short_languages: bool
+    min_duration_s: float | None
+    max_duration_s: float | None
     # Seed of the data selection. `fixed`: one draw of D and D' that every training seed trains
     # on (the paper's). `per_seed`: each training seed draws its own D and D' (seeded by
     # selection_seed and the training seed), so that the seeds' spread, and with it every SE,
     # test and interval, covers which clips a subset happened to get, not only the training
     # noise. Evaluation clips and trials are drawn once either way.
-    selection: Literal["fixed", "per_seed"] = "fixed"
+    selection: Literal["fixed", "per_seed"]
     # Where each language's D and D' come from. `per_language`: its own speakers (the paper's).
     # `shared`: dealt from every language's speakers at once, so that D'_i and D_j are drawn
     # alike by construction and, on the null-control corpus, every true cell is 1 given the
     # corpus (the calibration's exchangeable variant). Needs selection: per_seed.
-    selection_pool: Literal["per_language", "shared"] = "per_language"
-    selection_seed: int = 0
-    trials_seed: int = 0
+    selection_pool: Literal["per_language", "shared"]
+    selection_seed: int
+    trials_seed: int
     # Processes for decoding and generation.
-    workers: int = 2
+    workers: int
 
 
 @dataclass(frozen=True)
 class DemoConfig:
-    out: str = "data/demo_corpus"
-    speakers_per_language: int = 40
-    clips_per_speaker: int = 5
-    dev_speakers: int = 4
-    test_speakers: int = 10
-    clip_seconds: float = 3.0  # typical clip length; Common Voice clips run 2-6 s
-    family_trait_strength: float = 1.0
-    null_control: bool = False
-    seed: int = 0
+    speakers_per_language: int
+    clips_per_speaker: int
+    dev_speakers: int
+    test_speakers: int
+    clip_seconds: float  # typical clip length; Common Voice clips run 2-6 s
+    family_trait_strength: float
+    null_control: bool
+    seed: int
     # The planted task cues, scaled by family_trait_strength (data/demo.py): each family's
     # frequency warp of its voices (pitch and formants) in semitones at strength 1 and the move
     # of its eSpeak pitch setting (0-100, F0 alone), the spread of each speaker's own spectral
     # colouring (dB), and how much of that spread a family's speakers put on the family's own
     # two bands (0: none; the total stays the same).
-    gender_shift_semitones: float = 0.0
-    gender_pitch_offset: float = 0.0
-    speaker_axes_db: float = 0.0
-    speaker_axes_focus: float = 0.0
+    gender_shift_semitones: float
+    gender_pitch_offset: float
+    speaker_axes_db: float
+    speaker_axes_focus: float
     # Not a planting: the spread (semitones) of each speaker's own warp, at every strength.
-    speaker_warp_semitones: float = 0.0
+    speaker_warp_semitones: float
 
 
 @dataclass(frozen=True)
 class GenderTaskConfig:
     # Clips per class in each of D and D'; `auto`: the N the curve stage chose.
     N: int | Literal["auto"]
-    clips_per_speaker: int = 1
-    eval_max_per_language: int | None = None
-    lr: float | None = None  # overrides train.lr for this task; null: train.lr
-    epochs: int | None = None  # overrides train.epochs for this task; null: train.epochs
-    seeds: list[int] | None = None  # overrides train.seeds for this task; null: train.seeds
-    head_init: Literal["random", "zero"] | None = None  # overrides train.head_init; null: train's
-    head_lr_scale: float | None = None  # overrides train.head_lr_scale; null: train's
-    encoder: Literal["finetune", "frozen"] | None = None  # overrides train.encoder; null: train's
+    clips_per_speaker: int
+    eval_max_per_language: int | None
+    lr: float | None  # overrides train.lr for this task; null: train.lr
+    epochs: int | None  # overrides train.epochs for this task; null: train.epochs
+    seeds: list[int] | None  # overrides train.seeds for this task; null: train.seeds
+    head_init: Literal["random", "zero"] | None  # overrides train.head_init; null: train's
+    head_lr_scale: float | None  # overrides train.head_lr_scale; null: train's
+    encoder: Literal["finetune", "frozen"] | None  # overrides train.encoder; null: train's
 
 
 @dataclass(frozen=True)
 class SpeakerTaskConfig:
     # Clips in each of D and D'; `auto`: the N the curve stage chose.
     N: int | Literal["auto"]
-    clips_per_speaker: int = 1
-    max_pairs_per_speaker: int = 200
-    lr: float | None = None  # overrides train.lr for this task; null: train.lr
-    epochs: int | None = None  # overrides train.epochs for this task; null: train.epochs
-    seeds: list[int] | None = None  # overrides train.seeds for this task; null: train.seeds
-    head_init: Literal["random", "zero"] | None = None  # overrides train.head_init; null: train's
-    head_lr_scale: float | None = None  # overrides train.head_lr_scale; null: train's
-    encoder: Literal["finetune", "frozen"] | None = None  # overrides train.encoder; null: train's
+    clips_per_speaker: int
+    max_pairs_per_speaker: int
+    lr: float | None  # overrides train.lr for this task; null: train.lr
+    epochs: int | None  # overrides train.epochs for this task; null: train.epochs
+    seeds: list[int] | None  # overrides train.seeds for this task; null: train.seeds
+    head_init: Literal["random", "zero"] | None  # overrides train.head_init; null: train's
+    head_lr_scale: float | None  # overrides train.head_lr_scale; null: train's
+    encoder: Literal["finetune", "frozen"] | None  # overrides train.encoder; null: train's
 
 
 @dataclass(frozen=True)
@@ -114,74 +116,69 @@ class TasksConfig:
     speaker: SpeakerTaskConfig
 
 
-#: Speech encoders of the wav2vec 2.0 family (a CNN feature encoder and a transformer over its
-#: frames) that `model.*` and `pretrain.architecture` may name, as Hugging Face model types.
-ENCODER_TYPES = ("hubert", "wav2vec2", "wavlm", "data2vec-audio")
-
-
 @dataclass(frozen=True)
 class ModelConfig:
     # A Hugging Face model id or a local directory holding config.json and the weights.
-    name_or_path: str = "utter-project/mHuBERT-147"
+    name_or_path: str
     # Config overrides for a randomly initialised encoder (demo and tests: no weights needed),
     # `model_type` one of ENCODER_TYPES (default hubert). When set, name_or_path is not read.
-    random_init: dict[str, Any] | None = None
-    init_seed: int = 0
+    random_init: dict[str, Any] | None
+    init_seed: int
 
 
 @dataclass(frozen=True)
 class PretrainConfig:
     """HuBERT-style pretraining of a small encoder on the corpus (the demo's stand-in for
-    mHuBERT-147). When enabled, its output directory is the model that fine-tuning loads."""
+    mHuBERT-147). When enabled, model.name_or_path names its output directory (dvc.yaml's
+    pretrain stage), the model that fine-tuning loads."""
 
-    enabled: bool = False
-    out: str = "models/pretrained"
+    enabled: bool
     # Config overrides of the small encoder; `model_type` one of ENCODER_TYPES (default hubert).
-    architecture: dict[str, Any] = field(default_factory=dict)
-    clusters: int = 50
-    epochs: int = 20
-    crop_seconds: float = 2.0
-    batch_size: int = 8
-    lr: float = 1e-3
-    seed: int = 0
-    threads: int = 2
+    architecture: dict[str, Any]
+    clusters: int
+    epochs: int
+    crop_seconds: float
+    batch_size: int
+    lr: float
+    seed: int
+    threads: int
 
 
 @dataclass(frozen=True)
 class RayConfig:
     # GPUs per worker: 1 = one worker per GPU; 0.5 = two workers share a GPU.
-    gpus_per_worker: float = 1.0
-    cpus_per_worker: float = 1.0
+    gpus_per_worker: float
+    cpus_per_worker: float
     # Workers when no GPU is visible (a CPU-only Ray cluster).
-    cpu_workers: int = 2
-    max_retries: int = 2
+    cpu_workers: int
+    max_retries: int
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     seeds: list[int]
-    lr: float = 1e-5
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    epochs: int = 1
-    batch_size: int = 1
+    lr: float
+    weight_decay: float
+    grad_clip: float
+    epochs: int
+    batch_size: int
     # The new linear head: `random` is PyTorch's default initialisation (the paper's); `zero`
     # starts every run from the same head, so a run's first steps follow its data, not where a
     # random head happened to point (with a dozen steps that decided whether a run learnt).
-    head_init: Literal["random", "zero"] = "random"
+    head_init: Literal["random", "zero"]
     # The head's learning rate as a multiple of the encoder's (lr): 1 is the paper's.
-    head_lr_scale: float = 1.0
+    head_lr_scale: float
     # `finetune`: every weight trains, the CNN included (the paper's). `frozen`: the encoder's
     # statistics-pooled features (mean and SD over frames) are computed once per clip and a run
     # trains only its head on them, standardised, one full-batch step an epoch (speaker: a
     # linear projection, the verification embedding, under a speaker-ID classifier).
-    encoder: Literal["finetune", "frozen"] = "finetune"
-    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
-    device: str = "auto"  # auto: the first GPU when there is one, else cpu
-    threads: int | None = None  # torch CPU threads; null: torch's default
-    executor: Literal["inline", "ray"] = "inline"
-    ray: RayConfig = field(default_factory=RayConfig)
-    checkpoints: Literal["none", "self", "all"] = "none"
+    encoder: Literal["finetune", "frozen"]
+    precision: Literal["fp32", "fp16", "bf16"]
+    device: str  # auto: the first GPU when there is one, else cpu
+    threads: int | None  # torch CPU threads; null: torch's default
+    executor: Literal["inline", "ray"]
+    ray: RayConfig
+    checkpoints: Literal["none", "self", "all"]
 
 
 PAPER_HIGHLIGHT = ["ar", "en", "de", "ckb", "kmr", "fr", "ca", "es", "be", "ru", "uk", "eu",
@@ -192,42 +189,42 @@ PAPER_HIGHLIGHT = ["ar", "en", "de", "ckb", "kmr", "fr", "ca", "es", "be", "ru",
 class AnalysisConfig:
     # Grouping for intra_family_pos and the heatmaps: `genus` is close to the reference's
     # grouping (Indo-European split by branch); `family` is Glottolog's top level.
-    family_level: Literal["family", "genus"] = "genus"
+    family_level: Literal["family", "genus"]
     # The reduced heatmap's languages (those present); null: the paper's 16.
-    highlight_languages: list[str] | None = None
+    highlight_languages: list[str] | None
     # Uncertainty: Benjamini-Hochberg false discovery rate for the per-cell tests, bootstrap
     # resamples over seeds and the interval's level, family-label permutations.
-    fdr: float = 0.05
-    bootstrap: int = 1000
-    ci_level: float = 0.95
-    permutations: int = 2000
-    stats_seed: int = 0
+    fdr: float
+    bootstrap: int
+    ci_level: float
+    permutations: int
+    stats_seed: int
     # Pair runs by seed (tests, bootstrap, self-gain SE) where every cell has the same seeds:
     # one seed's runs share its head initialisation and data order (analysis/stats.py).
-    pair_seeds: bool = True
+    pair_seeds: bool
     # Embedding probes (geometry and linear CKA): at most this many evaluation clips per
     # language, chosen once by data.selection_seed and embedded by every fine-tuned model;
     # 0 turns the probes off. The grid depends on it: changing it retrains.
-    probe_clips: int = 0
+    probe_clips: int
     # Entropic regularisation of the Sinkhorn distance, as a fraction of the median cost.
-    sinkhorn_reg: float = 0.05
+    sinkhorn_reg: float
 
 
 @dataclass(frozen=True)
 class CurveConfig:
     """Learning curves of base runs over N, and the paper's dynamic interval (§2.2)."""
 
-    enabled: bool = False
+    enabled: bool
     # Per task, the training sizes (same unit as tasks.<task>.N); nested: the clips of a
     # smaller N are a subset of those of a larger one.
-    N_grid: dict[str, list[int]] = field(default_factory=dict)
-    languages: list[str] | None = None  # null: every language of data.languages
-    seeds: list[int] = field(default_factory=lambda: [0, 1])
+    N_grid: dict[str, list[int]]
+    languages: list[str] | None  # null: every language of data.languages
+    seeds: list[int]
     # The interval score min(Δ/(τ·P(N)), Δ/(z·SE), (Δ/ln 2)/ε), and the smoothing over log N.
-    tau: float = 0.05
-    z: float = 1.3
-    eps: float = 0.05
-    bandwidth: float = 0.5
+    tau: float
+    z: float
+    eps: float
+    bandwidth: float
 
 
 @dataclass(frozen=True)
@@ -249,9 +246,8 @@ class CalibrationConfig:
     """The calibration experiment (calibration/dvc.yaml): the demo pipeline on several corpora
     whose planted structure is known, to show that the CLTM measures it (and nothing else)."""
 
-    variants: dict[str, CalibrationVariant] = field(default_factory=dict)
-    seeds: list[int] | None = None  # every task's seeds in the calibration; null: each task's
-    out: str = "calibration"
+    variants: dict[str, CalibrationVariant]
+    seeds: list[int] | None  # every task's seeds in the calibration; null: each task's
 
 
 @dataclass(frozen=True)
@@ -259,12 +255,11 @@ class Config:
     data: DataConfig
     tasks: TasksConfig
     train: TrainConfig
-    model: ModelConfig = field(default_factory=ModelConfig)
-    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
-    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
-    demo: DemoConfig = field(default_factory=DemoConfig)
-    curve: CurveConfig = field(default_factory=CurveConfig)
-    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    model: ModelConfig
+    pretrain: PretrainConfig
+    analysis: AnalysisConfig
+    demo: DemoConfig
+    curve: CurveConfig
 
     @property
     def corpus_root(self) -> Path:
@@ -281,7 +276,6 @@ class Config:
         return self.seeds_of(task) if self.data.selection == "per_seed" else None
 
 
-TASKS = ("gender", "speaker")
 #: The strongest planting: at 3 the family trait's resonances reach ±45 dB and the gender warp
 #: ±3 × demo.gender_shift_semitones, past which the corpus stops sounding like speech.
 MAX_STRENGTH = 3.0
@@ -328,7 +322,10 @@ def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
         if name not in raw:
             missing = dataclasses.MISSING
             if f.default is missing and f.default_factory is missing:
-                raise CltmError(f"{source}: missing key {key} ({_expected(hints[name])})")
+                raise CltmError(
+                    f"{source}: missing key {key} ({_expected(hints[name])}). A params file "
+                    "names every key: params.yaml (the demo) and configs/paper.yaml (the "
+                    "paper's protocol) are complete examples")
             continue
         values[name] = _convert(hints[name], raw[name], key, source)
     return cls(**values)
@@ -450,7 +447,6 @@ def _check_values(c: Config, source: str) -> None:
         problem = n_problem(name, t.N, t.clips_per_speaker)
         if problem:
             fail(f"tasks.{name}.N ({t.N}) {problem}")
-    _check_calibration(c, fail)
     cap = c.tasks.gender.eval_max_per_language
     if cap is not None and cap < 2:
         fail("tasks.gender.eval_max_per_language must be at least 2 (or null for no cap)")
@@ -467,9 +463,9 @@ def _check_values(c: Config, source: str) -> None:
                  f"of the wav2vec 2.0 family: {', '.join(ENCODER_TYPES)}")
     p = c.pretrain
     if p.enabled:
-        if c.model.random_init is not None or Path(c.model.name_or_path) != Path(p.out):
-            fail(f"with pretrain.enabled, fine-tuning must load the pretrained encoder: set "
-                 f"model.name_or_path: {p.out} and model.random_init: null")
+        if c.model.random_init is not None:
+            fail("with pretrain.enabled, fine-tuning loads the pretrained encoder: set "
+                 "model.random_init: null and model.name_or_path to the pretrain stage's output")
         if p.epochs < 1 or p.clusters < 2 or p.batch_size < 1 or p.lr <= 0:
             fail("pretrain.epochs, batch_size and lr must be positive and clusters at least 2")
         if not 0.5 <= p.crop_seconds <= 10:
@@ -512,9 +508,6 @@ def _check_values(c: Config, source: str) -> None:
         from cltm.data.demo import check_languages
 
         check_languages(langs)  # an unsupported locale: the message lists the supported ones
-        if Path(c.data.commonvoice.root) != Path(d.out):
-            fail(f"with data.source: demo, data.commonvoice.root ({c.data.commonvoice.root}) "
-                 f"must be the demo corpus directory demo.out ({d.out})")
     elif not Path(c.data.commonvoice.root).is_dir():
         fail(f"data.commonvoice.root: {c.data.commonvoice.root} is not a directory. Point it "
              "at an unpacked Common Voice release (the folder that holds one folder per "
@@ -522,8 +515,67 @@ def _check_values(c: Config, source: str) -> None:
              "https://commonvoice.mozilla.org/datasets")
 
 
-def _check_calibration(c: Config, fail: typing.Callable[[str], None]) -> None:
-    cal = c.calibration
+def load_calibration(path: str | Path) -> CalibrationConfig:
+    """The calibration's own params file (calibration/params.yaml), validated."""
+    path = Path(path)
+    if not path.is_file():
+        raise CltmError(f"calibration params file not found: {path}")
+    raw = yaml.safe_load(path.read_text()) or {}
+    cal = _build(CalibrationConfig, raw, prefix="", source=str(path))
+
+    def fail(msg: str) -> None:
+        raise CltmError(f"{path}: {msg}")
+
+    _check_calibration(cal, fail)
+    return cal
+
+
+def variant_params(raw: dict[str, Any], cal: CalibrationConfig, name: str, *, corpus: str,
+                   encoder: str) -> dict[str, Any]:
+    """The params of calibration variant `name`: the demo's params `raw` with the variant's
+    changes, its corpus at `corpus` and its pretrained encoder at `encoder` (paths that the
+    calibration's dvc.yaml gives), every task on the calibration's seeds and no embedding
+    probes (geometry and gaps are not part of the calibration). Validated before returned."""
+    if name not in cal.variants:
+        raise CltmError(f"no calibration variant {name!r}; the calibration's params have "
+                        f"{', '.join(cal.variants) or 'none'}")
+    base = config_from_dict(raw)
+    if base.data.source != "demo" or not base.pretrain.enabled:
+        raise CltmError("the calibration runs the demo pipeline on demo corpora: its base params "
+                        "need data.source: demo and pretrain.enabled: true (params.yaml as "
+                        "shipped)")
+    v = cal.variants[name]
+    p = copy.deepcopy(raw)
+    p["data"]["commonvoice"]["root"] = corpus
+    p["model"]["name_or_path"] = encoder
+    if v.family_trait_strength is not None:
+        p["demo"]["family_trait_strength"] = v.family_trait_strength
+    if v.languages is not None:
+        p["data"]["languages"] = list(v.languages)
+    if v.seed is not None:
+        p["demo"]["seed"] = v.seed
+    if v.exchangeable:
+        # One voice mix for every language, and D'_i and D_j dealt from one pool of speakers:
+        # a language's finite set of speakers is then no property of it either.
+        p["demo"]["null_control"] = True
+        p["data"]["selection_pool"] = "shared"
+    if cal.seeds is not None:
+        for task in TASKS:
+            p["tasks"][task]["seeds"] = list(cal.seeds)
+    p["analysis"]["probe_clips"] = 0
+    config_from_dict(p, source=f"calibration variant {name}")
+    return p
+
+
+def variant_strength(cal: CalibrationConfig, name: str, base_strength: float) -> float:
+    """The planted strength of variant `name` (0 for the exchangeable null control)."""
+    v = cal.variants[name]
+    if v.exchangeable:
+        return 0.0  # nothing is planted in a null-control corpus, whatever the strength
+    return base_strength if v.family_trait_strength is None else v.family_trait_strength
+
+
+def _check_calibration(cal: CalibrationConfig, fail: typing.Callable[[str], None]) -> None:
     if cal.seeds is not None:
         problem = _seeds_problem(cal.seeds)
         if problem:

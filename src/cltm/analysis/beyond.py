@@ -31,10 +31,10 @@ from cltm.analysis.diagnostics import json_ready
 from cltm.analysis.languages import display_names
 from cltm.config import Config
 from cltm.errors import CltmError
+from cltm.layout import PROBES_DIR
 
 log = logging.getLogger(__name__)
 
-PROBES_DIR = "probes"
 
 
 def _write_json(d: Mapping, path: Path) -> None:

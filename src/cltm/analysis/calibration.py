@@ -1,8 +1,9 @@
 """The calibration experiment's summary: per variant and task, what the CLTM found against what
-the corpus planted, and the experiment's checks (calibrate.py runs the variants).
+the corpus planted, and the experiment's checks (calibration/dvc.yaml runs the variants).
 
-Read only from the files the cltm stage writes in each variant's work directory (and, for the
-difference of the two tasks, their run stores), so it needs neither torch nor the corpora.
+Read only from the files the cltm stage writes for each variant (and, for the difference of the
+two tasks and the growth with strength, their run stores), so it needs neither torch nor the
+corpora.
 """
 
 from __future__ import annotations
@@ -23,13 +24,13 @@ from cltm.analysis.stats import (
     PAIRED_DESIGN,
     contrast_stream,
     difference_of_draws,
+    difference_summary,
     pairing,
     seed_cells,
     weighted_contrast_draws,
-    write_difference,
 )
+from cltm.layout import STORE_NAME, TASKS
 
-TASKS = ("gender", "speaker")
 #: The checks' thresholds (issue "The instrument proves itself, second design").
 ALPHA = 0.05  # family permutation test
 MAX_DEGENERATE = 0.05  # share of runs predicting one class / at chance
@@ -81,23 +82,24 @@ def task_summary(metrics: Path, task: str) -> dict[str, Any]:
             for k, v in out.items()}
 
 
-def variant_summary(work: Path, name: str, *, strength: float, held_out: bool,
-                    exchangeable: bool = False) -> dict[str, Any]:
-    """Both tasks of one variant, and the gender − speaker difference of the headline
-    diagnostics with its bootstrap interval (each task's seeds resampled on their own)."""
-    metrics = work / "metrics"
+def variant_summary(metrics: Path, runs: Path, families_csv: Path | None, name: str, *,
+                    strength: float, held_out: bool, exchangeable: bool = False
+                    ) -> dict[str, Any]:
+    """Both tasks of one variant, from the cltm stages' folders `metrics/<task>` and the run
+    stores `runs/<task>`, and the gender − speaker difference of the headline diagnostics with
+    its bootstrap interval (each task's seeds resampled on their own). `families_csv`: the
+    corpus's planted families, which the family tests use."""
     out: dict[str, Any] = {"variant": name, "strength": strength, "held_out": held_out,
                            "exchangeable": exchangeable,
                            **{t: task_summary(metrics, t) for t in TASKS}}
-    csv = work / "data" / "demo_corpus" / "families.csv"
-    if csv.is_file():  # the planted families, which the family tests use (languages.family_map)
-        out["families"] = read_families_csv(csv)
+    if families_csv is not None:
+        out["families"] = read_families_csv(families_csv)
     info = _json(metrics / "gender" / "stats_info.json")
-    stores = [metrics / "runs" / t / "runs.jsonl" for t in TASKS]
+    stores = [runs / t / STORE_NAME for t in TASKS]
     if all(s.is_file() for s in stores) and info:
-        cells = {t: seed_cells(read_run_store(metrics / "runs" / t, t)) for t in TASKS}
-        diff = write_difference(
-            cells["speaker"], cells["gender"], metrics / "difference.json",
+        cells = {t: seed_cells(read_run_store(runs / t, t)) for t in TASKS}
+        diff = difference_summary(
+            cells["speaker"], cells["gender"],
             labels=("speaker", "gender"), keys=HEADLINE,
             replicates=int(info.get("bootstrap") or 0), ci_level=float(info.get("ci_level", 0.95)),
             stats_seed=int(info.get("stats_seed", 0)),
@@ -117,14 +119,14 @@ def dose_growth(work: Path, variants: Sequence[Mapping[str, Any]], *, replicates
     """Per task, each step of the dose series (weaker → stronger corpus): the growth of the
     weighted family contrast with the bootstrap interval of the difference, the two corpora's
     seeds resampled independently (as stats.difference_intervals does for two results).
-    Reads each variant's run store under `work/<variant>/`."""
+    Reads each variant's run stores under `work/<variant>/runs/<task>`."""
     series = dose_series(variants)
     out: dict[str, list[dict]] = {}
     for task in TASKS:
         cells = {}
         for v in series:
-            store = work / v["variant"] / "metrics" / "runs" / task
-            if not (store / "runs.jsonl").is_file() or "families" not in v:
+            store = work / v["variant"] / "runs" / task
+            if not (store / STORE_NAME).is_file() or "families" not in v:
                 cells[v["variant"]] = None
                 continue
             seeds = seed_cells(read_run_store(store, task))

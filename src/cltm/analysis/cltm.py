@@ -15,13 +15,13 @@ import numpy as np
 import pandas as pd
 
 from cltm.errors import CltmError
+from cltm.layout import STORE_NAME
 from cltm.records import read_records
 
 log = logging.getLogger(__name__)
 
 CONDITIONS = ("base", "self", "cross")
 REQUIRED_COLUMNS = ("target", "condition", "donor", "seed", "score")
-STORE_NAME = "runs.jsonl"
 
 
 @dataclass(frozen=True)

@@ -54,7 +54,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from cltm.analysis.cltm import STORE_NAME, compute_cltm, read_run_store
+from cltm.analysis.cltm import compute_cltm, read_run_store
 from cltm.analysis.diagnostics import diagnostics, json_ready
 from cltm.analysis.languages import display_names
 from cltm.analysis.plots import ANNOTATE_MAX, language_order, note_image
@@ -74,6 +74,7 @@ from cltm.analysis.stats import (
     write_json,
 )
 from cltm.errors import CltmError
+from cltm.layout import STORE_NAME
 
 log = logging.getLogger(__name__)
 

@@ -24,12 +24,18 @@ import pandas as pd
 from cltm.analysis.cltm import read_run_store
 from cltm.analysis.languages import display_names
 from cltm.analysis.plots import note_image, plot_contrast
-from cltm.analysis.stats import CONTRAST_FILE, PAIRED_DESIGN, seed_cells, write_difference
+from cltm.analysis.stats import (
+    CONTRAST_FILE,
+    PAIRED_DESIGN,
+    difference_summary,
+    seed_cells,
+    write_json,
+)
 from cltm.errors import CltmError
+from cltm.layout import TASKS
 
 log = logging.getLogger(__name__)
 
-TASKS = ("gender", "speaker")
 TASK_TITLES = {"gender": "Gender recognition (macro-F1)", "speaker": "Speaker verification (AUC)"}
 #: The headline-contrast figure, written beside the report.
 CONTRAST_FIGURE = "contrast.png"
@@ -531,9 +537,9 @@ def write_contrast(metrics_dir: Path, runs_dir: Path, out: Path) -> tuple[dict |
         log.warning("no interval of the difference speaker − gender: %s", reason)
         out.unlink(missing_ok=True)
         return None, reason
-    contrast = write_difference(cells["gender"], cells["speaker"], out,
-                                labels=("gender", "speaker"),
-                                keys=tuple(key for key, *_ in HEADLINE), **settings)
+    contrast = difference_summary(cells["gender"], cells["speaker"], labels=("gender", "speaker"),
+                                  keys=tuple(key for key, *_ in HEADLINE), **settings)
+    write_json(contrast, out)
     return contrast, None
 
 
@@ -650,32 +656,13 @@ def _headline_section(metrics_dir: Path, diags: dict[str, dict], planted: bool,
     return [*out, ""]
 
 
-def _calibration_section(calibration: Path | None, report: Path) -> list[str]:
-    """The latest committed calibration table (calibration/metrics.json), if there is one."""
-    if calibration is None or not calibration.is_file():
-        return []
-    from cltm.analysis.calibration import check_lines, table
-
-    result = json.loads(calibration.read_text(encoding="utf-8"))
-    variants = list(result.get("variants", {}).values())
-    return ["## The latest calibration", "",
-            f"From [{calibration.name}]({_link(calibration, report)}) as `dvc repro "
-            "calibration/dvc.yaml` last wrote it (not rerun by `dvc repro`: it runs the "
-            "pipeline on every calibration corpus); the full table with the gender − speaker "
-            "differences is in "
-            f"[report.md]({_link(calibration.parent / 'report.md', report)}).", "",
-            *table(variants), "", *check_lines(result.get("checks", {})), ""]
-
-
 def run_report(metrics_dir: Path, out_path: Path, null_control: bool = False,
-               planted: bool = False, runs_dir: Path | None = None,
-               calibration: Path | None = None) -> None:
+               planted: bool = False, runs_dir: Path | None = None) -> None:
     """Write the Markdown report of every task whose `<metrics_dir>/<task>/diagnostics.json`
     exists; `null_control`: the runs come from a null-control corpus, so say whether the CLTMs
     are consistent with all ones; `planted`: they come from the demo corpus with its planted
     structure, so say whether it was recovered. With both tasks, contrast.json (beside the
-    report) is written from the run stores under `runs_dir` (default `<metrics_dir>/runs`).
-    `calibration`: the calibration experiment's metrics.json, shown after the headline."""
+    report) is written from the run stores under `runs_dir` (default `<metrics_dir>/runs`)."""
     metrics_dir, out_path = Path(metrics_dir), Path(out_path)
     runs_dir = metrics_dir / "runs" if runs_dir is None else Path(runs_dir)
     diags = {}
@@ -701,7 +688,6 @@ def run_report(metrics_dir: Path, out_path: Path, null_control: bool = False,
         ]
         lines += _headline_section(metrics_dir, diags, planted and not null_control,
                                    out_path, runs_dir)
-        lines += _calibration_section(calibration, out_path)
         for task, d in diags.items():
             lines += _task_section(task, metrics_dir / task, d, out_path, null_control)
         lines += _curve_section(metrics_dir, out_path)

@@ -118,7 +118,7 @@ log = logging.getLogger(__name__)
 SIGNIFICANCE_FILE = "cltm_significance.csv"
 CI_FILE = "diagnostics_ci.json"
 FAMILY_FILE = "family_structure.json"
-#: The difference between two results (the report's speaker − gender), write_difference's file.
+#: The difference between two results (the report's speaker − gender), difference_summary's.
 CONTRAST_FILE = "contrast.json"
 INFO_FILE = "stats_info.json"
 STATS_FILES = (SIGNIFICANCE_FILE, CI_FILE, FAMILY_FILE, INFO_FILE)
@@ -892,10 +892,9 @@ def write_stats(
     return tests
 
 
-def write_difference(
+def difference_summary(
     cells_a: SeedCells,
     cells_b: SeedCells,
-    path: Path,
     *,
     labels: tuple[str, str] = ("a", "b"),
     families: Mapping[str, str] | None = None,
@@ -905,12 +904,12 @@ def write_difference(
     stats_seed: int = 0,
     pair_seeds: bool = True,
 ) -> dict[str, object]:
-    """Write difference_intervals of B − A as JSON (CONTRAST_FILE) and return what was written.
+    """difference_intervals of B − A with the settings that made them, as JSON-ready values.
 
     {"a": label A, "b": label B, "difference": "B - A", the settings, "seed_design" per result,
     "diagnostics": {key: {a, b, difference, low, high, excludes_zero, replicates_used,
     replicates_dropped}}}. The generator is contrast_stream(stats_seed): the same inputs and
-    settings give the same file.
+    settings give the same values.
     """
     diff = difference_intervals(cells_a, cells_b, families, keys=keys, replicates=replicates,
                                 ci_level=ci_level, rng=contrast_stream(stats_seed),
@@ -920,9 +919,6 @@ def write_difference(
     out = {"a": labels[0], "b": labels[1], "difference": f"{labels[1]} - {labels[0]}",
            "ci_level": ci_level, "bootstrap": int(replicates), "stats_seed": int(stats_seed),
            "seed_design": design, "diagnostics": {k: json_ready(v) for k, v in diff.items()}}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_json(out, path)
     return out
 
 

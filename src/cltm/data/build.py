@@ -19,25 +19,19 @@ from cltm.data import commonvoice, subsets
 from cltm.data.audio import decode_many
 from cltm.data.pack import PackWriter
 from cltm.errors import CltmError
+from cltm.layout import MANIFEST, TRIALS
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.csv"
-TRIALS = "trials.csv"
 MAX_ROUNDS = 20
 
 
-def subsets_dir(task: str, base: Path = Path("data/subsets")) -> Path:
-    return base / task
-
-
 def select(config: Config, task: str, table: pd.DataFrame, exclude: frozenset[str],
-           N: int | None = None) -> pd.DataFrame:
+           N: int) -> pd.DataFrame:
     """The manifest of `task` for this config, with `exclude` clips treated as unusable.
 
-    N: the resolved tasks.<task>.N (None reads it from the config or the curve's choice).
+    N: the resolved tasks.<task>.N (resolve_n).
     """
-    N = resolve_n(config, task) if N is None else N
     d = config.data
     common = dict(
         seed=d.selection_seed,
@@ -61,19 +55,22 @@ def select(config: Config, task: str, table: pd.DataFrame, exclude: frozenset[st
     raise CltmError(f"unknown task {task!r}; expected one of gender, speaker")
 
 
-def build_subsets(config: Config, task: str, out_dir: Path | None = None,
-                  progress: bool = True) -> pd.DataFrame:
-    """Write manifest.csv, the packed audio and (speaker) trials.csv; return the manifest."""
-    out_dir = Path(out_dir) if out_dir is not None else subsets_dir(task)
-    N = resolve_n(config, task)
+def build_subsets(config: Config, task: str, out_dir: Path, metadata_dir: Path,
+                  curve_choice: Path | None = None, progress: bool = True) -> pd.DataFrame:
+    """Write manifest.csv, the packed audio and (speaker) trials.csv into `out_dir` from the
+    metadata stage's tables in `metadata_dir`; return the manifest. `curve_choice`: the curve
+    stage's JSON, read when tasks.<task>.N is auto."""
+    out_dir = Path(out_dir)
+    N = resolve_n(config, task, curve_choice)
     manifest = _select_and_decode(
-        config, out_dir, lambda table, exclude: select(config, task, table, exclude, N),
+        config, out_dir, Path(metadata_dir),
+        lambda table, exclude: select(config, task, table, exclude, N),
         what=f"{task} subsets", progress=progress)
     _write_trials(config, task, manifest, out_dir)
     return manifest
 
 
-def build_curve_subsets(config: Config, task: str, out_dir: Path,
+def build_curve_subsets(config: Config, task: str, out_dir: Path, metadata_dir: Path,
                         progress: bool = True) -> pd.DataFrame:
     """The curve stage's data: nested training sets for every N of curve.N_grid.<task>."""
     d, t, cv = config.data, getattr(config.tasks, task), config.curve
@@ -85,18 +82,20 @@ def build_curve_subsets(config: Config, task: str, out_dir: Path,
             eval_max_per_language=getattr(t, "eval_max_per_language", None),
             min_duration_s=d.min_duration_s, max_duration_s=d.max_duration_s)
 
-    manifest = _select_and_decode(config, Path(out_dir), choose,
+    manifest = _select_and_decode(config, Path(out_dir), Path(metadata_dir), choose,
                                   what=f"{task} curve", progress=progress)
     _write_trials(config, task, manifest, Path(out_dir))
     return manifest
 
 
-def resolve_n(config: Config, task: str) -> int:
-    """tasks.<task>.N, with `auto` read from the curve stage's choice."""
+def resolve_n(config: Config, task: str, curve_choice: Path | None) -> int:
+    """tasks.<task>.N, with `auto` read from the curve stage's choice (its JSON file)."""
     N = getattr(config.tasks, task).N
     if N != "auto":
         return N
-    path = curve_choice_path(task)
+    if curve_choice is None:
+        raise CltmError(f"tasks.{task}.N is auto: give the curve stage's choice (--curve)")
+    path = Path(curve_choice)
     if not path.is_file():
         raise CltmError(f"tasks.{task}.N is auto but {path} is missing: run "
                         f"`dvc repro curve@{task}` (or `cltm curve --task {task}`) first")
@@ -107,15 +106,11 @@ def resolve_n(config: Config, task: str) -> int:
     return int(choice["chosen_N"])
 
 
-def curve_choice_path(task: str) -> Path:
-    return Path("metrics") / "curves" / f"{task}.json"
-
-
-def _select_and_decode(config: Config, out_dir: Path, choose: Callable, what: str,
-                       progress: bool) -> pd.DataFrame:
+def _select_and_decode(config: Config, out_dir: Path, metadata_dir: Path, choose: Callable,
+                       what: str, progress: bool) -> pd.DataFrame:
     """Select with `choose(table, exclude)`, decode what was chosen, replace what fails."""
     root = config.corpus_root
-    table = commonvoice.read_metadata(config.data.languages)
+    table = commonvoice.read_metadata(config.data.languages, metadata_dir)
     writer = PackWriter(out_dir)
     failed: dict[str, str] = {}
     for _ in range(MAX_ROUNDS):

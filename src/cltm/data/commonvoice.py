@@ -179,15 +179,12 @@ def read_locale(root: Path, locale: str) -> pd.DataFrame:
     return _finish(pd.concat(parts, ignore_index=True))
 
 
-#: Where the metadata stage writes one table per locale (relative to the repository).
-METADATA_DIR = Path("data") / "metadata"
-
-
 def metadata_path(directory: Path, locale: str) -> Path:
+    """A locale's table inside the metadata stage's folder."""
     return Path(directory) / f"{locale}.parquet"
 
 
-def write_metadata(root: Path, locale: str, directory: Path = METADATA_DIR) -> Path:
+def write_metadata(root: Path, locale: str, directory: Path) -> Path:
     """Read one locale of the release at `root` and write its table (RELEASE_COLUMNS) to
     `directory`/<locale>.parquet (written aside, then renamed: never half-written)."""
     table = read_locale(root, locale)
@@ -199,7 +196,7 @@ def write_metadata(root: Path, locale: str, directory: Path = METADATA_DIR) -> P
     return path
 
 
-def read_metadata(locales: Sequence[str], directory: Path = METADATA_DIR) -> pd.DataFrame:
+def read_metadata(locales: Sequence[str], directory: Path) -> pd.DataFrame:
     """The release table of `locales` from the metadata stage's tables (as read_release)."""
     unique = _requested(locales)
     missing = [loc for loc in unique if not metadata_path(directory, loc).is_file()]

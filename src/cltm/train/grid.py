@@ -17,6 +17,7 @@ import pandas as pd
 
 from cltm.data.subsets import ALL_DRAWS
 from cltm.errors import CltmError
+from cltm.layout import MANIFEST, TRIALS
 
 CONDITIONS = ("base", "self", "cross")
 
@@ -125,9 +126,9 @@ class Fingerprints:
     """
 
     def __init__(self, subsets_dir: Path, settings: dict[str, Any]) -> None:
-        self.manifest = pd.read_csv(Path(subsets_dir) / "manifest.csv")
+        self.manifest = pd.read_csv(Path(subsets_dir) / MANIFEST)
         self.settings = _digest(settings)
-        trials_path = Path(subsets_dir) / "trials.csv"
+        trials_path = Path(subsets_dir) / TRIALS
         trials = pd.read_csv(trials_path) if trials_path.is_file() else None
         self._eval: dict[str, str] = {}
         for lang, rows in self.manifest[self.manifest["role"] == "eval"].groupby("language"):

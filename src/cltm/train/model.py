@@ -1,6 +1,6 @@
 """The encoder: load it (or build a small random one), normalise its input, pool its frames.
 
-Any encoder of the wav2vec 2.0 family (config.ENCODER_TYPES: HuBERT and mHuBERT-147, wav2vec
+Any encoder of the wav2vec 2.0 family (layout.ENCODER_TYPES: HuBERT and mHuBERT-147, wav2vec
 2.0 / XLS-R / MMS, WavLM, data2vec-audio), through transformers' Auto classes.
 
 Padding-exact batching, so that a padded batch gives each clip the features it would get alone:
@@ -30,9 +30,9 @@ from transformers.models.data2vec.modeling_data2vec_audio import (
     Data2VecAudioPositionalConvEmbedding,
 )
 
-from cltm.config import ENCODER_TYPES
 from cltm.data.pack import SAMPLE_RATE
 from cltm.errors import CltmError
+from cltm.layout import ENCODER_TYPES
 
 log = logging.getLogger(__name__)
 

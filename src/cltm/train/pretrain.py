@@ -109,10 +109,10 @@ def cluster_targets(waves: list[np.ndarray], k: int, seed: int) -> list[np.ndarr
     return [km.predict(f).astype(np.int64) if len(f) else np.zeros(0, np.int64) for f in feats]
 
 
-def pretraining_clips(root: Path, languages: list[str], workers: int,
+def pretraining_clips(root: Path, metadata_dir: Path, languages: list[str], workers: int,
                       progress: bool) -> list[np.ndarray]:
     """Decoded training-split clips of every language (float32, 16 kHz)."""
-    table = commonvoice.read_metadata(languages)
+    table = commonvoice.read_metadata(languages, metadata_dir)
     train = table[table["split"] == "train"]
     paths = [commonvoice.clip_path(root, lang, clip)
              for lang, clip in zip(train["language"], train["clip"])]
@@ -174,11 +174,13 @@ def pretrain(waves: list[np.ndarray], s: PretrainSettings, progress: bool = True
     return model, losses
 
 
-def run_pretrain(root: Path, languages: list[str], out: Path, s: PretrainSettings,
-                 workers: int = 2, progress: bool = True) -> dict[str, Any]:
-    """Write a model directory (config, weights, feature-extractor config) and return a summary."""
+def run_pretrain(root: Path, metadata_dir: Path, languages: list[str], out: Path,
+                 s: PretrainSettings, workers: int = 2, progress: bool = True) -> dict[str, Any]:
+    """Write a model directory (config, weights, feature-extractor config) and return a summary.
+    The clips are the training split of the release at `root`, as the metadata stage's tables in
+    `metadata_dir` list them."""
     start = time.perf_counter()
-    waves = pretraining_clips(root, languages, workers, progress)
+    waves = pretraining_clips(root, metadata_dir, languages, workers, progress)
     model, losses = pretrain(waves, s, progress)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)

@@ -16,8 +16,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from cltm import sources
 from cltm.config import Config
 from cltm.errors import CltmError
+from cltm.layout import MANIFEST, TASKS
 from cltm.train import executors
 from cltm.train.grid import Fingerprints, RunSpec, curve_specs, grid_specs
 from cltm.train.store import RunStore
@@ -26,36 +28,10 @@ from cltm.train.worker import WorkerSettings
 
 log = logging.getLogger(__name__)
 
-# The code that determines a run's result: editing it makes every stored result stale.
-_RESULT_CODE = ("model.py", "tasks.py", "worker.py", "grid.py")
-
-
-def runs_dir(task: str) -> Path:
-    return Path("metrics") / "runs" / task
-
-
-def models_dir(task: str) -> Path:
-    return Path("models") / task
-
-
-def subsets_dir(task: str) -> Path:
-    return Path("data") / "subsets" / task
-
-
-def curve_data_dir(task: str) -> Path:
-    return Path("data") / "curves" / task
-
-
-def curve_runs_dir(task: str) -> Path:
-    return Path("metrics") / "runs" / f"{task}-curve"
-
-
-def _code_digest() -> str:
-    here = Path(__file__).parent
-    h = hashlib.sha256()
-    for name in _RESULT_CODE:
-        h.update((here / name).read_bytes())
-    return h.hexdigest()[:16]
+#: What runs a run: the code its hash covers (with everything it imports, sources.closure),
+#: so that editing any of it makes the stored results stale. The grid stage's deps in dvc.yaml
+#: cover the same files (a test holds them so).
+RESULT_MODULES = ("cltm.train.worker",)
 
 
 def _model_digest(name_or_path: str) -> str | None:
@@ -116,42 +92,47 @@ def settings_of(config: Config, task: str, curve: bool = False) -> dict[str, Any
         **{f"train.{k}": v for k, v in asdict(train_params(config, task)).items()},
         "N": getattr(config.tasks, task).N,
         "probe_clips": config.analysis.probe_clips,
-        "code": _code_digest(),
+        "code": sources.digest(RESULT_MODULES),
     }
     if curve:
         del settings["N"]
     return settings
 
 
-def worker_settings(config: Config, task: str, data_dir: Path | None = None,
+def worker_settings(config: Config, task: str, data_dir: Path, models_dir: Path | None,
                     checkpoints: str | None = None) -> WorkerSettings:
+    """The worker's settings for `task`'s runs on the subsets in `data_dir`, writing any
+    checkpoints to `models_dir`."""
     t, m = config.train, config.model
     return WorkerSettings(
-        task=task, subsets_dir=str((data_dir or subsets_dir(task)).resolve()),
+        task=task, subsets_dir=str(Path(data_dir).resolve()),
         name_or_path=m.name_or_path, random_init=m.random_init, init_seed=m.init_seed,
         train=train_params(config, task), device=t.device, threads=t.threads,
         checkpoints=checkpoints or t.checkpoints,
-        checkpoints_dir=str(models_dir(task).resolve()), first_seed=config.seeds_of(task)[0],
+        checkpoints_dir=str(Path(models_dir).resolve()) if models_dir else None,
+        first_seed=config.seeds_of(task)[0],
         probe_clips=config.analysis.probe_clips, probe_seed=config.data.selection_seed,
     )
 
 
-def pending(config: Config, task: str, settings: dict[str, Any] | None = None
+def pending(config: Config, task: str, subsets: Path, runs: Path,
+            settings: dict[str, Any] | None = None
             ) -> tuple[list[tuple[RunSpec, str]], dict[str, dict], int]:
-    """(jobs still to run, stored records of the current grid by hash, grid size).
+    """(jobs still to run, stored records of the current grid by hash, grid size), for the
+    subsets in `subsets` and the run store `runs`.
 
     `settings` is settings_of(config, task), computed here when not given (it hashes the
     model's weights, so a caller that needs it too passes it in).
     """
-    if not (subsets_dir(task) / "manifest.csv").is_file():
-        raise CltmError(f"{subsets_dir(task)}/manifest.csv is missing: run "
-                        f"`dvc repro subsets@{task}` (or `cltm subsets --task {task}`) first")
+    if not (Path(subsets) / MANIFEST).is_file():
+        raise CltmError(f"{subsets}/{MANIFEST} is missing: run `dvc repro subsets@{task}` "
+                        "first")
     if settings is None:
         settings = settings_of(config, task)
-    fingerprint = Fingerprints(subsets_dir(task), settings)
+    fingerprint = Fingerprints(subsets, settings)
     languages = sorted(fingerprint.manifest["language"].unique())
     specs = grid_specs(task, languages, config.seeds_of(task))
-    return _split(specs, fingerprint, RunStore(runs_dir(task)))
+    return _split(specs, fingerprint, RunStore(runs))
 
 
 def _split(specs: list[RunSpec], fingerprint: Fingerprints,
@@ -167,36 +148,39 @@ def _split(specs: list[RunSpec], fingerprint: Fingerprints,
     return jobs, done, len(specs)
 
 
-def run_grid(config: Config, task: str, progress: bool = True) -> None:
+def run_grid(config: Config, task: str, subsets: Path, runs: Path, models: Path,
+             progress: bool = True) -> None:
+    """Run what is left of `task`'s grid on `subsets` into the run store `runs`, checkpoints
+    (train.checkpoints) into `models`."""
     settings = settings_of(config, task)
-    jobs, done, total = pending(config, task, settings)
-    store = RunStore(runs_dir(task))
-    models_dir(task).mkdir(parents=True, exist_ok=True)
-    (models_dir(task) / "README.txt").write_text(
+    jobs, done, total = pending(config, task, subsets, runs, settings)
+    store = RunStore(runs)
+    models.mkdir(parents=True, exist_ok=True)
+    (models / "README.txt").write_text(
         f"Fine-tuned checkpoints of the {task} grid (train.checkpoints: "
         f"{config.train.checkpoints}), safetensors, one file per run id.\n")
     log.info("%s grid: %d runs, %d already done, %d to run", task, total, len(done), len(jobs))
-    _execute(config, jobs, done, store, progress, worker_settings(config, task),
+    _execute(config, jobs, done, store, progress, worker_settings(config, task, subsets, models),
              run_name=task, tracked=settings)
     _finish(store, done)
 
 
-def run_curve(config: Config, task: str, progress: bool = True) -> None:
-    """The base runs of the learning curve over curve.N_grid.<task>, through the same workers
-    and the same kind of store as the grid (resumable, MLflow-logged)."""
-    data = curve_data_dir(task)
-    if not (data / "manifest.csv").is_file():
-        raise CltmError(f"{data}/manifest.csv is missing: the curve's data is built first by "
-                        f"`cltm curve --task {task}`")
+def run_curve(config: Config, task: str, data: Path, runs: Path,
+              progress: bool = True) -> None:
+    """The base runs of the learning curve over curve.N_grid.<task> on the curve's subsets in
+    `data`, through the same workers and the same kind of store (`runs`) as the grid
+    (resumable, MLflow-logged)."""
+    if not (Path(data) / MANIFEST).is_file():
+        raise CltmError(f"{data}/{MANIFEST} is missing: the curve stage builds it first")
     cv = config.curve
     tracked = settings_of(config, task, curve=True)
     fingerprint = Fingerprints(data, tracked)
     languages = sorted(fingerprint.manifest["language"].unique())
     specs = curve_specs(task, languages, cv.N_grid[task], cv.seeds)
-    store = RunStore(curve_runs_dir(task))
+    store = RunStore(runs)
     jobs, done, total = _split(specs, fingerprint, store)
     log.info("%s curve: %d runs, %d already done, %d to run", task, total, len(done), len(jobs))
-    settings = worker_settings(config, task, data_dir=data, checkpoints="none")
+    settings = worker_settings(config, task, data, None, checkpoints="none")
     _execute(config, jobs, done, store, progress, settings, run_name=f"{task}-curve",
              tracked=tracked)
     _finish(store, done)
@@ -258,12 +242,13 @@ def _execute(config: Config, jobs: list, done: dict, store: RunStore, progress: 
         tracker.close(status)
 
 
-def plan(config: Config) -> list[dict[str, Any]]:
-    """Per task: runs in the grid, done, left, and the time left at the measured pace."""
+def plan(config: Config, subsets: Path, runs: Path) -> list[dict[str, Any]]:
+    """Per task: runs in the grid, done, left, and the time left at the measured pace, from
+    the subsets under `subsets/<task>` and the run stores under `runs/<task>`."""
     rows = []
-    for task in ("gender", "speaker"):
+    for task in TASKS:
         try:
-            jobs, done, total = pending(config, task)
+            jobs, done, total = pending(config, task, subsets / task, runs / task)
         except CltmError:
             n = len(config.data.languages)
             rows.append({"task": task, "runs": (n * n + n) * len(config.seeds_of(task)),

@@ -18,12 +18,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cltm.layout import PROBES_DIR, STORE_NAME
 from cltm.records import read_records
 
 log = logging.getLogger(__name__)
 
-STORE_NAME = "runs.jsonl"
-PROBES_DIR = "probes"  # one .npz of embedding probes per run hash
 
 
 class RunStore:

@@ -1,0 +1,152 @@
+"""What `dvc.yaml` tells DVC against what the code does: every stage lists exactly the package
+files its command runs, and every key it names exists in every shipped params file."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import shlex
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cltm import cli, sources
+from cltm.config import load_config
+from cltm.train.stage import RESULT_MODULES
+
+REPO = Path(__file__).resolve().parents[1]
+PIPELINES = {"root": REPO / "dvc.yaml", "calibration": REPO / "calibration" / "dvc.yaml"}
+SHIPPED = [REPO / "params.yaml", *sorted((REPO / "configs").glob("*.yaml"))]
+
+
+def _handler(command: str):
+    """The cli function that subcommand `command` calls."""
+    sub = next(a for a in cli.build_parser()._actions if a.dest == "command")
+    return sub.choices[command].get_default("func")
+
+
+def command_modules(command: str) -> set[str]:
+    """The package modules `cltm COMMAND` runs: cli.py's own imports, those of the command's
+    function and of the cli functions it calls, and everything they import."""
+    tree = ast.parse(inspect.getsource(cli))
+    functions = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+    top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    modules = {m for n in top for m in sources.imports_of(n, "cltm.cli")}
+    todo, seen = [_handler(command).__name__], set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        modules |= sources.imports_of(functions[name], "cltm.cli")
+        todo += [n.id for n in ast.walk(functions[name])
+                 if isinstance(n, ast.Name) and n.id in functions]
+    # cli.py itself, but not all of its lazy imports: only the command's
+    return sources.closure(modules) | {"cltm.cli"}
+
+
+def _stages(pipeline: Path) -> dict[str, dict]:
+    """Each stage of `pipeline` as written (foreach/matrix templates as one), with its
+    command's subcommand."""
+    out = {}
+    for name, stage in yaml.safe_load(pipeline.read_text())["stages"].items():
+        body = stage.get("do", stage)
+        words = shlex.split(body["cmd"])
+        command = next(w for w in words[1:] if not w.startswith("-") and w in _commands()
+                       and words[words.index(w) - 1] not in ("--params",))
+        out[name] = {"command": command, "deps": body.get("deps", []),
+                     "wdir": pipeline.parent / body.get("wdir", ".")}
+    return out
+
+
+def _commands() -> set[str]:
+    sub = next(a for a in cli.build_parser()._actions if a.dest == "command")
+    return set(sub.choices)
+
+
+def _listed(stage: dict) -> set[Path]:
+    """The package files a stage's deps cover (a folder covers the files under it)."""
+    covered = set()
+    for dep in stage["deps"]:
+        path = (stage["wdir"] / dep).resolve()
+        if path.is_dir() and sources.ROOT in (path, *path.parents):
+            covered |= set(path.rglob("*.py"))
+        elif path.suffix == ".py":
+            covered.add(path)
+    return covered
+
+
+CASES = [(p, name) for p, path in PIPELINES.items() for name in _stages(path)]
+
+
+@pytest.mark.parametrize("pipeline,stage", CASES)
+def test_a_stage_lists_exactly_the_code_it_runs(pipeline, stage):
+    s = _stages(PIPELINES[pipeline])[stage]
+    runs = set(sources.files(command_modules(s["command"])))
+    listed = _listed(s)
+    rel = lambda paths: sorted(str(p.relative_to(REPO)) for p in paths)  # noqa: E731
+    assert rel(runs - listed) == [], f"{stage} runs code its deps do not list"
+    assert rel(listed - runs) == [], f"{stage} lists code it does not run"
+
+
+def test_the_run_hash_covers_the_code_the_grid_stage_lists():
+    grid = _stages(PIPELINES["root"])["grid"]
+    hashed = set(sources.files(sources.closure(RESULT_MODULES)))
+    assert hashed <= _listed(grid)
+    # and every file that runs a run: the worker, the recipes, the data it reads
+    names = {p.name for p in hashed}
+    assert {"worker.py", "tasks.py", "model.py", "pack.py", "grid.py"} <= names
+
+
+def test_the_dependency_check_notices_a_missing_module(tmp_path):
+    s = _stages(PIPELINES["root"])["grid"]
+    runs = set(sources.files(command_modules(s["command"])))
+    dropped = {**s, "deps": [d for d in s["deps"] if not d.endswith("pack.py")]}
+    assert runs - _listed(dropped) == {sources.ROOT / "data" / "pack.py"}
+
+
+def _keys(pipeline: Path) -> set[str]:
+    """The params keys a pipeline names: in `params:` lists and in ${...} templates."""
+    import re
+
+    text = pipeline.read_text()
+    named = set(re.findall(r"\$\{([A-Za-z_][\w.]*)\}", text)) - {"item", "item.variant",
+                                                                  "item.task", "key"}
+    for stage in yaml.safe_load(text)["stages"].values():
+        for entry in stage.get("do", stage).get("params", []):
+            if isinstance(entry, str):
+                named.add(entry)
+    return {k for k in named if "${" not in k}
+
+
+def _has(raw: dict, key: str) -> bool:
+    node = raw
+    for part in key.split("."):
+        if "${" in part:
+            return True
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+@pytest.mark.parametrize("params", SHIPPED, ids=lambda p: p.name)
+def test_every_key_the_root_pipeline_names_is_in_every_shipped_config(params):
+    raw = yaml.safe_load(params.read_text())
+    keys = {k.replace("${item}", "gender") for k in _keys(PIPELINES["root"])}
+    missing = sorted(k for k in keys if not _has(raw, k))
+    assert missing == []
+
+
+@pytest.mark.parametrize("params", SHIPPED, ids=lambda p: p.name)
+def test_every_shipped_config_is_complete(params, tmp_path):
+    # load_config has no defaults: a key left out is an error naming it
+    config = load_config(params) if params.name == "params.yaml" else None
+    if config is None:
+        raw = yaml.safe_load(params.read_text())
+        raw["data"]["commonvoice"]["root"] = str(tmp_path)
+        path = tmp_path / "params.yaml"
+        path.write_text(yaml.safe_dump(raw))
+        config = load_config(path)
+    assert config.data.languages
