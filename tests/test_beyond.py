@@ -200,12 +200,12 @@ def test_n_auto_reads_the_curve_choice(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     config = _config(**{"curve.enabled": True, "tasks.gender.N": "auto"})
+    choice = tmp_path / "gender.json"
     with pytest.raises(CltmError, match="curve@gender"):
-        resolve_n(config, "gender")
-    (tmp_path / "metrics" / "curves").mkdir(parents=True)
-    (tmp_path / "metrics" / "curves" / "gender.json").write_text('{"enabled": true, "chosen_N": 4}')
-    assert resolve_n(config, "gender") == 4
-    assert resolve_n(replace(config), "speaker") == config.tasks.speaker.N
+        resolve_n(config, "gender", choice)
+    choice.write_text('{"enabled": true, "chosen_N": 4}')
+    assert resolve_n(config, "gender", choice) == 4
+    assert resolve_n(replace(config), "speaker", None) == config.tasks.speaker.N
 
 
 def test_a_task_can_have_its_own_lr_and_epochs():
@@ -234,7 +234,7 @@ def test_a_task_can_have_its_own_seeds(tmp_path, monkeypatch):
     assert c.seeds_of("gender") == [0, 1, 2, 3] and c.seeds_of("speaker") == [0, 1]
     monkeypatch.chdir(tmp_path)  # no subsets here: plan counts the grid from the params
     n = len(c.data.languages)
-    runs = {row["task"]: row["runs"] for row in plan(c)}
+    runs = {row["task"]: row["runs"] for row in plan(c, tmp_path, tmp_path)}
     assert runs == {"gender": (n * n + n) * 4, "speaker": (n * n + n) * 2}
     with pytest.raises(CltmError, match=r"tasks\.speaker\.seeds has repeated seeds"):
         _config(**{"tasks.speaker.seeds": [1, 1]})

@@ -43,7 +43,8 @@ def _env(root: Path) -> dict[str, str]:
 
 def _grid(root: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "cltm", "--no-progress", "grid", "--task",
-                             "gender"], cwd=root, env=_env(root), stdout=subprocess.PIPE,
+                             "gender", "--subsets", "data/subsets/gender", "--runs",
+                             "metrics/runs/gender", "--models", "models/gender"], cwd=root, env=_env(root), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 
 
@@ -160,7 +161,7 @@ def test_plan_counts_runs_done_and_left(uninterrupted, monkeypatch):
     from cltm.train.stage import plan
 
     monkeypatch.chdir(uninterrupted)
-    gender = next(r for r in plan(load_config("params.yaml")) if r["task"] == "gender")
+    gender = next(r for r in plan(load_config("params.yaml"), Path("data/subsets"), Path("metrics/runs")) if r["task"] == "gender")
     assert (gender["runs"], gender["done"], gender["left"]) == (24, 24, 0)
     assert gender["s_per_run"] > 0 and gender["eta_h"] == 0
 
@@ -175,7 +176,7 @@ def test_adding_a_language_trains_only_its_runs(uninterrupted, tmp_path, monkeyp
     write_synthetic_subsets(root / "data" / "subsets" / "gender", "gender",
                             languages=("aa", "bb", "cc", "dd"))
     monkeypatch.chdir(root)
-    jobs, done, total = pending(load_config("params.yaml"), "gender")
+    jobs, done, total = pending(load_config("params.yaml"), "gender", Path("data/subsets/gender"), Path("metrics/runs/gender"))
     assert total == (16 + 4) * 2 and len(done) == 24
     assert len(jobs) == (20 - 12) * 2
     assert all("dd" in (spec.target, spec.donor) for spec, _ in jobs)
@@ -184,18 +185,18 @@ def test_adding_a_language_trains_only_its_runs(uninterrupted, tmp_path, monkeyp
 def test_changed_training_param_makes_runs_stale(uninterrupted, monkeypatch):
     monkeypatch.chdir(uninterrupted)
     config = load_config("params.yaml")
-    jobs, done, total = pending(config, "gender")
+    jobs, done, total = pending(config, "gender", Path("data/subsets/gender"), Path("metrics/runs/gender"))
     assert jobs == [] and len(done) == total == 24
     params = yaml.safe_load(Path("params.yaml").read_text())
     params["tasks"]["gender"]["lr"] = 5e-4
     Path("params2.yaml").write_text(yaml.safe_dump(params))
-    jobs, done, _ = pending(load_config("params2.yaml"), "gender")
+    jobs, done, _ = pending(load_config("params2.yaml"), "gender", Path("data/subsets/gender"), Path("metrics/runs/gender"))
     assert len(jobs) == 24 and not done
     # train.lr does not reach a task with its own lr: nothing goes stale
     params["tasks"]["gender"]["lr"] = config.tasks.gender.lr
     params["train"]["lr"] = 5e-4 if config.tasks.gender.lr is not None else params["train"]["lr"]
     Path("params3.yaml").write_text(yaml.safe_dump(params))
-    assert pending(load_config("params3.yaml"), "gender")[0] == []
+    assert pending(load_config("params3.yaml"), "gender", Path("data/subsets/gender"), Path("metrics/runs/gender"))[0] == []
 
 
 @pytest.mark.slow
@@ -205,7 +206,8 @@ def test_ray_executor_gives_inline_results(uninterrupted, monkeypatch, tmp_path)
     ray = pytest.importorskip("ray")
     monkeypatch.chdir(uninterrupted)
     config = load_config("params.yaml")
-    settings = worker_settings(config, "gender")
+    settings = worker_settings(config, "gender", Path("data/subsets/gender"),
+                               Path("models/gender"))
     specs = _some_jobs(config)
     inline = {r["run_id"]: r for r in executors.run_inline(settings, specs)}
     died = tmp_path / "died"
@@ -287,7 +289,8 @@ def test_ray_grid_spreads_over_nodes_and_survives_losing_one(uninterrupted, tmp_
     try:
         ray.init(address=cluster.address, log_to_driver=False, include_dashboard=False)
         watcher.start()
-        run_grid(load_config("params.yaml"), "gender", progress=False)
+        run_grid(load_config("params.yaml"), "gender", Path("data/subsets/gender"),
+                 Path("metrics/runs/gender"), Path("models/gender"), progress=False)
         watcher.join()
     finally:
         ray.shutdown()
@@ -306,8 +309,8 @@ def test_ray_grid_spreads_over_nodes_and_survives_losing_one(uninterrupted, tmp_
 
 def _some_jobs(config):
     from cltm.train.grid import Fingerprints, grid_specs
-    from cltm.train.stage import settings_of, subsets_dir
+    from cltm.train.stage import settings_of
 
-    fp = Fingerprints(subsets_dir("gender"), settings_of(config, "gender"))
+    fp = Fingerprints(Path("data/subsets/gender"), settings_of(config, "gender"))
     specs = grid_specs("gender", ["aa", "bb"], [7])
     return [(s, fp(s)) for s in specs]

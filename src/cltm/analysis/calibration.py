@@ -165,12 +165,15 @@ def checks(variants: Sequence[Mapping[str, Any]], default_strength: float,
     default = [v for v in planted if v["strength"] == default_strength]
 
     def contrast_grows(task: str) -> bool | None:
-        # Judged by the interval of each step's difference, not by two point values: with
-        # 8 languages a corpus's contrast moves by ±0.1-0.3 between seed draws.
-        steps = (growth or {}).get(task) or []
-        if not steps or any(s.get("excludes_zero") is None for s in steps):
+        # The step from nothing planted (0) to the default strength, judged by the interval of
+        # its difference, not by two point values: with 8 languages a corpus's contrast moves
+        # by ±0.1-0.3 between seed draws. Steps beyond the default are reported, not checked
+        # (the spread between corpora is as large as the step; docs/findings.md).
+        steps = [s for s in (growth or {}).get(task) or []
+                 if s["strengths"][0] == 0 and s["strengths"][1] == default_strength]
+        if not steps or steps[0].get("excludes_zero") is None:
             return None
-        return all(s["excludes_zero"] and s["difference"] > 0 for s in steps)
+        return bool(steps[0]["excludes_zero"] and steps[0]["difference"] > 0)
 
     def detected(v: Mapping, t: str) -> bool:
         p = v[t]["weighted_contrast_p"]
@@ -282,8 +285,9 @@ CHECK_TEXT = {
     "default_families_detected": f"default strength: planted families detected (p < {ALPHA:g}, "
                                  "contrast > 0), every corpus",
     "default_families_detected_held_out": "… on the held-out corpus",
-    "contrast_grows_with_strength": "weighted family contrast grows with strength at every "
-                                    "step, the interval of the growth above 0 (demo corpus)",
+    "contrast_grows_with_strength": "weighted family contrast grows from strength 0 to the "
+                                    "default, the interval of the growth above 0 (demo "
+                                    "corpus; later steps reported, not checked)",
     "degenerate_runs_at_most_5pct": f"at most {100 * MAX_DEGENERATE:g}% degenerate runs "
                                     "(one class / chance)",
     "speaker_self_gains_positive": "every speaker self-gain positive",
