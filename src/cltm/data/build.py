@@ -165,15 +165,15 @@ def _lies_in(manifest: pd.DataFrame) -> pd.DataFrame:
     return manifest.assign(language=manifest["locale"]) if "locale" in manifest else manifest
 
 
-def _select_and_decode(config: Config, out_dir: Path, choose: Choose, what: str,
+def _select_and_decode(config: Config, out_dir: Path, choose: Callable, what: str,
                        progress: bool) -> pd.DataFrame:
     """Select with `choose(table, exclude)`, decode what was chosen, replace what fails."""
     root = config.corpus_root
     table = commonvoice.read_metadata(config.data.languages)
-    # Durations are measured only for a filter: without one an unknown duration harms nothing.
-    filtered = config.data.min_duration_s is not None or config.data.max_duration_s is not None
     writer = PackWriter(out_dir)
     failed: dict[str, str] = {}
+    # Durations are measured only for a filter: without one an unknown duration harms nothing.
+    filtered = config.data.min_duration_s is not None or config.data.max_duration_s is not None
     for _ in range(MAX_ROUNDS):
         if filtered:
             manifest, table = choose_measured(choose, table, root, failed)
