@@ -31,9 +31,8 @@ def _config(root: Path, **data):
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["data"].update({"languages": ["es", "de"], "workers": 1, **data})
     raw["data"]["commonvoice"]["root"] = str(root)
-    raw["demo"]["out"] = str(root)
-    raw["tasks"]["gender"] = {"N": 2, "clips_per_speaker": 1}
-    raw["tasks"]["speaker"] = {"N": 4, "clips_per_speaker": 2}
+    raw["tasks"]["gender"].update({"N": 2, "clips_per_speaker": 1})
+    raw["tasks"]["speaker"].update({"N": 4, "clips_per_speaker": 2})
     return config_from_dict(raw)
 
 
@@ -42,12 +41,14 @@ def test_a_clip_that_fails_to_decode_is_reported_and_replaced(corpus, tmp_path, 
     config = _config(corpus)
     monkeypatch.chdir(tmp_path)  # the metadata stage's tables, as `dvc repro` leaves them
     for locale in config.data.languages:
-        write_metadata(corpus, locale)
-    clean = build_subsets(config, "gender", tmp_path / "clean", progress=False)
+        write_metadata(corpus, locale, tmp_path / "metadata")
+    clean = build_subsets(config, "gender", tmp_path / "clean", tmp_path / "metadata",
+                          progress=False)
     victim = clean[clean["role"] == "D"].iloc[0]
     (corpus / victim["language"] / "clips" / victim["clip"]).write_bytes(b"garbage, not mp3")
     with caplog.at_level(logging.ERROR):
-        fixed = build_subsets(config, "gender", tmp_path / "fixed", progress=False)
+        fixed = build_subsets(config, "gender", tmp_path / "fixed", tmp_path / "metadata",
+                              progress=False)
     assert victim["clip"] in caplog.text
     assert victim["clip"] not in set(fixed["clip"])
     # the slot was filled: same sizes per language, role and gender
@@ -64,8 +65,9 @@ def test_a_shared_pool_decodes_each_clip_from_where_it_lies(corpus, tmp_path, mo
     config = _config(corpus, selection="per_seed", selection_pool="shared")
     monkeypatch.chdir(tmp_path)
     for locale in config.data.languages:
-        write_metadata(corpus, locale)
-    manifest = build_subsets(config, "speaker", tmp_path / "shared", progress=False)
+        write_metadata(corpus, locale, tmp_path / "metadata")
+    manifest = build_subsets(config, "speaker", tmp_path / "shared", tmp_path / "metadata",
+                             progress=False)
     train = manifest[manifest["role"] != "eval"]
     assert (train["locale"] != train["language"]).any()  # es's D holds de's speakers, and back
     for locale, clip in zip(train["locale"], train["clip"], strict=True):

@@ -232,7 +232,8 @@ def test_duration_filter(table: pd.DataFrame) -> None:
     )
     manifest = select_gender(unknown, LANGS, 2, 1, seed=1, max_duration_s=2.0)
     assert (manifest["duration_s"].dropna() <= 2.0).all()
-    assert "aa-male-t0_2.mp3" in set(manifest["clip"])  # unknown duration passes
+    # An unknown duration passes here; the subsets stage measures it (test_old_release.py).
+    assert "aa-male-t0_2.mp3" in set(manifest["clip"])
     long = select_gender(table, LANGS, 2, 1, seed=1, min_duration_s=2.0)
     assert (long["duration_s"] >= 2.0).all()
 

@@ -37,6 +37,16 @@ def decode(path: str | Path, sr_out: int = SAMPLE_RATE) -> np.ndarray:
     return resample(mono, sr, sr_out)
 
 
+def clip_seconds(path: str | Path) -> float:
+    """A clip's duration from its header (libsndfile decodes nothing for it), in whole
+    milliseconds: clip_durations.tsv lists milliseconds, and a measured duration must pass a
+    duration filter exactly as the listed one would."""
+    info = sf.info(str(path))
+    if info.frames <= 0 or info.samplerate <= 0:
+        raise ValueError("no samples")
+    return round(1000 * info.frames / info.samplerate) / 1000
+
+
 def _decode_job(path: str) -> tuple[np.ndarray | None, str]:
     try:
         return to_int16(decode(path)), ""

@@ -3,6 +3,8 @@
 Selection and decoding meet here because a clip that fails to decode must be replaced by another
 eligible clip: the selection is re-run with the failed clip excluded, and only the clips that are
 new to the selection get decoded. The selection's stable ranking keeps every other choice as it was.
+The same holds for a clip of unknown duration (releases before 17.0 list none) that a duration
+filter must judge: the chosen ones are measured and the selection re-run (`choose_measured`).
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from cltm.config import Config
 from cltm.data import commonvoice, subsets
-from cltm.data.audio import decode_many
+from cltm.data.audio import clip_seconds, decode_many
 from cltm.data.pack import PackWriter
 from cltm.errors import CltmError
 from cltm.layout import MANIFEST, TRIALS
@@ -24,6 +27,9 @@ from cltm.layout import MANIFEST, TRIALS
 log = logging.getLogger(__name__)
 
 MAX_ROUNDS = 20
+
+#: A selection: the manifest chosen from the release table with some clips excluded.
+Choose = Callable[[pd.DataFrame, frozenset[str]], pd.DataFrame]
 
 
 def select(config: Config, task: str, table: pd.DataFrame, exclude: frozenset[str],
@@ -106,20 +112,72 @@ def resolve_n(config: Config, task: str, curve_choice: Path | None) -> int:
     return int(choice["chosen_N"])
 
 
-def _select_and_decode(config: Config, out_dir: Path, metadata_dir: Path, choose: Callable,
+def choose_measured(choose: Choose, table: pd.DataFrame, root: Path,
+                    failed: dict[str, str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """`choose(table, exclude)` once every clip it picks has a known duration, and `table`
+    with the durations measured on the way; a clip that cannot be measured joins `failed`.
+
+    For a duration filter to hold where the release lists no durations, the selection lets an
+    unknown duration through; the clips it picks that way are measured from their audio and the
+    choice is made again, until it picks measured clips only. The stable ranking makes a clip
+    that fails the filter change only its own slot, so this ends at the very choice that known
+    durations give, having measured only the clips picked on the way, never a whole locale.
+    """
+    while True:
+        manifest = choose(table, frozenset(failed))
+        where = _lies_in(manifest)
+        unknown = where.loc[where["duration_s"].isna(), ["language", "clip"]].drop_duplicates()
+        if unknown.empty:
+            return manifest, table
+        commonvoice.check_clips_exist(root, unknown)
+        log.info("measuring %d chosen clips that no clip_durations.tsv lists", len(unknown))
+        seconds: dict[tuple[str, str], float] = {}
+        for language, clip in zip(unknown["language"], unknown["clip"], strict=True):
+            path = commonvoice.clip_path(root, language, clip)
+            try:
+                seconds[language, clip] = clip_seconds(path)
+            except Exception as exc:  # whatever libsndfile raises: as a failed decode
+                failed[clip] = f"{type(exc).__name__}: {exc}"
+                log.error("could not read the duration of %s (%s); replacing it with another "
+                          "eligible clip", path, failed[clip])
+        table = _with_durations(table, seconds)
+
+
+def _with_durations(table: pd.DataFrame,
+                    seconds: dict[tuple[str, str], float]) -> pd.DataFrame:
+    """`table` with the unknown durations of the (language, clip) pairs of `seconds` filled in,
+    in every split that lists the clip."""
+    rows = table["duration_s"].isna() & table["clip"].isin({clip for _, clip in seconds})
+    pairs = zip(table.loc[rows, "language"], table.loc[rows, "clip"], strict=True)
+    found = pd.Series([seconds.get(pair, np.nan) for pair in pairs], index=table.index[rows],
+                      dtype=float)
+    return table.assign(duration_s=table["duration_s"].fillna(found))
+
+
+def _lies_in(manifest: pd.DataFrame) -> pd.DataFrame:
+    """The manifest with `language` the locale each clip lies in: a shared pool's training
+    rows serve a language other than the one they lie in."""
+    return manifest.assign(language=manifest["locale"]) if "locale" in manifest else manifest
+
+
+def _select_and_decode(config: Config, out_dir: Path, metadata_dir: Path, choose: Choose,
                        what: str, progress: bool) -> pd.DataFrame:
     """Select with `choose(table, exclude)`, decode what was chosen, replace what fails."""
     root = config.corpus_root
     table = commonvoice.read_metadata(config.data.languages, metadata_dir)
     writer = PackWriter(out_dir)
     failed: dict[str, str] = {}
+    # Durations are measured only for a filter: without one an unknown duration harms nothing.
+    filtered = config.data.min_duration_s is not None or config.data.max_duration_s is not None
     for _ in range(MAX_ROUNDS):
-        manifest = choose(table, frozenset(failed))
+        if filtered:
+            manifest, table = choose_measured(choose, table, root, failed)
+        else:
+            manifest = choose(table, frozenset(failed))
         todo = manifest[~manifest["clip"].isin(writer.slots.keys())].drop_duplicates("clip")
         if todo.empty:
             break
-        # A shared pool's training rows serve a language other than the one they lie in.
-        where = todo.assign(language=todo["locale"]) if "locale" in todo.columns else todo
+        where = _lies_in(todo)
         paths = [commonvoice.clip_path(root, lang, clip)
                  for lang, clip in zip(where["language"], where["clip"])]
         commonvoice.check_clips_exist(root, where)
@@ -169,5 +227,5 @@ def _log_summary(what: str, manifest: pd.DataFrame, failed: dict[str, str]) -> N
     hours = manifest.drop_duplicates("clip")["n_samples"].sum() / 16_000 / 3600
     log.info("%s (%.2f h of audio):\n%s", what, hours, counts.to_string())
     if failed:
-        log.warning("%d clips failed to decode and were replaced: %s", len(failed),
+        log.warning("%d clips could not be read and were replaced: %s", len(failed),
                     ", ".join(failed))

@@ -252,7 +252,10 @@ def _read_split(path: Path) -> pd.DataFrame:
 def _read_durations(path: Path) -> pd.Series | None:
     """Seconds per clip name, or None when the release has no durations file."""
     if not path.is_file():
-        # Older releases and hand-made ones have no durations file: durations are then unknown.
+        # Releases before 17.0 and hand-made ones have no durations file: durations are then
+        # unknown, and the subsets stage measures the chosen clips where a filter needs them.
+        log.info("%s not found: durations unknown (measured from the audio of chosen clips "
+                 "where data.min_duration_s or data.max_duration_s needs them)", path)
         return None
     raw = read_tsv(path)
     lacking = [c for c in DURATION_COLUMNS if c not in raw.columns]

@@ -492,7 +492,9 @@ def _usable(
 ) -> pd.DataFrame:
     keep = ~rows["clip"].isin(list(exclude))
     duration = rows["duration_s"]
-    # An unknown duration passes: old releases have no durations file at all.
+    # An unknown duration passes: releases before 17.0 have no durations file at all. Where a
+    # filter is set, the subsets stage measures the clips chosen that way and chooses again
+    # (cltm.data.build.choose_measured), which ends at the choice known durations would give.
     if min_duration_s is not None:
         keep &= duration.isna() | (duration >= min_duration_s)
     if max_duration_s is not None:
