@@ -16,6 +16,7 @@ import yaml
 from cltm.analysis.calibration import checks, dose_series
 from cltm.cli import main
 from cltm.errors import CltmError
+from tests.conftest import copy_pipeline, run_cmd, stages_run
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {
@@ -27,55 +28,56 @@ TINY = {
               "speaker": {"N": 4, "clips_per_speaker": 2}},
     "pretrain": {"epochs": 1},
     "analysis": {"bootstrap": 40, "permutations": 50},
-    "calibration": {"seeds": [0, 1], "variants": {"strength0": {"family_trait_strength": 0.0},
-                                                  "default": {}}},
 }
+VARIANTS = ["strength0", "exchangeable", "default", "strong", "heldout"]
+TINY_VARIANTS = ["strength0", "default"]
 
 
 def _merge(base: dict, over: dict) -> dict:
     out = dict(base)
     for k, v in over.items():
-        out[k] = _merge(base.get(k) or {}, v) if isinstance(v, dict) and k != "variants" else v
+        out[k] = _merge(base.get(k) or {}, v) if isinstance(v, dict) else v
     return out
 
 
 @pytest.fixture(scope="module")
 def calibrated(tmp_path_factory) -> Path:
+    """The calibration's own DVC project at CI size: two variants, two seeds, `dvc repro` in
+    calibration/ as a user runs it."""
     root = tmp_path_factory.mktemp("repo")
+    copy_pipeline(root)
     params = _merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    shutil.copytree(REPO / "calibration", root / "calibration",
-                    ignore=shutil.ignore_patterns("work", "metrics*", "report.md"))
-    cwd = Path.cwd()
-    try:
-        import os
-
-        os.chdir(root)
-        for variant in ("strength0", "default"):
-            assert main(["--no-progress", "calibrate", "--variant", variant]) == 0
-        assert main(["calibrate-report"]) == 0
-    finally:
-        os.chdir(cwd)
-    # the variants logged to the repository's one MLflow store, and left no MLflow setting
-    # behind for whatever runs next in this process
-    assert (root / "mlflow.db").is_file()
-    assert "MLFLOW_TRACKING_URI" not in os.environ
+    cal = root / "calibration"
+    (cal / ".dvc").mkdir(parents=True)
+    shutil.copy(REPO / "calibration" / ".dvc" / "config", cal / ".dvc" / "config")
+    text = (REPO / "calibration" / "dvc.yaml").read_text()
+    text = text.replace(f"[{', '.join(VARIANTS)}]", f"[{', '.join(TINY_VARIANTS)}]")
+    for gone in set(VARIANTS) - set(TINY_VARIANTS):
+        text = "\n".join(line for line in text.splitlines()
+                         if f"metrics/{gone}.json" not in line and f"work/{gone}/" not in line)
+    (cal / "dvc.yaml").write_text(text + "\n")
+    (cal / "params.yaml").write_text(yaml.safe_dump(
+        {"seeds": [0, 1], "variants": {"strength0": {"family_trait_strength": 0.0},
+                                       "default": {}}}))
+    run_cmd(["git", "init", "-q"], root)
+    run_cmd(["dvc", "repro"], cal)
     return root
 
 
 @pytest.mark.slow
 def test_calibration_writes_every_file_and_table(calibrated):
     cal = calibrated / "calibration"
-    for variant in ("strength0", "default"):
+    for variant in TINY_VARIANTS:
         work = cal / "work" / variant
-        families = (work / "data" / "demo_corpus" / "README.txt").read_text()
+        families = (work / "corpus" / "README.txt").read_text()
         strength = 0.0 if variant == "strength0" else 1.0
         assert f'"family_trait_strength": {strength}' in families
         for task in ("gender", "speaker"):
             for name in ("cltm.csv", "diagnostics.json", "family_structure.json",
                          "run_health.json", "stats_info.json"):
                 assert (work / "metrics" / task / name).is_file(), (variant, task, name)
-            runs = (work / "metrics" / "runs" / task / "runs.jsonl").read_text().splitlines()
+            runs = (work / "runs" / task / "runs.jsonl").read_text().splitlines()
             assert len(runs) == (4 * 4 + 4) * 2  # (n² + n) runs per seed, 2 seeds
         summary = json.loads((cal / "metrics" / f"{variant}.json").read_text())
         assert summary["strength"] == strength
@@ -83,89 +85,72 @@ def test_calibration_writes_every_file_and_table(calibrated):
         for task in ("gender", "speaker"):
             s = summary[task]
             assert s["languages"] == 4 and 0.0 <= s["degenerate_share"] <= 1.0
-            # tiny grids leave rows undefined; the family test then may have nothing to test
             assert s["cells_tested"] >= 0 and "family_contrast_p" in s
             assert len(s["undefined_rows"]) + s["self_gains_positive"] == 4
         assert summary["families"] == {"es": "Romance", "it": "Romance", "de": "Germanic",
                                        "nl": "Germanic"}
     metrics = json.loads((cal / "metrics.json").read_text())
-    assert set(metrics["variants"]) == {"strength0", "default"}
-    # the dose-response's one step, per task, read from the two run stores
+    assert set(metrics["variants"]) == set(TINY_VARIANTS)
     for task in ("gender", "speaker"):
         (step,) = metrics["growth"][task]
         assert (step["from"], step["to"], step["strengths"]) == ("strength0", "default", [0, 1])
-        ends = [metrics["variants"][v][task]["weighted_contrast"] for v in ("strength0", "default")]
-        if None in ends:  # tiny grids can leave too few rows for a family test: no growth then
+        ends = [metrics["variants"][v][task]["weighted_contrast"] for v in TINY_VARIANTS]
+        if None in ends:
             assert step.get("difference") is None
         else:
             assert step["difference"] == pytest.approx(ends[1] - ends[0])
             assert step["replicates_used"] + step["replicates_dropped"] == 40
-    assert set(metrics["checks"]) >= {"every_row_defined", "null_family_p_at_least_alpha",
-                                      "default_families_detected", "degenerate_runs_at_most_5pct"}
     report = (cal / "report.md").read_text()
-    for variant in ("strength0", "default"):
-        for task in ("gender", "speaker"):
-            assert f"| {variant} | " in report and f"| {task} |" in report
     assert "## Checks" in report and "Gender − speaker" in report
     assert "| gender | strength0 → default (0 → 1) |" in report
+    # MLflow logged the variants' grids beside the calibration's dvc.yaml, nowhere else
+    assert (cal / "mlflow.db").is_file() and not (calibrated / "mlflow.db").exists()
 
 
 @pytest.mark.slow
-def test_calibration_resumes_without_redoing_corpus_encoder_or_runs(calibrated, caplog):
-    import os
-
-    work = calibrated / "calibration" / "work" / "strength0"
-    store = work / "metrics" / "runs" / "gender" / "runs.jsonl"
-    before = store.read_text()
-    weights = (work / "models" / "pretrained" / "model.safetensors").stat().st_mtime_ns
-    cwd = Path.cwd()
-    os.chdir(calibrated)
-    try:
-        with caplog.at_level("INFO"):
-            assert main(["--no-progress", "calibrate", "--variant", "strength0"]) == 0
-    finally:
-        os.chdir(cwd)
-    assert "corpus unchanged, kept" in caplog.text and "pretrain unchanged, kept" in caplog.text
-    assert (work / "models" / "pretrained" / "model.safetensors").stat().st_mtime_ns == weights
-    assert sorted(store.read_text().splitlines()) == sorted(before.splitlines())
-    assert "0 to run" in caplog.text
+def test_calibration_status_is_clean_and_a_rerun_redoes_nothing(calibrated):
+    cal = calibrated / "calibration"
+    assert "up to date" in run_cmd(["dvc", "status"], cal)
+    assert stages_run(run_cmd(["dvc", "repro"], cal)) == set()
+    # the root project does not see the calibration: its status names no calibration stage
+    assert "calibration" not in run_cmd(["dvc", "status"], calibrated)
 
 
 def test_calibration_dvc_yaml_names_every_variant_of_the_params():
     stages = yaml.safe_load((REPO / "calibration" / "dvc.yaml").read_text())["stages"]
-    names = stages["variant"]["foreach"]
-    params = yaml.safe_load((REPO / "params.yaml").read_text())["calibration"]["variants"]
-    assert names == list(params)
+    params = list(yaml.safe_load((REPO / "calibration" / "params.yaml").read_text())["variants"])
+    for name, stage in stages.items():
+        listed = stage.get("foreach") or (stage.get("matrix") or {}).get("variant")
+        if listed is not None:
+            assert listed == params, name
     deps = stages["report"]["deps"]
-    assert [f"calibration/metrics/{n}.json" for n in names] == deps[: len(names)]
+    assert [f"metrics/{n}.json" for n in params] == deps[: len(params)]
 
 
-def test_unknown_variant_and_missing_runs_are_clear_errors(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+def test_unknown_variant_and_missing_summaries_are_clear_errors(tmp_path):
+    from cltm.config import load_calibration, variant_params
+
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    from cltm.calibrate import variant_params
-    from cltm.config import load_config
-
-    config = load_config(tmp_path / "params.yaml")
+    cal = load_calibration(REPO / "calibration" / "params.yaml")
     with pytest.raises(CltmError, match="no calibration variant 'nope'"):
-        variant_params(params, config, "nope")
-    assert main(["calibrate-report"]) != 0  # names the variants not run yet
+        variant_params(params, cal, "nope", corpus="c", encoder="e")
+    assert main(["calibration-report", "--calibration", str(REPO / "calibration" / "params.yaml"),
+                 "--summaries", str(tmp_path), "--runs", str(tmp_path),
+                 "--out", str(tmp_path)]) != 0  # names the variants not run yet
 
 
-def test_the_exchangeable_variant_deals_voices_and_subsets_from_one_pool(tmp_path):
-    from cltm.calibrate import variant_params
-    from cltm.config import config_from_dict
+def test_the_exchangeable_variant_deals_voices_and_subsets_from_one_pool():
+    from cltm.config import load_calibration, variant_params
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    config = config_from_dict(params)
-    null = variant_params(params, config, "exchangeable")
+    cal = load_calibration(REPO / "calibration" / "params.yaml")
+    null = variant_params(params, cal, "exchangeable", corpus="c", encoder="e")
     assert null["demo"]["null_control"] is True
     assert null["data"]["selection_pool"] == "shared"
-    config_from_dict(null)  # a valid config: the shared pool has its draw per seed
+    assert null["data"]["commonvoice"]["root"] == "c" and null["model"]["name_or_path"] == "e"
     for planted in ("default", "heldout"):
-        assert variant_params(params, config, planted)["data"]["selection_pool"] == (
-            params["data"]["selection_pool"]) == "per_language"
+        assert variant_params(params, cal, planted, corpus="c", encoder="e")["data"][
+            "selection_pool"] == params["data"]["selection_pool"] == "per_language"
 
 
 def _variant(name, strength, held_out=False, **task):
@@ -178,10 +163,11 @@ def _variant(name, strength, held_out=False, **task):
 
 
 def _growth(*steps):
-    """dose_growth's steps, the same for both tasks: (difference, low, high) each."""
-    rows = [{"from": "a", "to": "b", "strengths": [0, 1], "difference": d, "low": lo,
+    """dose_growth's steps (strength 0 → 1, 1 → 2, ...), the same for both tasks:
+    (difference, low, high) each."""
+    rows = [{"from": "a", "to": "b", "strengths": [i, i + 1], "difference": d, "low": lo,
              "high": hi, "excludes_zero": None if lo is None else bool(lo > 0 or hi < 0)}
-            for d, lo, hi in steps]
+            for i, (d, lo, hi) in enumerate(steps)]
     return {"gender": rows, "speaker": rows}
 
 
@@ -208,13 +194,16 @@ def test_checks_pass_and_fail_on_what_the_variants_found():
                 "default_families_detected_held_out", "degenerate_runs_at_most_5pct",
                 "speaker_mean_gain_over_se_at_least_2"):
         assert result[key] is False, key
-    # growth: every step's interval above 0; a step inside the noise or falling fails, and
-    # without intervals (or with a step that has none) nothing is checked
+    # growth: the step from 0 to the default strength, its interval above 0; a later step
+    # inside the noise or falling is reported, not checked; a first step inside the noise or
+    # falling fails; without intervals nothing is checked
     def grows(growth):
         return checks(good, 1.0, growth)["contrast_grows_with_strength"]
 
-    assert grows(_growth((0.4, 0.2, 0.6), (0.1, -0.1, 0.3)))["gender"] is False
-    assert grows(_growth((0.4, 0.2, 0.6), (-0.4, -0.6, -0.2)))["speaker"] is False
+    assert grows(_growth((0.4, 0.2, 0.6), (0.1, -0.1, 0.3)))["gender"] is True
+    assert grows(_growth((0.4, 0.2, 0.6), (-0.4, -0.6, -0.2)))["speaker"] is True
+    assert grows(_growth((0.1, -0.1, 0.3), (0.4, 0.2, 0.6)))["gender"] is False
+    assert grows(_growth((-0.4, -0.6, -0.2)))["speaker"] is False
     assert grows(None) == {"gender": None, "speaker": None}
     assert grows(_growth((0.4, None, None)))["gender"] is None
 
@@ -239,38 +228,6 @@ def test_the_exchangeable_corpus_carries_the_per_cell_null():
     assert checks([variants[0], *variants[2:]], 1.0)["null_no_more_cells_than_fdr_allows"] is False
 
 
-def test_demo_report_shows_the_latest_calibration_table(tmp_path):
-    from cltm.analysis.calibration import summarize
-    from cltm.analysis.report import run_report
-
-    cal = tmp_path / "calibration"
-    cal.mkdir()
-    variants = [_variant("strength0", 0.0),
-                _variant("default", 1.0, weighted_contrast=0.4, weighted_contrast_p=0.01,
-                         family_contrast=0.5, family_contrast_p=0.02)]
-    for v in variants:
-        for t in ("gender", "speaker"):
-            v[t].update({"intra_family_pos": 0.3, "intra_family_pos_chance": 0.14,
-                         "cells_tested": 28, "rfd1": 0.5, "rfd1_ci": [0.4, 0.7],
-                         "cos_rows": 0.8, "cos_rows_ci": [0.6, 0.9]})
-    summarize(cal, variants, default_strength=1.0)
-    metrics = tmp_path / "metrics"
-    metrics.mkdir()
-    run_report(metrics, metrics / "report.md", calibration=cal / "metrics.json")
-    # no task diagnostics: the report says so and shows nothing else
-    assert "The latest calibration" not in (metrics / "report.md").read_text()
-    (metrics / "gender").mkdir()
-    (metrics / "gender" / "diagnostics.json").write_text(json.dumps(
-        {"n_languages": 2, "rfd1": 0.5, "undefined_targets": []}))
-    run_report(metrics, metrics / "report.md", calibration=cal / "metrics.json")
-    text = (metrics / "report.md").read_text()
-    assert "## The latest calibration" in text
-    assert "| default | 1 | gender | 0.4 (0.01) | 0.5 (0.02) |" in text
-    assert "(../calibration/report.md)" in text
-    run_report(metrics, metrics / "report.md", calibration=tmp_path / "absent.json")
-    assert "The latest calibration" not in (metrics / "report.md").read_text()
-
-
 def test_committed_calibration_is_what_its_variants_found():
     """The committed calibration (calibration/metrics.json, written by `dvc repro
     calibration/dvc.yaml`): its checks are recomputed from the variants' own committed metrics
@@ -281,7 +238,7 @@ def test_committed_calibration_is_what_its_variants_found():
     if not path.is_file():
         pytest.skip("no calibration committed yet")
     result = json.loads(path.read_text())
-    names = list(yaml.safe_load((REPO / "params.yaml").read_text())["calibration"]["variants"])
+    names = list(yaml.safe_load((REPO / "calibration" / "params.yaml").read_text())["variants"])
     assert list(result["variants"]) == names
     for name in names:
         own = json.loads((REPO / "calibration" / "metrics" / f"{name}.json").read_text())

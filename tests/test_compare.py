@@ -191,7 +191,8 @@ def test_cli_writes_the_files_and_names_a_missing_store(tmp_path, monkeypatch, c
     params.write_text(yaml.safe_dump(raw))
     monkeypatch.chdir(tmp_path)  # the default --out and nothing of the repository's data
 
-    assert main(["--params", str(params), "compare", str(gender), str(speaker)]) == 0
+    assert main(["--params", str(params), "compare", str(gender), str(speaker), "--out",
+                 "metrics/compare"]) == 0
     out = tmp_path / "metrics" / "compare"
     for name in cp.OUTPUT_FILES:
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name

@@ -78,13 +78,6 @@ _DELETE = object()
         ("tasks.speaker.encoder", "lora",
          r"tasks\.speaker\.encoder must be one of 'finetune', 'frozen'"),
         ("data.selection", "random", r"data\.selection must be one of 'fixed', 'per_seed'"),
-        ("calibration.variants", {"bad name": {}}, r"is not a usable name"),
-        ("calibration.variants", {"x": {"family_trait_strength": 9}},
-         r"calibration\.variants\.x\.family_trait_strength must lie in"),
-        ("calibration.variants", {"x": {"strength": 1}},
-         r"unknown key calibration\.variants\.x\.strength"),
-        ("calibration.seeds", [0, 0], r"calibration\.seeds has repeated seeds"),
-        ("data.commonvoice.root", "elsewhere", r"must be the demo corpus directory"),
         ("data.min_duration_s", 30.0, r"data\.min_duration_s .* must be below"),
     ],
 )
@@ -135,3 +128,25 @@ def test_exponent_floats_that_yaml_reads_as_strings_are_numbers(tmp_path, raw):
     assert load_config(path).train.lr == pytest.approx(1e-3)
     with pytest.raises(CltmError, match=r"train\.lr must be a number, got str 'fast'"):
         config_from_dict(_set(raw, "train.lr", "fast"))
+
+
+@pytest.mark.parametrize("variants,seeds,message", [
+    ({"bad name": {}}, None, r"is not a usable name"),
+    ({"x": {"family_trait_strength": 9}}, None,
+     r"variants\.x\.family_trait_strength must lie in"),
+    ({"x": {"strength": 1}}, None, r"unknown key variants\.x\.strength"),
+    ({"x": {}}, [0, 0], r"calibration\.seeds has repeated seeds"),
+])
+def test_bad_calibration_params_name_the_key(tmp_path, variants, seeds, message):
+    from cltm.config import load_calibration
+
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({"variants": variants, "seeds": seeds}))
+    with pytest.raises(CltmError, match=message):
+        load_calibration(path)
+
+
+def test_a_missing_key_is_an_error_that_names_it(raw):
+    del raw["analysis"]["fdr"]
+    with pytest.raises(CltmError, match=r"missing key analysis\.fdr .*configs/paper\.yaml"):
+        config_from_dict(raw)

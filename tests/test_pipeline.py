@@ -171,6 +171,7 @@ def test_languages_report_reads_the_corpus(repo, capsys, monkeypatch):
 def test_cli_reports_config_errors_cleanly(tmp_path, capsys):
     bad = tmp_path / "params.yaml"
     bad.write_text("data: {source: cv}\n")
-    assert main(["--params", str(bad), "subsets", "--task", "gender"]) == 2
+    assert main(["--params", str(bad), "subsets", "--task", "gender", "--metadata", "m",
+                 "--out", "o"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("cltm: error:") and "data.source" in err
