@@ -179,7 +179,7 @@ def _config(root: Path, **data):
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["data"].update({"languages": list(LOCALES), "workers": 1, **data})
     raw["data"]["commonvoice"]["root"] = str(root)
-    raw["tasks"]["gender"].update({"N": 2, "clips_per_speaker": 1})
+    raw["tasks"]["gender"].update({"N": 2, "clips_per_speaker": 1, "seeds": None})
     raw["tasks"]["speaker"].update({"N": 4, "clips_per_speaker": 2})
     return config_from_dict(raw)
 
