@@ -66,9 +66,8 @@ def _release(root: Path) -> Path:
 
 
 def _encoder(path: Path) -> Path:
-    from transformers import HubertConfig, HubertModel
-
     import torch
+    from transformers import HubertConfig, HubertModel
 
     torch.manual_seed(0)
     HubertModel(HubertConfig(**TINY_HUBERT, conv_bias=False)).save_pretrained(path)
