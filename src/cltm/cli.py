@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import shutil
@@ -39,23 +40,10 @@ def _demo_corpus(args: argparse.Namespace, config: Config) -> None:
             f"{config.data.commonvoice.root}.\n")
         log.info("data.source is commonvoice: demo corpus skipped")
         return
-    d = config.demo
-    spec = demo.DemoSpec(
-        languages=tuple(config.data.languages),
-        speakers_per_language=d.speakers_per_language,
-        clips_per_speaker=d.clips_per_speaker,
-        dev_speakers=d.dev_speakers,
-        test_speakers=d.test_speakers,
-        family_trait_strength=d.family_trait_strength,
-        clip_seconds=d.clip_seconds,
-        null=d.null_control,
-        seed=d.seed,
-        gender_shift_semitones=d.gender_shift_semitones,
-        gender_pitch_offset=d.gender_pitch_offset,
-        speaker_axes_db=d.speaker_axes_db,
-        speaker_axes_focus=d.speaker_axes_focus,
-        speaker_warp_semitones=d.speaker_warp_semitones,
-    )
+    # demo.* are DemoSpec's fields by name, but for null_control (a key that says what it is)
+    settings = dataclasses.asdict(config.demo)
+    spec = demo.DemoSpec(languages=tuple(config.data.languages),
+                         null=settings.pop("null_control"), **settings)
     demo.write_demo_corpus(out, spec, workers=config.data.workers, progress=not args.no_progress)
     log.info("demo corpus written to %s", out)
 

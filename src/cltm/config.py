@@ -83,31 +83,27 @@ class DemoConfig:
 
 
 @dataclass(frozen=True)
-class GenderTaskConfig:
-    # Clips per class in each of D and D'; `auto`: the N the curve stage chose.
-    N: int | Literal["auto"]
+class TaskConfig:
+    """What every task has: its sizes, and its own values of train.* (null: train's)."""
+
+    N: int | Literal["auto"]  # clips in D and in D' (gender: per class); auto: the curve's
     clips_per_speaker: int
-    eval_max_per_language: int | None
-    lr: float | None  # overrides train.lr for this task; null: train.lr
-    epochs: int | None  # overrides train.epochs for this task; null: train.epochs
-    seeds: list[int] | None  # overrides train.seeds for this task; null: train.seeds
-    head_init: Literal["random", "zero"] | None  # overrides train.head_init; null: train's
-    head_lr_scale: float | None  # overrides train.head_lr_scale; null: train's
-    encoder: Literal["finetune", "frozen"] | None  # overrides train.encoder; null: train's
+    lr: float | None
+    epochs: int | None
+    seeds: list[int] | None
+    head_init: Literal["random", "zero"] | None
+    head_lr_scale: float | None
+    encoder: Literal["finetune", "frozen"] | None
 
 
 @dataclass(frozen=True)
-class SpeakerTaskConfig:
-    # Clips in each of D and D'; `auto`: the N the curve stage chose.
-    N: int | Literal["auto"]
-    clips_per_speaker: int
+class GenderTaskConfig(TaskConfig):
+    eval_max_per_language: int | None
+
+
+@dataclass(frozen=True)
+class SpeakerTaskConfig(TaskConfig):
     max_pairs_per_speaker: int
-    lr: float | None  # overrides train.lr for this task; null: train.lr
-    epochs: int | None  # overrides train.epochs for this task; null: train.epochs
-    seeds: list[int] | None  # overrides train.seeds for this task; null: train.seeds
-    head_init: Literal["random", "zero"] | None  # overrides train.head_init; null: train's
-    head_lr_scale: float | None  # overrides train.head_lr_scale; null: train's
-    encoder: Literal["finetune", "frozen"] | None  # overrides train.encoder; null: train's
 
 
 @dataclass(frozen=True)
