@@ -833,6 +833,15 @@ def contrast_stream(stats_seed: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(int(stats_seed)).spawn(4)[3])
 
 
+def transfer_streams(stats_seed: int) -> tuple[np.random.Generator, np.random.Generator]:
+    """A fifth independent seed (donor rankings and the transfer graph), split as streams() is
+    into bootstrap and permutation generators; the other four streams stay as they were."""
+    if int(stats_seed) < 0:
+        raise CltmError(f"stats_seed must be a non-negative integer, not {stats_seed}")
+    boot, perm = np.random.SeedSequence(int(stats_seed)).spawn(5)[4].spawn(2)
+    return np.random.default_rng(boot), np.random.default_rng(perm)
+
+
 def write_json(d: Mapping, path: Path) -> None:
     path.write_text(json.dumps(d, indent=2) + "\n", encoding="utf-8")
 
