@@ -193,6 +193,16 @@ def _compare(args: argparse.Namespace, config: Config) -> None:
                 ci_level=a.ci_level, stats_seed=a.stats_seed, pair_seeds=a.pair_seeds)
 
 
+def _donors(args: argparse.Namespace, config: Config) -> None:
+    from cltm.analysis.donors import run_donors
+
+    a = config.analysis
+    source = Path(args.matrix or args.runs or Path("metrics") / "runs" / (args.task or "gender"))
+    print(run_donors(args.target, source, task=args.task, families=_families(config),
+                     fdr=a.fdr, bootstrap=a.bootstrap, ci_level=a.ci_level, top_k=a.top_k,
+                     stats_seed=a.stats_seed, pair_seeds=a.pair_seeds))
+
+
 COMPARE_EPILOG = """\
 A and B are run-store directories (as metrics/runs/gender, holding runs.jsonl): two tasks of one
 result (metrics/runs/gender metrics/runs/speaker) or two variants of one task. A store of another
@@ -342,6 +352,18 @@ def build_parser() -> argparse.ArgumentParser:
                     help="output folder for compare.md, compare.json, compare_cells.csv and "
                     "compare_heatmap.png (default: %(default)s)")
     cm.set_defaults(func=_compare)
+
+    dn = sub.add_parser(
+        "donors", help="which donors help a target: its donors ranked by CLTM[target, donor], "
+        "with intervals and tests from a run store (point values from a cltm.csv)")
+    dn.add_argument("target", help="the target language (a locale of the result)")
+    source = dn.add_mutually_exclusive_group()
+    source.add_argument("matrix", nargs="?", help="a CLTM csv (cltm.csv): point values only")
+    source.add_argument("--runs", help="a run store (a directory holding runs.jsonl; default: "
+                        "metrics/runs/TASK)")
+    dn.add_argument("--task", choices=TASKS, help="the task whose runs to read (default: the "
+                    "store's own runs; metrics/runs/gender when no source is given)")
+    dn.set_defaults(func=_donors)
 
     dg = sub.add_parser("diagnostics",
                         help="the paper's diagnostics of any CLTM in cltm.csv format")

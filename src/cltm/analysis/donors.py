@@ -32,6 +32,7 @@ Transfer profiles (`transfer_profiles`, profiles.csv)
 from __future__ import annotations
 
 import logging
+import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -231,16 +232,23 @@ def _num(v: float, fmt: str = ".3f") -> str:
     return "n/a" if not np.isfinite(v) else format(v, fmt)
 
 
+#: Columns of the donor table printed left-aligned (the rest are numbers).
+TEXT_COLUMNS = ("donor", "family", "verdict")
+
+
 def format_donors(table: pd.DataFrame, target: str, *, families: Mapping[str, str],
                   header: str) -> str:
     """One target's donor table as aligned text; with intervals and tests when it has them."""
     names = display_names([target, *table["donor"]])
+
+    def label(loc: str) -> str:
+        return loc if names[loc] == loc else f"{names[loc]} ({loc})"
+
     full = "low" in table.columns
     rows = []
     for r in table.itertuples(index=False):
         same = families.get(r.donor) is not None and families.get(r.donor) == families.get(target)
-        row = {"rank": str(r.rank),
-               "donor": f"{names[r.donor]} ({r.donor})" + (" *" if same else ""),
+        row = {"rank": str(r.rank), "donor": label(r.donor) + (" *" if same else ""),
                "family": families.get(r.donor) or "?", "CLTM": _num(r.cltm)}
         if full:
             rank_iv = "n/a" if pd.isna(r.rank_low) else f"{r.rank_low}-{r.rank_high}"
@@ -249,8 +257,16 @@ def format_donors(table: pd.DataFrame, target: str, *, families: Mapping[str, st
                         "verdict": _verdict(r), "rank interval": rank_iv,
                         "top-k share": _num(r.top_k_share, ".2f")})
         rows.append(row)
-    body = pd.DataFrame(rows).to_string(index=False)
-    return f"{header}\n{body}\n* same family as {names[target]} ({target})"
+    columns = list(rows[0]) if rows else ["rank", "donor"]
+    width = {c: max(len(c), *(len(row[c]) for row in rows)) for c in columns}
+
+    def line(cells: Mapping[str, str]) -> str:
+        return "  ".join(cells[c].ljust(width[c]) if c in TEXT_COLUMNS else
+                         cells[c].rjust(width[c]) for c in columns).rstrip()
+
+    body = [line({c: c for c in columns}), *(line(row) for row in rows)]
+    return "\n".join([*textwrap.wrap(header, 100), *body,
+                      f"* same family as {label(target)}"])
 
 
 def _verdict(r: Any) -> str:
