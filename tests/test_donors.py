@@ -66,8 +66,10 @@ def test_planted_blocks_rank_first_and_form_the_communities(tmp_path):
         assert (table.loc[~same, "top_k_share"] == 0.0).all()
         assert (table.loc[~same, "rank_low"] >= 4).all()
         assert table["low"].le(table["cltm"]).all() and table["high"].ge(table["cltm"]).all()
-    partners = dn.partner_first(donors, BLOCK_FAMILIES)
-    assert partners["first"].all() and partners["surely_first"].all()
+    assert (donors["same_family"] == (donors["target"].map(BLOCK_FAMILIES)
+                                      == donors["donor"].map(BLOCK_FAMILIES))).all()
+    partners = dn.partner_first(donors)
+    assert len(partners) == 12 and partners["first"].all() and partners["surely_first"].all()
     assert partners["first_share"].to_numpy() == pytest.approx(1.0)
 
     assert summary["ari"] == 1.0 and summary["n_communities"] == 3
@@ -101,6 +103,19 @@ def test_shuffled_family_labels_do_not_agree():
     assert abs(graph.summary["ari"]) < 0.2
     assert graph.summary["ari_p"] > 0.2
     assert abs(graph.summary["ari_chance"]) < 0.02
+
+
+def test_planted_agreement_from_a_cltm_csv(tmp_path):
+    """The calibration's figure: a corpus's communities against its planted families, from
+    the cltm.csv and families.csv a variant's work directory already holds."""
+    compute_cltm(block_runs()).matrix.to_csv(tmp_path / "cltm.csv", index_label="target")
+    pd.DataFrame({"locale": BLOCK_LANGS, "family": [BLOCK_FAMILIES[x] for x in BLOCK_LANGS]}
+                 ).to_csv(tmp_path / "families.csv", index=False)
+    found = tg.planted_agreement(tmp_path, tmp_path / "families.csv", permutations=500)
+    assert found["ari"] == 1.0 and found["ari_p"] < 0.01 and found["n_communities"] == 3
+    mixed = {loc: "PQRS"[k % 4] for k, loc in enumerate(BLOCK_LANGS)}  # one of each block
+    found = tg.planted_agreement(tmp_path, mixed, permutations=500)
+    assert found["ari"] < 0 and found["ari_p"] > 0.5
 
 
 def test_adjusted_rand_many_equals_sklearn():

@@ -62,9 +62,9 @@ log = logging.getLogger(__name__)
 
 #: analysis.top_k's default: the donors a user would add first.
 TOP_K = 3
-DONOR_COLUMNS = ("target", "rank", "donor", "cltm", "low", "high", "se", "p_vs0", "q_vs0",
-                 "p_vs1", "q_vs1", "differs_from_0", "differs_from_1", "direction", "rank_low",
-                 "rank_high", "top_k_share", "first_share")
+DONOR_COLUMNS = ("target", "rank", "donor", "same_family", "cltm", "low", "high", "se", "p_vs0",
+                 "q_vs0", "p_vs1", "q_vs1", "differs_from_0", "differs_from_1", "direction",
+                 "rank_low", "rank_high", "top_k_share", "first_share")
 PROFILE_COLUMNS = ("language", "given_mean", "given_low", "given_high", "helps_share",
                    "hurts_share", "received_mean", "received_low", "received_high",
                    "helped_share", "hurt_share")
@@ -125,15 +125,19 @@ def _share(hit: np.ndarray, valid: np.ndarray) -> np.ndarray:
         return np.where(used > 0, (hit & valid).sum(0) / used, np.nan)
 
 
-def donor_rankings(td: TransferDraws, tests: pd.DataFrame, *, top_k: int = TOP_K) -> pd.DataFrame:
+def donor_rankings(td: TransferDraws, tests: pd.DataFrame,
+                   families: Mapping[str, str] | None = None, *,
+                   top_k: int = TOP_K) -> pd.DataFrame:
     """DONOR_COLUMNS, one row per (defined target, donor), each target's donors by rank.
 
     `tests` is stats.cell_tests' table over the same languages (its CLTM column is the ranked
-    value). Undefined targets have no rows: their cells are no usable ranking.
+    value). Undefined targets have no rows: their cells are no usable ranking. `same_family`:
+    the donor and the target share a known family in `families` (on a demo corpus, the
+    planted one), so that donors.csv alone says whether a family partner leads.
     """
     if top_k < 1:
         raise CltmError(f"analysis.top_k must be at least 1, not {top_k}")
-    langs, n = td.languages, len(td.languages)
+    langs = td.languages
     ranks = donor_ranks(td.point)
     rep_ranks = donor_ranks(td.draws)
     valid = np.isfinite(rep_ranks)
@@ -150,12 +154,17 @@ def donor_rankings(td: TransferDraws, tests: pd.DataFrame, *, top_k: int = TOP_K
         rank_low[r], rank_high[r] = np.floor(lo), np.ceil(hi)
     table = t[list(SIGNIFICANCE_COLUMNS)].assign(
         rank=ranks[i, j], low=low, high=high, rank_low=rank_low, rank_high=rank_high,
-        top_k_share=top[i, j], first_share=first[i, j])
+        top_k_share=top[i, j], first_share=first[i, j],
+        same_family=[_same(families, a, b) for a, b in zip(t["target"], t["donor"])])
     table = table.astype({"rank": int, "rank_low": "Int64", "rank_high": "Int64"})
     order = table.assign(_t=i).sort_values(["_t", "rank", "donor"]).index
     out = table.loc[order, list(DONOR_COLUMNS)].reset_index(drop=True)
-    log.debug("donor rankings of %d targets over %d languages", out["target"].nunique(), n)
     return out
+
+
+def _same(families: Mapping[str, str] | None, a: str, b: str) -> bool:
+    fam = (families or {}).get(a)
+    return fam is not None and fam == (families or {}).get(b)
 
 
 def _off_mean(c: np.ndarray, axis: int) -> np.ndarray:
@@ -168,7 +177,7 @@ def _off_mean(c: np.ndarray, axis: int) -> np.ndarray:
         return np.where(count > 0, np.nansum(off, axis) / count, np.nan)
 
 
-def transfer_profiles(td: TransferDraws, tests: pd.DataFrame, fdr: float) -> pd.DataFrame:
+def transfer_profiles(td: TransferDraws, tests: pd.DataFrame) -> pd.DataFrame:
     """PROFILE_COLUMNS, one row per language (the module docstring says what each holds)."""
     langs = td.languages
     given, received = _off_mean(td.point, -2), _off_mean(td.point, -1)
@@ -191,32 +200,30 @@ def transfer_profiles(td: TransferDraws, tests: pd.DataFrame, fdr: float) -> pd.
                   for k in range(len(langs))]
         rows[f"{name}_low"] = [b[0] for b in bounds]
         rows[f"{name}_high"] = [b[1] for b in bounds]
-    log.debug("transfer profiles at FDR %g", fdr)
     return pd.DataFrame(rows, columns=list(PROFILE_COLUMNS))
 
 
-def partner_first(donors: pd.DataFrame, families: Mapping[str, str],
-                  level: float = 0.95) -> pd.DataFrame:
+def partner_first(donors: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     """Per target with a same-family donor: does a family partner rank first, and how sure?
 
-    From donors.csv's table: `partner` is the best-ranked same-family donor, with its rank and
-    rank interval; `first` whether it ranks first in the data; `first_share` the share of
-    bootstrap replicates in which some partner ranks first (the sum of the partners'
-    first_share); `surely_first` whether that share is at least (1 + level) / 2, i.e. whether
-    the percentile interval at `level` of the best partner's rank is [1, 1].
+    From donors.csv's table (its `same_family` column; on a demo corpus the planted family):
+    `partner` is the best-ranked same-family donor, with its rank and rank interval; `first`
+    whether it ranks first in the data; `first_share` the share of bootstrap replicates in which
+    some partner ranks first (the sum of the partners' first_share); `surely_first` whether that
+    share is at least (1 + level) / 2, i.e. whether the percentile interval at `level` of the
+    best partner's rank is [1, 1]. What the report reads to say, per target, whether a planted
+    partner leads.
     """
-    fam = donors["target"].map(families)
-    same = donors[fam.notna() & (fam == donors["donor"].map(families))]
     rows = []
-    for target, group in same.groupby("target", sort=True):
+    for target, group in donors[donors["same_family"].astype(bool)].groupby("target", sort=True):
         best = group.sort_values(["rank", "donor"]).iloc[0]
-        rows.append({"target": target, "family": families[target], "partner": best["donor"],
-                     "rank": int(best["rank"]), "rank_low": best["rank_low"],
-                     "rank_high": best["rank_high"], "first": bool(best["rank"] == 1),
-                     "first_share": float(group["first_share"].sum()),
-                     "surely_first": bool(group["first_share"].sum() >= (1 + level) / 2)})
-    return pd.DataFrame(rows, columns=["target", "family", "partner", "rank", "rank_low",
-                                       "rank_high", "first", "first_share", "surely_first"])
+        share = float(group["first_share"].sum())
+        rows.append({"target": target, "partner": best["donor"], "rank": int(best["rank"]),
+                     "rank_low": best["rank_low"], "rank_high": best["rank_high"],
+                     "first": bool(best["rank"] == 1), "first_share": share,
+                     "surely_first": bool(share >= (1 + level) / 2)})
+    return pd.DataFrame(rows, columns=["target", "partner", "rank", "rank_low", "rank_high",
+                                       "first", "first_share", "surely_first"])
 
 
 # --- `cltm donors TARGET`: one target from any result ------------------------------------------
@@ -247,7 +254,7 @@ def format_donors(table: pd.DataFrame, target: str, *, families: Mapping[str, st
     full = "low" in table.columns
     rows = []
     for r in table.itertuples(index=False):
-        same = families.get(r.donor) is not None and families.get(r.donor) == families.get(target)
+        same = _same(families, target, r.donor)
         row = {"rank": str(r.rank), "donor": label(r.donor) + (" *" if same else ""),
                "family": families.get(r.donor) or "?", "CLTM": _num(r.cltm)}
         if full:
@@ -302,7 +309,7 @@ def run_donors(target: str, source: Path, *, task: str | None, families: Mapping
     boot, _ = transfer_streams(stats_seed)
     td = transfer_draws(cells, replicates=bootstrap, level=ci_level, rng=boot, paired=paired,
                         matrix=result.matrix)
-    table = donor_rankings(td, tests, top_k=top_k)
+    table = donor_rankings(td, tests, families, top_k=top_k)
     table = table[table["target"] == target]
     design = PAIRED_DESIGN if paired else "independent seeds"
     header = (f"Donors of {target}{f' ({task})' if task else ''}, ranked by CLTM[{target}, "

@@ -29,7 +29,7 @@ from cltm.analysis.cltm import CltmResult
 from cltm.analysis.diagnostics import json_ready
 from cltm.analysis.donors import TOP_K, donor_rankings, transfer_draws, transfer_profiles
 from cltm.analysis.languages import display_names
-from cltm.analysis.stats import pairing, seed_cells, transfer_streams, write_json
+from cltm.analysis.stats import PAIRED_DESIGN, pairing, seed_cells, transfer_streams, write_json
 from cltm.analysis.transfer_graph import transfer_graph
 
 log = logging.getLogger(__name__)
@@ -75,10 +75,10 @@ def write_transfer(
     boot, perm = transfer_streams(stats_seed)
     td = transfer_draws(cells, replicates=bootstrap, level=ci_level, rng=boot, paired=paired,
                         matrix=result.matrix)
-    donors = donor_rankings(td, tests, top_k=top_k)
+    donors = donor_rankings(td, tests, families, top_k=top_k)
     donors.to_csv(out_dir / DONORS_FILE, index=False)
     graph = transfer_graph(td, families, permutations=permutations, rng=perm, seed=stats_seed)
-    profiles = transfer_profiles(td, tests, fdr).assign(
+    profiles = transfer_profiles(td, tests).assign(
         family=[families.get(x) for x in langs], pagerank=graph.pagerank,
         pagerank_low=graph.pagerank_low, pagerank_high=graph.pagerank_high,
         community=graph.community, map_x=graph.coords[:, 0], map_y=graph.coords[:, 1])
@@ -86,8 +86,9 @@ def write_transfer(
     co = pd.DataFrame(graph.coclustering, index=pd.Index(langs, name="language"),
                       columns=langs)
     co.to_csv(out_dir / COCLUSTERING_FILE)
-    summary = {"task": task, "family_level": family_level, "top_k": int(top_k),
-               "ci_level": ci_level, "stats_seed": int(stats_seed), **graph.summary}
+    summary = {"task": task, "family_level": family_level, "top_k": int(top_k), "fdr": fdr,
+               "ci_level": ci_level, "stats_seed": int(stats_seed),
+               "seed_design": PAIRED_DESIGN if paired else "independent seeds", **graph.summary}
     write_json(json_ready(summary), out_dir / GRAPH_FILE)
 
     names = display_names(langs)

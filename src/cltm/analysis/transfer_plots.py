@@ -60,9 +60,7 @@ def plot_donor_rankings(donors: pd.DataFrame, path: Path, targets: Sequence[str]
         ax = fig.add_subplot(rows, cols, k + 1)
         table = donors[donors["target"] == target].sort_values("rank").head(SHOW_DONORS)
         y = np.arange(len(table))[::-1]
-        same = [families.get(d) is not None and families.get(d) == families.get(target)
-                for d in table["donor"]]
-        colour = np.where(same, "tab:orange", "tab:blue")
+        colour = np.where(table["same_family"].astype(bool), "tab:orange", "tab:blue")
         low = (table["cltm"] - table["low"]).clip(lower=0).fillna(0)
         high = (table["high"] - table["cltm"]).clip(lower=0).fillna(0)
         for yy, x, lo, hi, c in zip(y, table["cltm"], low, high, colour):
