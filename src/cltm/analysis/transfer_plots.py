@@ -24,18 +24,19 @@ SHOW_DONORS = 10
 COLUMNS = 4
 
 
-def family_colours(families: Mapping[str, str], languages: Sequence[str]) -> dict[str, object]:
-    """A colour per family present among `languages` (unknown families grey)."""
+def family_styles(families: Mapping[str, str],
+                  languages: Sequence[str]) -> dict[str, tuple[object, str]]:
+    """A (colour, marker) per family present among `languages`, unknown families grey: 44
+    languages hold about 23 genera, more than tab20's colours, so the marker changes every 20."""
     present = sorted({families.get(x) or UNKNOWN for x in languages} - {UNKNOWN})
     cmap = matplotlib.colormaps["tab20"]
-    colours: dict[str, object] = {fam: cmap(k % 20) for k, fam in enumerate(present)}
-    colours[UNKNOWN] = "0.6"
-    return colours
+    styles = {fam: (cmap(k % 20), "os^D"[k // 20 % 4]) for k, fam in enumerate(present)}
+    return {**styles, UNKNOWN: ("0.6", "o")}
 
 
-def _legend(ax: Axes, colours: Mapping[str, object]) -> None:
-    handles = [Line2D([], [], marker="o", linestyle="", color=c, label=f)
-               for f, c in colours.items() if f != UNKNOWN or len(colours) == 1]
+def _legend(ax: Axes, styles: Mapping[str, tuple[object, str]]) -> None:
+    handles = [Line2D([], [], marker=m, linestyle="", color=c, label=f)
+               for f, (c, m) in styles.items() if f != UNKNOWN or len(styles) == 1]
     ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0),
               title="family", title_fontsize=8)
 
@@ -90,17 +91,17 @@ def plot_profiles(profiles: pd.DataFrame, path: Path, *, families: Mapping[str, 
     if p.empty:
         note_image(path, "No defined CLTM cells: no transfer profile to draw.")
         return
-    colours = family_colours(families, list(p["language"]))
+    styles = family_styles(families, list(p["language"]))
     fig = Figure(figsize=(7.5, 5.5), layout="constrained")
     ax = fig.add_subplot()
     for r in p.itertuples(index=False):
-        c = colours[families.get(r.language) or UNKNOWN]
+        c, marker = styles[families.get(r.language) or UNKNOWN]
         x, y = r.given_mean, r.received_mean
         if not np.isfinite(y):  # an undefined row receives nothing measurable: drawn at 0
             y = 0.0
         xerr = [[max(x - r.given_low, 0)], [max(r.given_high - x, 0)]]
         yerr = [[max(y - r.received_low, 0)], [max(r.received_high - y, 0)]]
-        ax.errorbar([x], [y], xerr=np.nan_to_num(xerr), yerr=np.nan_to_num(yerr), fmt="o",
+        ax.errorbar([x], [y], xerr=np.nan_to_num(xerr), yerr=np.nan_to_num(yerr), fmt=marker,
                     color=c, markersize=4, capsize=2, alpha=0.85)
         ax.annotate(names.get(r.language, r.language), (x, y), fontsize=7,
                     xytext=(3, 3), textcoords="offset points")
@@ -109,7 +110,7 @@ def plot_profiles(profiles: pd.DataFrame, path: Path, *, families: Mapping[str, 
     ax.set_xlabel("mean transfer given (its column: CLTM[target, language])")
     ax.set_ylabel("mean transfer received (its row: CLTM[language, donor])")
     ax.set_title(f"{title}: giving against receiving, with bootstrap intervals", fontsize=10)
-    _legend(ax, colours)
+    _legend(ax, styles)
     fig.savefig(path, dpi=120)
 
 
@@ -157,15 +158,16 @@ def plot_transfer_map(coords: pd.DataFrame, path: Path, *, families: Mapping[str
     if c.empty:
         note_image(path, "Fewer than 3 defined languages: no map.")
         return
-    colours = family_colours(families, list(c["language"]))
+    styles = family_styles(families, list(c["language"]))
     fig = Figure(figsize=(7.0, 5.5), layout="constrained")
     ax = fig.add_subplot()
     for r in c.itertuples(index=False):
-        ax.plot([r.map_x], [r.map_y], "o", color=colours[families.get(r.language) or UNKNOWN])
+        colour, marker = styles[families.get(r.language) or UNKNOWN]
+        ax.plot([r.map_x], [r.map_y], marker, color=colour)
         ax.annotate(names.get(r.language, r.language), (r.map_x, r.map_y), fontsize=7,
                     xytext=(3, 3), textcoords="offset points")
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(f"{title}: MDS of each language's row and column of the CLTM", fontsize=10)
-    _legend(ax, colours)
+    _legend(ax, styles)
     fig.savefig(path, dpi=120)
