@@ -21,6 +21,11 @@ from tests.conftest import TINY_HUBERT, write_synthetic_subsets
 REPO = Path(__file__).resolve().parents[1]
 
 
+#: Where make_project's grid reads and writes (dvc.yaml's paths for the gender task).
+GENDER = (Path("data/subsets/gender"), Path("metrics/runs/gender"))
+ROOTS = (Path("data/subsets"), Path("metrics/runs"))
+
+
 def make_project(root: Path, seeds=(0, 1)) -> Path:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["train"].update({"seeds": list(seeds), "threads": 1, "device": "cpu"})
@@ -44,7 +49,8 @@ def _env(root: Path) -> dict[str, str]:
 def _grid(root: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "cltm", "--no-progress", "grid", "--task",
                              "gender", "--subsets", "data/subsets/gender", "--runs",
-                             "metrics/runs/gender", "--models", "models/gender"], cwd=root, env=_env(root), stdout=subprocess.PIPE,
+                             "metrics/runs/gender", "--models", "models/gender"],
+                            cwd=root, env=_env(root), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 
 
@@ -161,7 +167,7 @@ def test_plan_counts_runs_done_and_left(uninterrupted, monkeypatch):
     from cltm.train.stage import plan
 
     monkeypatch.chdir(uninterrupted)
-    gender = next(r for r in plan(load_config("params.yaml"), Path("data/subsets"), Path("metrics/runs")) if r["task"] == "gender")
+    gender = next(r for r in plan(load_config("params.yaml"), *ROOTS) if r["task"] == "gender")
     assert (gender["runs"], gender["done"], gender["left"]) == (24, 24, 0)
     assert gender["s_per_run"] > 0 and gender["eta_h"] == 0
 
@@ -176,7 +182,7 @@ def test_adding_a_language_trains_only_its_runs(uninterrupted, tmp_path, monkeyp
     write_synthetic_subsets(root / "data" / "subsets" / "gender", "gender",
                             languages=("aa", "bb", "cc", "dd"))
     monkeypatch.chdir(root)
-    jobs, done, total = pending(load_config("params.yaml"), "gender", Path("data/subsets/gender"), Path("metrics/runs/gender"))
+    jobs, done, total = pending(load_config("params.yaml"), "gender", *GENDER)
     assert total == (16 + 4) * 2 and len(done) == 24
     assert len(jobs) == (20 - 12) * 2
     assert all("dd" in (spec.target, spec.donor) for spec, _ in jobs)
@@ -185,18 +191,18 @@ def test_adding_a_language_trains_only_its_runs(uninterrupted, tmp_path, monkeyp
 def test_changed_training_param_makes_runs_stale(uninterrupted, monkeypatch):
     monkeypatch.chdir(uninterrupted)
     config = load_config("params.yaml")
-    jobs, done, total = pending(config, "gender", Path("data/subsets/gender"), Path("metrics/runs/gender"))
+    jobs, done, total = pending(config, "gender", *GENDER)
     assert jobs == [] and len(done) == total == 24
     params = yaml.safe_load(Path("params.yaml").read_text())
     params["tasks"]["gender"]["lr"] = 5e-4
     Path("params2.yaml").write_text(yaml.safe_dump(params))
-    jobs, done, _ = pending(load_config("params2.yaml"), "gender", Path("data/subsets/gender"), Path("metrics/runs/gender"))
+    jobs, done, _ = pending(load_config("params2.yaml"), "gender", *GENDER)
     assert len(jobs) == 24 and not done
     # train.lr does not reach a task with its own lr: nothing goes stale
     params["tasks"]["gender"]["lr"] = config.tasks.gender.lr
     params["train"]["lr"] = 5e-4 if config.tasks.gender.lr is not None else params["train"]["lr"]
     Path("params3.yaml").write_text(yaml.safe_dump(params))
-    assert pending(load_config("params3.yaml"), "gender", Path("data/subsets/gender"), Path("metrics/runs/gender"))[0] == []
+    assert pending(load_config("params3.yaml"), "gender", *GENDER)[0] == []
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ from scipy import stats as sps
 from cltm.analysis import report as report_mod
 from cltm.analysis import stats as st
 from cltm.analysis.cltm import compute_cltm, shared_seeds
+from cltm.analysis.contrast import run_contrast
 from cltm.analysis.diagnostics import KEYS, diagnostics
 from cltm.analysis.plots import plot_heatmap, plot_highlight
 from cltm.analysis.report import run_report
@@ -544,6 +545,16 @@ def test_report_has_the_trust_section(store, tmp_path):
     assert "| `cos_rows` |" in text and text.count(" † |") == 1
 
 
+def _report(root: Path, name: str, runs_dir: Path | None = None, planted: bool = False) -> str:
+    """The contrast stage, then the report, as dvc.yaml runs them (contrast.json and its
+    figure in `root`); returns the report's text."""
+    run_contrast(root, runs_dir or root / "no-runs-here", root / st.CONTRAST_FILE,
+                 root / "contrast.png")
+    run_report(root, root / name, planted=planted, contrast=root / st.CONTRAST_FILE,
+               contrast_figure=root / "contrast.png")
+    return (root / name).read_text()
+
+
 def _headline(text: str, key: str) -> str:
     return next(line for line in text.splitlines() if line.startswith(f"- `{key}`"))
 
@@ -568,8 +579,7 @@ def test_report_states_the_headline_contrast_and_the_planted_check(tmp_path):
         store = write_store(runs_dir / task, runs[task], task)
         run_cltm(task, store, root / task, families_csv=fam_csv, bootstrap=200,
                  permutations=500)
-    run_report(root, root / "report.md", planted=True, runs_dir=runs_dir)
-    text = (root / "report.md").read_text()
+    text = _report(root, "report.md", runs_dir, planted=True)
     assert "## The headline contrast" in text
     contrast = json.loads((root / st.CONTRAST_FILE).read_text())
     assert (contrast["a"], contrast["b"], contrast["bootstrap"]) == ("gender", "speaker", 200)
@@ -597,16 +607,15 @@ def test_report_states_the_headline_contrast_and_the_planted_check(tmp_path):
     planted = next(line for line in text.splitlines() if "planted genera" in line)
     assert "detected; same-genus donors transfer more than others" in planted
     # The same files without the planted flag: the contrast stays, the demo check goes.
-    run_report(root, root / "plain.md", runs_dir=runs_dir)
-    plain = (root / "plain.md").read_text()
+    plain = _report(root, "plain.md", runs_dir)
     assert "## The headline contrast" in plain and "planted genera" not in plain
     assert _headline(plain, "rfd1") == _headline(text, "rfd1")
-    # No run stores where the report looks: no interval of the difference, and no stale file.
-    run_report(root, root / "nostore.md")
-    nostore = (root / "nostore.md").read_text()
+    # No run stores where the contrast stage looks: no interval of the difference, and no
+    # stale numbers in its file, only the reason.
+    nostore = _report(root, "nostore.md")
     assert "no interval of the difference (the run stores could not be read" in _headline(
         nostore, "rfd1")
-    assert not (root / st.CONTRAST_FILE).exists()
+    assert "diagnostics" not in json.loads((root / st.CONTRAST_FILE).read_text())
 
     # Tasks swapped (their metrics and their stores): the verdict turns.
     swapped, swapped_runs = tmp_path / "swapped", tmp_path / "swapped_runs"
@@ -614,8 +623,7 @@ def test_report_states_the_headline_contrast_and_the_planted_check(tmp_path):
     shutil.copytree(root / "speaker", swapped / "gender")
     write_store(swapped_runs / "gender", runs["speaker"], "gender")
     write_store(swapped_runs / "speaker", runs["gender"], "speaker")
-    run_report(swapped, swapped / "report.md", planted=True, runs_dir=swapped_runs)
-    text = (swapped / "report.md").read_text()
+    text = _report(swapped, "report.md", swapped_runs, planted=True)
     assert (swapped / "contrast.png").read_bytes() != figure  # the tasks' rows swapped
     assert _headline(text, "rfd1").endswith(
         "excludes 0 the other way round (speaker lower), so gender is NOT nearer the "
@@ -631,8 +639,7 @@ def test_report_states_the_headline_contrast_and_the_planted_check(tmp_path):
     for task in runs:
         shutil.copytree(root / "speaker", equal / task)
         write_store(equal_runs / task, runs["speaker"], task)
-    run_report(equal, equal / "report.md", runs_dir=equal_runs)
-    text = (equal / "report.md").read_text()
+    text = _report(equal, "report.md", equal_runs)
     for key in ("rfd1", "cos_rows"):
         d = json.loads((equal / st.CONTRAST_FILE).read_text())["diagnostics"][key]
         assert d["difference"] == 0.0 and d["low"] < 0 < d["high"] and not d["excludes_zero"]

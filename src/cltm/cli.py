@@ -174,6 +174,7 @@ def _cltm(args: argparse.Namespace, config: Config) -> None:
         families_csv=_families_csv(config, args.corpus),
         fdr=a.fdr, bootstrap=a.bootstrap, ci_level=a.ci_level,
         permutations=a.permutations, stats_seed=a.stats_seed, pair_seeds=a.pair_seeds,
+        top_k=a.top_k,
     )
 
 
@@ -184,6 +185,16 @@ def _compare(args: argparse.Namespace, config: Config) -> None:
     run_compare(Path(args.a), Path(args.b), Path(args.out), labels=(args.label_a, args.label_b),
                 families=_families(config, args.corpus), fdr=a.fdr, bootstrap=a.bootstrap,
                 ci_level=a.ci_level, stats_seed=a.stats_seed, pair_seeds=a.pair_seeds)
+
+
+def _donors(args: argparse.Namespace, config: Config) -> None:
+    from cltm.analysis.donors import run_donors
+
+    a = config.analysis
+    print(run_donors(args.target, Path(args.matrix or args.runs), task=args.task,
+                     families=_families(config, args.corpus),
+                     fdr=a.fdr, bootstrap=a.bootstrap, ci_level=a.ci_level, top_k=a.top_k,
+                     stats_seed=a.stats_seed, pair_seeds=a.pair_seeds))
 
 
 COMPARE_EPILOG = """\
@@ -201,7 +212,14 @@ def _report(args: argparse.Namespace, config: Config) -> None:
 
     demo = config.data.source == "demo"
     run_report(Path(args.metrics), Path(args.out), null_control=demo and config.demo.null_control,
-               planted=demo, runs_dir=Path(args.runs))
+               planted=demo, contrast=Path(args.contrast),
+               contrast_figure=Path(args.contrast_figure))
+
+
+def _contrast(args: argparse.Namespace, config: Config) -> None:
+    from cltm.analysis.contrast import run_contrast
+
+    run_contrast(Path(args.metrics), Path(args.runs), Path(args.out), Path(args.figure))
 
 
 def _calibration_params(args: argparse.Namespace, config: Config) -> None:
@@ -335,8 +353,12 @@ def build_parser() -> argparse.ArgumentParser:
     _sub(sub, "cltm", "the CLTM of a task, its standard errors, diagnostics, plots", _cltm,
          task=True, runs="the task's run store", out="the task's metrics folder",
          corpus="the corpus folder (the demo's planted families)")
+    _sub(sub, "contrast", "the headline contrast: speaker − gender with the interval of the "
+         "difference", _contrast, metrics="the metrics folder (<task>/ of the cltm stages)",
+         runs="the folder of the run stores", out="contrast.json", figure="its figure")
     _sub(sub, "report", "write the Markdown report", _report,
-         metrics="the metrics folder", runs="the folder of the run stores", out="the report")
+         metrics="the metrics folder", contrast="the contrast stage's JSON",
+         contrast_figure="the contrast stage's figure", out="the report")
 
     cm = sub.add_parser(
         "compare", help="two results (run stores) side by side: B − A of each diagnostic and "
@@ -366,6 +388,19 @@ def build_parser() -> argparse.ArgumentParser:
          summaries="the folder of the variants' summaries",
          runs="the folder of the variants' work folders (<variant>/runs/<task>)",
          out="the folder for report.md and metrics.json")
+
+    dn = sub.add_parser(
+        "donors", help="which donors help a target: its donors ranked by CLTM[target, donor], "
+        "with intervals and tests from a run store (point values from a cltm.csv)")
+    dn.add_argument("target", help="the target language (a locale of the result)")
+    source = dn.add_mutually_exclusive_group(required=True)
+    source.add_argument("matrix", nargs="?", help="a CLTM csv (cltm.csv): point values only")
+    source.add_argument("--runs", help="a run store (a directory holding runs.jsonl, as "
+                        "metrics/runs/gender)")
+    dn.add_argument("--task", choices=TASKS, help="the task whose runs to read (default: the "
+                    "store's own runs)")
+    dn.add_argument("--corpus", help="a demo corpus folder whose planted families to use")
+    dn.set_defaults(func=_donors)
 
     dg = sub.add_parser("diagnostics",
                         help="the paper's diagnostics of any CLTM in cltm.csv format")

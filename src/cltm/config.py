@@ -198,6 +198,9 @@ class AnalysisConfig:
     # Pair runs by seed (tests, bootstrap, self-gain SE) where every cell has the same seeds:
     # one seed's runs share its head initialisation and data order (analysis/stats.py).
     pair_seeds: bool
+    # Donor rankings: the share of bootstrap replicates in which a donor is among its target's
+    # best top_k (analysis/donors.py).
+    top_k: int
     # Embedding probes (geometry and linear CKA): at most this many evaluation clips per
     # language, chosen once by data.selection_seed and embedded by every fine-tuned model;
     # 0 turns the probes off. The grid depends on it: changing it retrains.
@@ -475,6 +478,8 @@ def _check_values(c: Config, source: str) -> None:
         fail("analysis.fdr and analysis.ci_level must lie strictly between 0 and 1")
     if a.bootstrap < 0 or a.permutations < 0:
         fail("analysis.bootstrap and analysis.permutations must be >= 0 (0 turns them off)")
+    if a.top_k < 1:
+        fail("analysis.top_k must be at least 1 (the donors counted as a target's best)")
     t = c.train
     if not t.head_lr_scale > 0:
         fail("train.head_lr_scale must be positive (1: the head learns at train.lr)")

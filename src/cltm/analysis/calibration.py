@@ -19,23 +19,27 @@ import numpy as np
 import pandas as pd
 
 from cltm.analysis.cltm import read_run_store
+from cltm.analysis.contrast import HEADLINE as CONTRAST_HEADLINE
 from cltm.analysis.languages import read_families_csv
 from cltm.analysis.stats import (
+    FAMILY_ALPHA,
     PAIRED_DESIGN,
     contrast_stream,
     difference_of_draws,
     difference_summary,
+    families_found,
     pairing,
     seed_cells,
     weighted_contrast_draws,
 )
+from cltm.analysis.transfer_graph import planted_agreement
 from cltm.layout import STORE_NAME, TASKS
 
 #: The checks' thresholds (issue "The instrument proves itself, second design").
-ALPHA = 0.05  # family permutation test
+ALPHA = FAMILY_ALPHA  # family permutation test
 MAX_DEGENERATE = 0.05  # share of runs predicting one class / at chance
 MIN_SPEAKER_Z = 2.0  # mean self-gain / SE over speaker targets
-HEADLINE = ("rfd1", "cos_rows")
+HEADLINE = tuple(key for key, *_ in CONTRAST_HEADLINE)
 
 
 def _json(path: Path) -> dict:
@@ -94,6 +98,13 @@ def variant_summary(metrics: Path, runs: Path, families_csv: Path | None, name: 
                            **{t: task_summary(metrics, t) for t in TASKS}}
     if families_csv is not None:
         out["families"] = read_families_csv(families_csv)
+        for t in TASKS:  # a reported figure, not a check: do the communities find them?
+            settings = _json(metrics / t / "stats_info.json")
+            if (metrics / t / "cltm.csv").is_file():
+                out[t]["communities"] = planted_agreement(
+                    metrics / t, out["families"],
+                    permutations=int(settings.get("permutations", 2000)),
+                    stats_seed=int(settings.get("stats_seed", 0)))
     info = _json(metrics / "gender" / "stats_info.json")
     stores = [runs / t / STORE_NAME for t in TASKS]
     if all(s.is_file() for s in stores) and info:
@@ -176,8 +187,7 @@ def checks(variants: Sequence[Mapping[str, Any]], default_strength: float,
         return bool(steps[0]["excludes_zero"] and steps[0]["difference"] > 0)
 
     def detected(v: Mapping, t: str) -> bool:
-        p = v[t]["weighted_contrast_p"]
-        return p is not None and p < ALPHA and (v[t]["weighted_contrast"] or 0) > 0
+        return bool(families_found(v[t]["weighted_contrast"], v[t]["weighted_contrast_p"]))
 
     out = {
         "every_row_defined": each(lambda s: not s["undefined_rows"]),
@@ -226,8 +236,9 @@ def table(variants: Sequence[Mapping[str, Any]]) -> list[str]:
     """The calibration table in Markdown: one row per variant and task."""
     head = ["| corpus | strength | task | weighted contrast (p) | plain contrast (p) | "
             "intra-family+ (chance) | cells ≠ 1 at FDR (allowed) | rfd1 [95%] | cos_rows [95%] | "
-            "undefined rows | degenerate runs | self-gains > 0 | mean gain/SE |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "undefined rows | degenerate runs | self-gains > 0 | mean gain/SE | "
+            "communities vs families: ARI (p) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     rows = []
     for v in variants:
         # A variant's role beside its name, unless the name already says it.
@@ -237,6 +248,7 @@ def table(variants: Sequence[Mapping[str, Any]]) -> list[str]:
         name = v["variant"] + "".join(f" ({r})" for r in tags)
         for t in TASKS:
             s = v[t]
+            communities = s.get("communities") or {}  # a reported figure, not a check
             rows.append(
                 f"| {name} | {_fmt(v['strength'])} | {t} | {_fmt(s.get('weighted_contrast'))} "
                 f"({_fmt(s.get('weighted_contrast_p'))}) | {_fmt(s['family_contrast'])} "
@@ -246,7 +258,8 @@ def table(variants: Sequence[Mapping[str, Any]]) -> list[str]:
                 f"{_interval(s['rfd1_ci'])} | {_fmt(s['cos_rows'])} {_interval(s['cos_rows_ci'])} "
                 f"| {', '.join(s['undefined_rows']) or 'none'} | {_share(s['degenerate_share'])} "
                 f"| {_fmt(s.get('self_gains_positive'))} of {_fmt(s['languages'])} | "
-                f"{_fmt(s.get('self_gain_z_mean'), 2)} |")
+                f"{_fmt(s.get('self_gain_z_mean'), 2)} | "
+                f"{_fmt(communities.get('ari'))} ({_fmt(communities.get('ari_p'))}) |")
     return head + rows
 
 

@@ -5,11 +5,8 @@ anything; a task whose diagnostics.json is missing is left out. Each task ends w
 numbers be trusted?": self-gains with SEs, the bootstrap intervals, the cell tests' counts and
 the family-structure check (stats.py's files; a missing one is named, not fatal).
 
-The headline contrast (speaker − gender) is judged by the bootstrap interval of the difference,
-which needs both tasks' seeds: the report reads the two run stores (as the cltm stage does,
-without the training package) and writes `contrast.json` beside itself (stats.write_difference,
-with the bootstrap settings the cltm stage recorded in stats_info.json). Without the stores the
-line says so and the individual intervals stay.
+The headline contrast (speaker − gender) is the contrast stage's (contrast.py): the report
+shows its contrast.json and links its figure.
 """
 
 from __future__ import annotations
@@ -21,29 +18,20 @@ from pathlib import Path
 
 import pandas as pd
 
-from cltm.analysis.cltm import read_run_store
+from cltm.analysis.contrast import HEADLINE, interval
+from cltm.analysis.donors import partner_first
 from cltm.analysis.languages import display_names
-from cltm.analysis.plots import note_image, plot_contrast
 from cltm.analysis.stats import (
-    CONTRAST_FILE,
-    PAIRED_DESIGN,
-    difference_summary,
-    seed_cells,
-    write_json,
+    FAMILY_ALPHA,
+    families_found,
+    family_test,
+    is_paired,
 )
-from cltm.errors import CltmError
 from cltm.layout import TASKS
 
 log = logging.getLogger(__name__)
 
 TASK_TITLES = {"gender": "Gender recognition (macro-F1)", "speaker": "Speaker verification (AUC)"}
-#: The headline-contrast figure, written beside the report.
-CONTRAST_FIGURE = "contrast.png"
-#: The headline contrast's diagnostics: (key, ideal value, which way is nearer it, what it is).
-#: The paper's direction of speaker − gender follows: above 0 where lower is nearer the ideal
-#: (rfd1: speaker higher), below 0 where higher is (cos_rows: speaker lower).
-HEADLINE = (("rfd1", 0.0, "lower", "distance from the ideal"),
-            ("cos_rows", 1.0, "higher", "row similarity"))
 #: The verdict when the interval of the difference holds 0 (the tasks not told apart).
 COVERS_ZERO = "covers 0, so the two tasks are not told apart"
 
@@ -195,18 +183,13 @@ def _read_json(path: Path) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
-def _paired(info: dict) -> bool:
-    """Whether stats_info.json says the runs were paired by seed."""
-    return info.get("seed_design") == PAIRED_DESIGN
-
-
 def _self_gains(task_dir: Path, info: dict) -> list[str]:
     path = task_dir / "self_gain.csv"
     if not path.is_file():
         return ["self_gain.csv is missing.", ""]
     table = pd.read_csv(path)
     names = display_names(table["target"])
-    se_of = ("SE of the per-seed differences self − base" if _paired(info) else
+    se_of = ("SE of the per-seed differences self − base" if is_paired(info) else
              "SE over seeds")
     seeds = info.get("seeds_per_cell")
     over = f", {seeds} seeds" if seeds else ""
@@ -226,7 +209,8 @@ def _intervals(task_dir: Path, d: dict, info: dict) -> list[str]:
         return ["diagnostics_ci.json is missing.", ""]
     level = info.get("ci_level")
     reps = info.get("bootstrap")
-    what = "of the seeds, each drawn with all its runs" if _paired(info) else "of each cell's seeds"
+    what = ("of the seeds, each drawn with all its runs" if is_paired(info) else
+            "of each cell's seeds")
     head = (f"**Diagnostic intervals** ({100 * level:g}% percentile bootstrap, {reps} resamples "
             f"{what})" if level is not None and reps else
             "**Diagnostic intervals** (percentile bootstrap over seeds)")
@@ -278,7 +262,7 @@ def _cell_counts(task_dir: Path, info: dict) -> list[str]:
     above = int((tests["direction"] == "above 1").sum())
     below = int((tests["direction"] == "below 1").sum())
     tested0, tested1 = int(tests["p_vs0"].notna().sum()), int(tests["p_vs1"].notna().sum())
-    how = ("paired t-tests on the per-seed differences" if _paired(info) else
+    how = ("paired t-tests on the per-seed differences" if is_paired(info) else
            "Welch t-tests on the seed scores")
     return [
         f"**Cells** ({how}, Benjamini–Hochberg at {at}): of {total} "
@@ -316,19 +300,13 @@ def _family_check(task_dir: Path) -> list[str]:
         _direction(fam), ""]
 
 
-def _family_test(fam: dict) -> tuple[float | None, float | None]:
-    """The family test's contrast and p: the weighted contrast where there is one."""
-    key = "weighted_contrast" if fam.get("weighted_contrast") is not None else "contrast"
-    return fam.get(key), fam.get(f"{key}_p")
-
-
 def _direction(fam: dict) -> str:
-    contrast, p = _family_test(fam)
+    contrast, p = family_test(fam)
     if contrast is None or p is None:
         return "- direction: not testable"
     way = "more" if contrast > 0 else "less"
-    verdict = ("detected (p < 0.05)" if p < 0.05 else
-               "not distinguishable from chance family labels (p ≥ 0.05)")
+    verdict = (f"detected (p < {FAMILY_ALPHA:g})" if p < FAMILY_ALPHA else
+               f"not distinguishable from chance family labels (p ≥ {FAMILY_ALPHA:g})")
     return (f"- direction: donors of the target's own family transfer {way} than donors of "
             f"other families; family structure {verdict}")
 
@@ -355,10 +333,10 @@ def _null_control(task_dir: Path, info: dict) -> list[str]:
         out.append(f"- rfd1 interval [{_fmt(rfd1['low'], 'num')}, {_fmt(rfd1['high'], 'num')}] "
                    f"{'covers' if covers else 'does NOT cover'} the value seed noise alone "
                    f"gives ({_fmt(floor['mean'], 'num')})")
-    p = _family_test(fam)[1]
+    p = family_test(fam)[1]
     if p is not None:
-        out.append(f"- family-block contrast permutation p = {_fmt(p, 'num')} "
-                   f"({'no' if p >= 0.05 else 'spurious'} family structure)")
+        out.append(f"- weighted family contrast permutation p = {_fmt(p, 'num')} "
+                   f"({'no' if p >= FAMILY_ALPHA else 'spurious'} family structure)")
     return [*out, ""]
 
 
@@ -495,54 +473,6 @@ def _gaps_section(metrics_dir: Path, report: Path) -> list[str]:
     return out
 
 
-def _interval(metrics_dir: Path, task: str, key: str) -> tuple[float, float] | None:
-    bounds = (_read_json(metrics_dir / task / "diagnostics_ci.json") or {}).get(key) or {}
-    low, high = bounds.get("low"), bounds.get("high")
-    return None if low is None or high is None else (float(low), float(high))
-
-
-def _settings(metrics_dir: Path) -> tuple[dict | None, str | None]:
-    """The cltm stage's bootstrap settings (stats_info.json) for the difference, or why not."""
-    infos = {t: _read_json(metrics_dir / t / "stats_info.json") for t in ("gender", "speaker")}
-    missing = [t for t, info in infos.items() if not info or info.get("bootstrap") is None]
-    if missing:
-        return None, f"{', '.join(missing)}/stats_info.json is missing"
-    g, s = infos["gender"], infos["speaker"]
-    for key in ("bootstrap", "ci_level", "stats_seed"):
-        if g.get(key) != s.get(key):
-            log.warning("the tasks' stats_info.json differ in %s (%s, %s): the difference "
-                        "uses gender's", key, g.get(key), s.get(key))
-    return {"replicates": int(g["bootstrap"]), "ci_level": float(g.get("ci_level", 0.95)),
-            "stats_seed": int(g.get("stats_seed", 0)),
-            # Each task pairs by seed where the cltm stage did: pair_seeds was on if either did,
-            # and stats.pairing turns it off again for a store whose cells' seeds differ.
-            "pair_seeds": any(_paired(info) for info in (g, s))}, None
-
-
-def write_contrast(metrics_dir: Path, runs_dir: Path, out: Path) -> tuple[dict | None, str | None]:
-    """Write `out` (contrast.json): speaker − gender of the headline diagnostics, from the two
-    run stores with the cltm stage's bootstrap settings; returns it, or None and the reason.
-
-    The stores are read without the training package, as the cltm stage reads them. Where the
-    difference cannot be computed, a stale `out` is removed: it would be read as current.
-    """
-    settings, reason = _settings(metrics_dir)
-    cells = {}
-    if settings is not None:
-        try:
-            cells = {t: seed_cells(read_run_store(runs_dir / t, t)) for t in ("gender", "speaker")}
-        except CltmError as exc:
-            reason = f"the run stores could not be read ({exc})"
-    if reason is not None:
-        log.warning("no interval of the difference speaker − gender: %s", reason)
-        out.unlink(missing_ok=True)
-        return None, reason
-    contrast = difference_summary(cells["gender"], cells["speaker"], labels=("gender", "speaker"),
-                                  keys=tuple(key for key, *_ in HEADLINE), **settings)
-    write_json(contrast, out)
-    return contrast, None
-
-
 def _difference_line(diags: dict[str, dict], metrics_dir: Path, contrast: dict | None,
                      reason: str | None, key: str, what: str, nearer: str) -> tuple[str, bool]:
     """One bullet: both tasks' values with their own intervals, then speaker − gender with the
@@ -552,7 +482,7 @@ def _difference_line(diags: dict[str, dict], metrics_dir: Path, contrast: dict |
         return f"- `{key}`: not available for both tasks", False
 
     def iv(task: str) -> str:
-        i = _interval(metrics_dir, task, key)
+        i = interval(metrics_dir, task, key)
         return "" if i is None else f" [{_fmt(i[0], 'num')}, {_fmt(i[1], 'num')}]"
 
     head = (f"- `{key}` ({what}, {nearer} is nearer): gender {_fmt(g, 'num')}{iv('gender')}, "
@@ -583,37 +513,25 @@ def _difference_line(diags: dict[str, dict], metrics_dir: Path, contrast: dict |
             "nearer the language-agnostic ideal"), False
 
 
-def _contrast_figure(metrics_dir: Path, diags: dict[str, dict], path: Path) -> None:
-    values: dict[str, dict[str, dict]] = {}
-    for task in ("gender", "speaker"):
-        floor = (_read_json(metrics_dir / task / "stats_info.json") or {}).get("noise_floor") or {}
-        values[task] = {}
-        for key, *_ in HEADLINE:
-            low_high = _interval(metrics_dir, task, key) or (None, None)
-            noise = floor.get(key) or {}
-            values[task][key] = {"value": diags[task].get(key), "low": low_high[0],
-                                 "high": low_high[1], "noise_low": noise.get("low"),
-                                 "noise_high": noise.get("high")}
-    plot_contrast(values, path, keys=[(key, ideal, what) for key, ideal, _, what in HEADLINE])
-
-
 def _headline_section(metrics_dir: Path, diags: dict[str, dict], planted: bool,
-                      report: Path, runs_dir: Path) -> list[str]:
-    """The paper's headline contrast and, on the demo corpus, the planted-structure check."""
-    figure = report.parent / CONTRAST_FIGURE
+                      report: Path, contrast_path: Path | None,
+                      figure: Path | None) -> list[str]:
+    """The paper's headline contrast (the contrast stage's contrast.json and figure) and, on
+    the demo corpus, the planted-structure check."""
     if not {"gender", "speaker"} <= set(diags):
-        note_image(figure, "The headline contrast needs the CLTMs of both tasks.")
-        (report.parent / CONTRAST_FILE).unlink(missing_ok=True)
         return []
-    _contrast_figure(metrics_dir, diags, figure)
-    contrast, reason = write_contrast(metrics_dir, runs_dir, report.parent / CONTRAST_FILE)
+    contrast = _read_json(contrast_path) if contrast_path is not None else None
+    reason = ("no contrast.json (the contrast stage writes it)" if contrast is None
+              else contrast.get("reason"))
+    if reason is not None:
+        contrast = None
     verdicts = [_difference_line(diags, metrics_dir, contrast, reason, key, what, nearer)
                 for key, _, nearer, what in HEADLINE]
     how = ""
     if contrast is not None:
         how = (f" ({contrast['bootstrap']} resamples of each task's seeds, the two tasks "
                f"resampled independently, differences taken resample by resample; "
-               f"`{CONTRAST_FILE}`)")
+               f"`{contrast_path.name}`)")
     out = ["## The headline contrast", "",
            "The paper's finding: gender recognition transfers nearer the language-agnostic ideal "
            "(a CLTM of ones) than speaker verification. Each line gives the two values with "
@@ -626,10 +544,11 @@ def _headline_section(metrics_dir: Path, diags: dict[str, dict], planted: bool,
         out += ["The interval of a difference narrows with more seeds: "
                 "`benchmarks/seeds_needed.py` projects, from these run stores, how many would "
                 "make it exclude 0.", ""]
-    out += [f"![headline contrast]({_link(figure, report)})", "",
-            "Dots: the values; lines: their bootstrap intervals; grey: the interval of the same "
-            "diagnostic when every cross cell is moved to its target's self mean (seed noise "
-            "alone); dashed: the ideal.", ""]
+    if figure is not None:
+        out += [f"![headline contrast]({_link(figure, report)})", "",
+                "Dots: the values; lines: their bootstrap intervals; grey: the interval of the "
+                "same diagnostic when every cross cell is moved to its target's self mean (seed "
+                "noise alone); dashed: the ideal.", ""]
     if not planted:
         return out
     out += ["## Does the pipeline recover what the demo corpus planted?", ""]
@@ -640,12 +559,12 @@ def _headline_section(metrics_dir: Path, diags: dict[str, dict], planted: bool,
                    + (f" (undefined: {', '.join(undefined)})" if undefined else
                       " (no undefined row)"))
     fam = _read_json(metrics_dir / "speaker" / "family_structure.json") or {}
-    if fam.get("contrast_p") is not None:
-        p = fam["contrast_p"]
-        way = "more" if fam["contrast"] > 0 else "less"
-        out.append(f"- planted genera in the speaker task: family-block contrast "
-                   f"{_fmt(fam['contrast'], 'num')}, permutation p = {_fmt(p, 'num')}: "
-                   + (f"detected; same-genus donors transfer {way} than others" if p < 0.05
+    contrast, p = family_test(fam)
+    found = families_found(contrast, p)
+    if found is not None:
+        out.append(f"- planted genera in the speaker task: weighted family contrast "
+                   f"{_fmt(contrast, 'num')}, permutation p = {_fmt(p, 'num')}: "
+                   + ("detected; same-genus donors transfer more than others" if found
                       else "not detected"))
         if fam.get("intra_family_pos") is not None:
             out.append(f"- speaker intra_family_pos {_fmt(fam['intra_family_pos'], 'pct')} "
@@ -653,18 +572,38 @@ def _headline_section(metrics_dir: Path, diags: dict[str, dict], planted: bool,
                        f" (one-sided p = {_fmt(fam.get('intra_family_pos_p'), 'num')})")
     else:
         out.append("- planted genera in the speaker task: not testable (see its section)")
+    for task in diags:
+        out += _partner_line(metrics_dir / task, task)
     return [*out, ""]
 
 
+def _partner_line(task_dir: Path, task: str) -> list[str]:
+    """Whether a planted family partner is each target's best donor, with the bootstrap's
+    share of replicates in which one is (donors.csv's same_family and first_share)."""
+    path = task_dir / "donors.csv"
+    if not path.is_file():
+        return [f"- {task}: donors.csv is missing: no donor ranking to read"]
+    info = _read_json(task_dir / "stats_info.json") or {}
+    level = float(info.get("ci_level", 0.95))
+    table = partner_first(pd.read_csv(path), level)
+    if table.empty:
+        return [f"- {task}: no target has a planted family partner among its donors"]
+    cells = ", ".join(f"{r.target} {100 * r.first_share:.0f}%" for r in table.itertuples())
+    return [f"- {task}: a planted family partner is the best donor of {int(table['first'].sum())}"
+            f" of {len(table)} targets in the data, and in at least {100 * (1 + level) / 2:g}% "
+            f"of the bootstrap replicates for {int(table['surely_first'].sum())} (share of "
+            f"replicates in which a partner ranks first: {cells})"]
+
+
 def run_report(metrics_dir: Path, out_path: Path, null_control: bool = False,
-               planted: bool = False, runs_dir: Path | None = None) -> None:
+               planted: bool = False, contrast: Path | None = None,
+               contrast_figure: Path | None = None) -> None:
     """Write the Markdown report of every task whose `<metrics_dir>/<task>/diagnostics.json`
     exists; `null_control`: the runs come from a null-control corpus, so say whether the CLTMs
     are consistent with all ones; `planted`: they come from the demo corpus with its planted
-    structure, so say whether it was recovered. With both tasks, contrast.json (beside the
-    report) is written from the run stores under `runs_dir` (default `<metrics_dir>/runs`)."""
+    structure, so say whether it was recovered. `contrast` and `contrast_figure`: the contrast
+    stage's outputs (the headline's difference and its figure)."""
     metrics_dir, out_path = Path(metrics_dir), Path(out_path)
-    runs_dir = metrics_dir / "runs" if runs_dir is None else Path(runs_dir)
     diags = {}
     for task in TASKS:
         path = metrics_dir / task / "diagnostics.json"
@@ -687,7 +626,7 @@ def run_report(metrics_dir: Path, out_path: Path, null_control: bool = False,
             "",
         ]
         lines += _headline_section(metrics_dir, diags, planted and not null_control,
-                                   out_path, runs_dir)
+                                   out_path, contrast, contrast_figure)
         for task, d in diags.items():
             lines += _task_section(task, metrics_dir / task, d, out_path, null_control)
         lines += _curve_section(metrics_dir, out_path)

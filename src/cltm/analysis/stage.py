@@ -12,6 +12,9 @@ and, from the seed-level data (stats.py says how):
   diagnostics_ci.json          bootstrap percentile interval of each numeric diagnostic
   family_structure.json        family-block contrast, intra_family_pos, permutation p-values
   stats_info.json              the settings, cell counts, how the bootstrap's language set moved
+and which donors help each target (transfer.py says how): donors.csv, profiles.csv,
+transfer_graph.json, coclustering.csv, donors.png, profiles.png, coclustering.png,
+transfer_map.png.
 The heatmaps mark the cells that differ from 1 at the FDR with a "+" or "−".
 """
 
@@ -39,6 +42,7 @@ from cltm.analysis.stats import (
     write_json,
     write_stats,
 )
+from cltm.analysis.transfer import TRANSFER_FILES, write_transfer
 from cltm.errors import CltmError
 
 log = logging.getLogger(__name__)
@@ -54,7 +58,7 @@ HEALTH_FILE = "run_health.json"
 OUTPUT_FILES = (
     "cltm.csv", "cltm_se.csv", "performance.csv", "diagnostics.json", "undefined.csv",
     "self_gain.csv", "offdiag.csv", "heatmap.png", "heatmap_highlight.png", "self_gain.png",
-    "offdiag_hist.png", HEALTH_FILE, *STATS_FILES,
+    "offdiag_hist.png", HEALTH_FILE, *STATS_FILES, *TRANSFER_FILES,
 )  # fmt: skip
 
 
@@ -98,6 +102,7 @@ def run_cltm(
     permutations: int = 2000,
     stats_seed: int = 0,
     pair_seeds: bool = True,
+    top_k: int = 3,
 ) -> dict:
     """Compute a task's CLTM from its run store and write every output; returns the diagnostics.
 
@@ -107,6 +112,7 @@ def run_cltm(
     0: none), `ci_level`, `permutations` (0: none), `stats_seed` and `pair_seeds` set the
     uncertainty outputs (stats.write_stats); they leave diagnostics.json as it is.
     `pair_seeds` also gives the self-gains their SE paired by seed (cltm.compute_cltm).
+    `top_k`: the donor rankings' top-k share (transfer.write_transfer).
     """
     check_family_level(family_level)
     out_dir = Path(out_dir)
@@ -124,6 +130,10 @@ def run_cltm(
                         fdr=fdr, bootstrap=bootstrap, ci_level=ci_level,
                         permutations=permutations, stats_seed=stats_seed,
                         pair_seeds=pair_seeds)
+    write_transfer(runs, result, tests, families, out_dir, task=task,
+                   highlight=highlight or PAPER_HIGHLIGHT, family_level=family_level,
+                   top_k=top_k, fdr=fdr, bootstrap=bootstrap, ci_level=ci_level,
+                   permutations=permutations, stats_seed=stats_seed, pair_seeds=pair_seeds)
 
     names = display_names(result.matrix.index)
     gains = result.self_gain.to_dict()

@@ -715,6 +715,26 @@ def weighted_contrast_draws(cells: SeedCells, families: Mapping[str, str] | None
     return float(of(point)[0]), np.concatenate(draws) if draws else np.full(0, np.nan)
 
 
+#: The family test's level: a family structure is found at p below it.
+FAMILY_ALPHA = 0.05
+
+
+def family_test(fam: Mapping) -> tuple[float | None, float | None]:
+    """The family test every verdict reads, from family_structure's output: the weighted
+    contrast and its permutation p (the plain contrast's where no self-gains gave a weighted
+    one)."""
+    key = "weighted_contrast" if fam.get("weighted_contrast") is not None else "contrast"
+    return fam.get(key), fam.get(f"{key}_p")
+
+
+def families_found(contrast: float | None, p: float | None) -> bool | None:
+    """Are the families found: same-family donors transfer more (contrast > 0) at p below
+    FAMILY_ALPHA; None where the test could not be made."""
+    if contrast is None or p is None:
+        return None
+    return bool(p < FAMILY_ALPHA and contrast > 0)
+
+
 def family_structure(
     matrix: pd.DataFrame,
     families: Mapping[str, str] | None,
@@ -831,6 +851,20 @@ def contrast_stream(stats_seed: int) -> np.random.Generator:
     if int(stats_seed) < 0:
         raise CltmError(f"stats_seed must be a non-negative integer, not {stats_seed}")
     return np.random.default_rng(np.random.SeedSequence(int(stats_seed)).spawn(4)[3])
+
+
+def transfer_streams(stats_seed: int) -> tuple[np.random.Generator, np.random.Generator]:
+    """A fifth independent seed (donor rankings and the transfer graph), split as streams() is
+    into bootstrap and permutation generators; the other four streams stay as they were."""
+    if int(stats_seed) < 0:
+        raise CltmError(f"stats_seed must be a non-negative integer, not {stats_seed}")
+    boot, perm = np.random.SeedSequence(int(stats_seed)).spawn(5)[4].spawn(2)
+    return np.random.default_rng(boot), np.random.default_rng(perm)
+
+
+def is_paired(info: Mapping) -> bool:
+    """Whether a stats_info.json says the runs were paired by seed."""
+    return info.get("seed_design") == PAIRED_DESIGN
 
 
 def write_json(d: Mapping, path: Path) -> None:

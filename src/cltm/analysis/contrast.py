@@ -1,0 +1,101 @@
+"""The contrast stage: the paper's headline, speaker − gender of the headline diagnostics.
+
+The verdict rests on the bootstrap interval of the difference, which needs both tasks' seeds:
+the stage reads the two run stores (without the training package, as the cltm stage does) with
+the bootstrap settings the cltm stage recorded in stats_info.json, and writes `contrast.json`
+and the figure of both tasks' values with their intervals. Where the difference cannot be
+computed, `contrast.json` says why (the report shows the reason), never stale numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from cltm.analysis.cltm import read_run_store
+from cltm.analysis.plots import note_image, plot_contrast
+from cltm.analysis.stats import difference_summary, is_paired, seed_cells, write_json
+from cltm.errors import CltmError
+
+log = logging.getLogger(__name__)
+
+#: The headline contrast's diagnostics: (key, ideal value, which way is nearer it, what it is).
+#: The paper's direction of speaker − gender follows: above 0 where lower is nearer the ideal
+#: (rfd1: speaker higher), below 0 where higher is (cos_rows: speaker lower).
+HEADLINE = (("rfd1", 0.0, "lower", "distance from the ideal"),
+            ("cos_rows", 1.0, "higher", "row similarity"))
+BOTH = ("gender", "speaker")
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def interval(metrics_dir: Path, task: str, key: str) -> tuple[float, float] | None:
+    """A task's bootstrap interval of diagnostic `key` (the cltm stage's diagnostics_ci.json)."""
+    bounds = (_read_json(metrics_dir / task / "diagnostics_ci.json") or {}).get(key) or {}
+    low, high = bounds.get("low"), bounds.get("high")
+    return None if low is None or high is None else (float(low), float(high))
+
+
+def _settings(metrics_dir: Path) -> tuple[dict | None, str | None]:
+    """The cltm stage's bootstrap settings (stats_info.json) for the difference, or why not."""
+    infos = {t: _read_json(metrics_dir / t / "stats_info.json") for t in BOTH}
+    missing = [t for t, info in infos.items() if not info or info.get("bootstrap") is None]
+    if missing:
+        return None, f"{', '.join(missing)}/stats_info.json is missing"
+    g, s = infos["gender"], infos["speaker"]
+    for key in ("bootstrap", "ci_level", "stats_seed"):
+        if g.get(key) != s.get(key):
+            log.warning("the tasks' stats_info.json differ in %s (%s, %s): the difference "
+                        "uses gender's", key, g.get(key), s.get(key))
+    return {"replicates": int(g["bootstrap"]), "ci_level": float(g.get("ci_level", 0.95)),
+            "stats_seed": int(g.get("stats_seed", 0)),
+            # Each task pairs by seed where the cltm stage did: pair_seeds was on if either did,
+            # and stats.pairing turns it off again for a store whose cells' seeds differ.
+            "pair_seeds": any(is_paired(info) for info in (g, s))}, None
+
+
+def _figure(metrics_dir: Path, diags: dict[str, dict], path: Path) -> None:
+    values: dict[str, dict[str, dict]] = {}
+    for task in BOTH:
+        floor = (_read_json(metrics_dir / task / "stats_info.json") or {}).get("noise_floor") or {}
+        values[task] = {}
+        for key, *_ in HEADLINE:
+            low_high = interval(metrics_dir, task, key) or (None, None)
+            noise = floor.get(key) or {}
+            values[task][key] = {"value": diags[task].get(key), "low": low_high[0],
+                                 "high": low_high[1], "noise_low": noise.get("low"),
+                                 "noise_high": noise.get("high")}
+    plot_contrast(values, path, keys=[(key, ideal, what) for key, ideal, _, what in HEADLINE])
+
+
+def run_contrast(metrics_dir: Path, runs_dir: Path, out: Path, figure: Path) -> dict:
+    """Write `out` (contrast.json) and `figure` from the cltm stages' folders
+    `metrics_dir/<task>` and the run stores `runs_dir/<task>`; returns what `out` holds:
+    difference_summary's values, or {"reason": why there is no difference}."""
+    metrics_dir, runs_dir, out, figure = map(Path, (metrics_dir, runs_dir, out, figure))
+    diags = {t: _read_json(metrics_dir / t / "diagnostics.json") for t in BOTH}
+    if not all(diags.values()):
+        note_image(figure, "The headline contrast needs the CLTMs of both tasks.")
+        result: dict = {"reason": "the headline contrast needs the CLTMs of both tasks"}
+    else:
+        _figure(metrics_dir, diags, figure)
+        settings, reason = _settings(metrics_dir)
+        cells = {}
+        if settings is not None:
+            try:
+                cells = {t: seed_cells(read_run_store(runs_dir / t, t)) for t in BOTH}
+            except CltmError as exc:
+                reason = f"the run stores could not be read ({exc})"
+        if reason is not None:
+            log.warning("no interval of the difference speaker − gender: %s", reason)
+            result = {"reason": reason}
+        else:
+            result = difference_summary(cells["gender"], cells["speaker"],
+                                        labels=("gender", "speaker"),
+                                        keys=tuple(key for key, *_ in HEADLINE), **settings)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(result, out)
+    return result
