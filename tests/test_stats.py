@@ -14,9 +14,10 @@ import pytest
 from scipy import stats as sps
 
 from cltm.analysis import report as report_mod
+from cltm.analysis import stage
 from cltm.analysis import stats as st
 from cltm.analysis.cltm import compute_cltm, shared_seeds
-from cltm.analysis.contrast import run_contrast
+from cltm.analysis.contrast import CONTRAST_FILE, run_contrast
 from cltm.analysis.diagnostics import KEYS, diagnostics
 from cltm.analysis.plots import plot_heatmap, plot_highlight
 from cltm.analysis.report import run_report
@@ -162,10 +163,10 @@ def test_seeds_that_differ_between_cells_are_not_paired(store, tmp_path):
             math.sqrt(base.var() / 3 + self_.var() / 3))
     run_cltm("gender", write_store(tmp_path / "runs", runs), tmp_path / "out", bootstrap=20,
              permutations=10)
-    info = json.loads((tmp_path / "out" / st.INFO_FILE).read_text())
+    info = json.loads((tmp_path / "out" / stage.INFO_FILE).read_text())
     assert info["seed_design"] == "independent seeds"
     run_cltm("gender", store, tmp_path / "paired", bootstrap=20, permutations=10)
-    info = json.loads((tmp_path / "paired" / st.INFO_FILE).read_text())
+    info = json.loads((tmp_path / "paired" / stage.INFO_FILE).read_text())
     assert info["seed_design"] == "paired by seed" and info["seeds_per_cell"] == 4
 
 
@@ -476,7 +477,7 @@ def test_stage_writes_stats_and_keeps_diagnostics(store, tmp_path):
     assert diag == plain
     assert (on / "diagnostics.json").read_bytes() == (off / "diagnostics.json").read_bytes()
     assert list(json.loads((on / "diagnostics.json").read_text())) == list(KEYS)
-    for name in st.STATS_FILES:
+    for name in stage.STATS_FILES:
         assert (on / name).is_file() and (off / name).is_file(), name
 
     tests = pd.read_csv(on / "cltm_significance.csv")
@@ -501,7 +502,7 @@ def test_same_seed_same_files(store, tmp_path):
     for name, seed in (("a", 3), ("b", 3), ("c", 4)):
         run_cltm("gender", store, tmp_path / name, bootstrap=100, permutations=100,
                  stats_seed=seed, families_csv=_families_csv(tmp_path))
-        outs.append({f: (tmp_path / name / f).read_bytes() for f in st.STATS_FILES})
+        outs.append({f: (tmp_path / name / f).read_bytes() for f in stage.STATS_FILES})
     assert outs[0] == outs[1]
     assert outs[0]["diagnostics_ci.json"] != outs[2]["diagnostics_ci.json"]
     assert outs[0]["cltm_significance.csv"] == outs[2]["cltm_significance.csv"]  # no randomness
@@ -548,9 +549,9 @@ def test_report_has_the_trust_section(store, tmp_path):
 def _report(root: Path, name: str, runs_dir: Path | None = None, planted: bool = False) -> str:
     """The contrast stage, then the report, as dvc.yaml runs them (contrast.json and its
     figure in `root`); returns the report's text."""
-    run_contrast(root, runs_dir or root / "no-runs-here", root / st.CONTRAST_FILE,
+    run_contrast(root, runs_dir or root / "no-runs-here", root / CONTRAST_FILE,
                  root / "contrast.png")
-    run_report(root, root / name, planted=planted, contrast=root / st.CONTRAST_FILE,
+    run_report(root, root / name, planted=planted, contrast=root / CONTRAST_FILE,
                contrast_figure=root / "contrast.png")
     return (root / name).read_text()
 
@@ -581,7 +582,7 @@ def test_report_states_the_headline_contrast_and_the_planted_check(tmp_path):
                  permutations=500)
     text = _report(root, "report.md", runs_dir, planted=True)
     assert "## The headline contrast" in text
-    contrast = json.loads((root / st.CONTRAST_FILE).read_text())
+    contrast = json.loads((root / CONTRAST_FILE).read_text())
     assert (contrast["a"], contrast["b"], contrast["bootstrap"]) == ("gender", "speaker", 200)
     assert contrast["seed_design"] == {"gender": st.PAIRED_DESIGN, "speaker": st.PAIRED_DESIGN}
     diags = {t: json.loads((root / t / "diagnostics.json").read_text()) for t in runs}
@@ -615,7 +616,7 @@ def test_report_states_the_headline_contrast_and_the_planted_check(tmp_path):
     nostore = _report(root, "nostore.md")
     assert "no interval of the difference (the run stores could not be read" in _headline(
         nostore, "rfd1")
-    assert "diagnostics" not in json.loads((root / st.CONTRAST_FILE).read_text())
+    assert "diagnostics" not in json.loads((root / CONTRAST_FILE).read_text())
 
     # Tasks swapped (their metrics and their stores): the verdict turns.
     swapped, swapped_runs = tmp_path / "swapped", tmp_path / "swapped_runs"
@@ -641,7 +642,7 @@ def test_report_states_the_headline_contrast_and_the_planted_check(tmp_path):
         write_store(equal_runs / task, runs["speaker"], task)
     text = _report(equal, "report.md", equal_runs)
     for key in ("rfd1", "cos_rows"):
-        d = json.loads((equal / st.CONTRAST_FILE).read_text())["diagnostics"][key]
+        d = json.loads((equal / CONTRAST_FILE).read_text())["diagnostics"][key]
         assert d["difference"] == 0.0 and d["low"] < 0 < d["high"] and not d["excludes_zero"]
         assert "speaker − gender = 0.000" in _headline(text, key)
         assert _headline(text, key).endswith(report_mod.COVERS_ZERO)

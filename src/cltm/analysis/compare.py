@@ -55,7 +55,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from cltm.analysis.cltm import compute_cltm, read_run_store
-from cltm.analysis.diagnostics import diagnostics, json_ready
+from cltm.analysis.diagnostics import diagnostics, json_ready, write_json
 from cltm.analysis.languages import display_names
 from cltm.analysis.plots import ANNOTATE_MAX, language_order, note_image
 from cltm.analysis.stats import (
@@ -71,7 +71,6 @@ from cltm.analysis.stats import (
     percentile_interval,
     replicate_diagnostics,
     seed_cells,
-    write_json,
 )
 from cltm.errors import CltmError
 from cltm.layout import STORE_NAME

@@ -14,8 +14,9 @@ import logging
 from pathlib import Path
 
 from cltm.analysis.cltm import read_run_store
+from cltm.analysis.diagnostics import write_json
 from cltm.analysis.plots import note_image, plot_contrast
-from cltm.analysis.stats import difference_summary, is_paired, seed_cells, write_json
+from cltm.analysis.stats import difference_summary, is_paired, seed_cells
 from cltm.errors import CltmError
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,8 @@ log = logging.getLogger(__name__)
 HEADLINE = (("rfd1", 0.0, "lower", "distance from the ideal"),
             ("cos_rows", 1.0, "higher", "row similarity"))
 BOTH = ("gender", "speaker")
+#: The difference between the two tasks (speaker − gender), stats.difference_summary's.
+CONTRAST_FILE = "contrast.json"
 
 
 def _read_json(path: Path) -> dict | None:

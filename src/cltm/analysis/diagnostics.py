@@ -7,9 +7,11 @@ left out, so every metric is computed on the square matrix of the defined langua
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -207,3 +209,8 @@ def json_ready(d: Mapping, digits: int = 6) -> dict:
         return v
 
     return {k: conv(v) for k, v in d.items()}
+
+
+def write_json(d: Mapping, path: Path) -> None:
+    """`d` as indented JSON at `path` (values as they are: json_ready them first)."""
+    path.write_text(json.dumps(d, indent=2) + "\n", encoding="utf-8")

@@ -30,17 +30,21 @@ import pandas as pd
 
 from cltm.analysis import plots
 from cltm.analysis.cltm import CltmResult, compute_cltm, read_run_store, run_health
-from cltm.analysis.diagnostics import KEYS, PROPORTIONS, diagnostics, json_ready
+from cltm.analysis.diagnostics import KEYS, PROPORTIONS, diagnostics, json_ready, write_json
 from cltm.analysis.languages import check_family_level, display_names, family_map
 from cltm.analysis.report import run_report
 from cltm.analysis.stats import (
-    STATS_FILES,
+    PAIRED_DESIGN,
+    cell_tests,
+    diagnostic_intervals,
     family_structure,
     format_family,
     marks_from_tests,
+    noise_floor,
+    noise_stream,
+    pairing,
+    seed_cells,
     streams,
-    write_json,
-    write_stats,
 )
 from cltm.analysis.transfer import TRANSFER_FILES, write_transfer
 from cltm.errors import CltmError
@@ -53,6 +57,12 @@ __all__ = ["format_table", "run_cltm", "run_diagnostics", "run_report"]
 PAPER_HIGHLIGHT = ("ar", "en", "de", "ckb", "kmr", "fr", "ca", "es", "be", "ru", "uk", "eu",
                    "zh-CN", "zh-TW", "ky", "tr")
 
+#: The uncertainty outputs (write_stats; stats.py computes them).
+SIGNIFICANCE_FILE = "cltm_significance.csv"
+CI_FILE = "diagnostics_ci.json"
+FAMILY_FILE = "family_structure.json"
+INFO_FILE = "stats_info.json"
+STATS_FILES = (SIGNIFICANCE_FILE, CI_FILE, FAMILY_FILE, INFO_FILE)
 #: The share of runs that learnt nothing their score shows (cltm.run_health).
 HEALTH_FILE = "run_health.json"
 OUTPUT_FILES = (
@@ -65,6 +75,66 @@ OUTPUT_FILES = (
 def _write_json(d: Mapping, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({k: d[k] for k in KEYS}, indent=2) + "\n", encoding="utf-8")
+
+
+def write_stats(
+    runs: pd.DataFrame,
+    result: CltmResult,
+    diag: Mapping[str, object],
+    families: Mapping[str, str] | None,
+    out_dir: Path,
+    *,
+    family_level: str,
+    fdr: float = 0.05,
+    bootstrap: int = 1000,
+    ci_level: float = 0.95,
+    permutations: int = 2000,
+    stats_seed: int = 0,
+    pair_seeds: bool = True,
+) -> pd.DataFrame:
+    """Write cltm_significance.csv, diagnostics_ci.json, family_structure.json, stats_info.json.
+
+    `diag` is the data's diagnostics (as written to diagnostics.json); returns the cell tests.
+    Every file is written even when the bootstrap or the permutations are off (0): with nulls.
+    `pair_seeds`: pair runs by seed where every cell has the same seeds (stats.py says why).
+    """
+    out_dir = Path(out_dir)
+    boot_rng, perm_rng = streams(stats_seed)
+    cells = seed_cells(runs, list(result.matrix.index))
+    paired = pairing(cells, pair_seeds)
+    if pair_seeds and not paired:
+        log.warning("the cells of the run store do not all hold the same seeds: seeds are "
+                    "treated as independent (unpaired tests and bootstrap)")
+    tests = cell_tests(cells, fdr, result, paired)
+    tests.to_csv(out_dir / SIGNIFICANCE_FILE, index=False)
+
+    ci, info = diagnostic_intervals(cells, families, diag, replicates=bootstrap, level=ci_level,
+                                    rng=boot_rng, paired=paired)
+    write_json({k: json_ready(v) for k, v in ci.items()}, out_dir / CI_FILE)
+    fam = family_structure(result.matrix, families, family_level=family_level,
+                           permutations=permutations, rng=perm_rng, self_gain=result.self_gain)
+    write_json(json_ready(fam), out_dir / FAMILY_FILE)
+
+    floor = noise_floor(cells, families, replicates=bootstrap, level=ci_level,
+                        rng=noise_stream(stats_seed), paired=paired)
+    settings = {"fdr": fdr, "bootstrap": int(bootstrap), "ci_level": ci_level,
+                "permutations": int(permutations), "stats_seed": int(stats_seed),
+                "seed_design": PAIRED_DESIGN if paired else "independent seeds",
+                "seeds_per_cell": int(cells.counts.max())}
+    counts = {"tested_vs0": int(tests["p_vs0"].notna().sum()),
+              "tested_vs1": int(tests["p_vs1"].notna().sum()),
+              "differs_from_0": int(tests["differs_from_0"].sum()),
+              "differs_from_1": int(tests["differs_from_1"].sum())}
+    write_json(_rounded({**settings, "cells": counts, "noise_floor": floor,
+                         "bootstrap_replicates": info}), out_dir / INFO_FILE)
+    log.info("%d of %d tested cells differ from 1 at FDR %g; %s", counts["differs_from_1"],
+             counts["tested_vs1"], fdr, format_family(fam))
+    return tests
+
+
+def _rounded(d: Mapping) -> dict:
+    return {k: _rounded(v) if isinstance(v, Mapping) else json_ready({"v": v})["v"]
+            for k, v in d.items()}
 
 
 def _offdiag(result: CltmResult) -> pd.DataFrame:
@@ -110,7 +180,7 @@ def run_cltm(
     16 languages (those present are drawn); `families_csv` (a demo corpus's planted families)
     overrides the language metadata for the locales it lists. `fdr`, `bootstrap` (resamples;
     0: none), `ci_level`, `permutations` (0: none), `stats_seed` and `pair_seeds` set the
-    uncertainty outputs (stats.write_stats); they leave diagnostics.json as it is.
+    uncertainty outputs (write_stats); they leave diagnostics.json as it is.
     `pair_seeds` also gives the self-gains their SE paired by seed (cltm.compute_cltm).
     `top_k`: the donor rankings' top-k share (transfer.write_transfer).
     """

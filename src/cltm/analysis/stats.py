@@ -99,11 +99,9 @@ identical for identical inputs and settings.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -115,13 +113,6 @@ from cltm.errors import CltmError
 
 log = logging.getLogger(__name__)
 
-SIGNIFICANCE_FILE = "cltm_significance.csv"
-CI_FILE = "diagnostics_ci.json"
-FAMILY_FILE = "family_structure.json"
-#: The difference between two results (the report's speaker − gender), difference_summary's.
-CONTRAST_FILE = "contrast.json"
-INFO_FILE = "stats_info.json"
-STATS_FILES = (SIGNIFICANCE_FILE, CI_FILE, FAMILY_FILE, INFO_FILE)
 
 #: The numeric keys of diagnostics.json, the ones that get a bootstrap interval.
 NUMERIC_KEYS = tuple(k for k in KEYS if k != "undefined_targets")
@@ -867,64 +858,6 @@ def is_paired(info: Mapping) -> bool:
     return info.get("seed_design") == PAIRED_DESIGN
 
 
-def write_json(d: Mapping, path: Path) -> None:
-    path.write_text(json.dumps(d, indent=2) + "\n", encoding="utf-8")
-
-
-def write_stats(
-    runs: pd.DataFrame,
-    result: CltmResult,
-    diag: Mapping[str, object],
-    families: Mapping[str, str] | None,
-    out_dir: Path,
-    *,
-    family_level: str,
-    fdr: float = 0.05,
-    bootstrap: int = 1000,
-    ci_level: float = 0.95,
-    permutations: int = 2000,
-    stats_seed: int = 0,
-    pair_seeds: bool = True,
-) -> pd.DataFrame:
-    """Write cltm_significance.csv, diagnostics_ci.json, family_structure.json, stats_info.json.
-
-    `diag` is the data's diagnostics (as written to diagnostics.json); returns the cell tests.
-    Every file is written even when the bootstrap or the permutations are off (0): with nulls.
-    `pair_seeds`: pair runs by seed where every cell has the same seeds (the module docstring).
-    """
-    out_dir = Path(out_dir)
-    boot_rng, perm_rng = streams(stats_seed)
-    cells = seed_cells(runs, list(result.matrix.index))
-    paired = pairing(cells, pair_seeds)
-    if pair_seeds and not paired:
-        log.warning("the cells of the run store do not all hold the same seeds: seeds are "
-                    "treated as independent (unpaired tests and bootstrap)")
-    tests = cell_tests(cells, fdr, result, paired)
-    tests.to_csv(out_dir / SIGNIFICANCE_FILE, index=False)
-
-    ci, info = diagnostic_intervals(cells, families, diag, replicates=bootstrap, level=ci_level,
-                                    rng=boot_rng, paired=paired)
-    write_json({k: json_ready(v) for k, v in ci.items()}, out_dir / CI_FILE)
-    fam = family_structure(result.matrix, families, family_level=family_level,
-                           permutations=permutations, rng=perm_rng, self_gain=result.self_gain)
-    write_json(json_ready(fam), out_dir / FAMILY_FILE)
-
-    floor = noise_floor(cells, families, replicates=bootstrap, level=ci_level,
-                        rng=noise_stream(stats_seed), paired=paired)
-    settings = {"fdr": fdr, "bootstrap": int(bootstrap), "ci_level": ci_level,
-                "permutations": int(permutations), "stats_seed": int(stats_seed),
-                "seed_design": PAIRED_DESIGN if paired else "independent seeds",
-                "seeds_per_cell": int(cells.counts.max())}
-    counts = {"tested_vs0": int(tests["p_vs0"].notna().sum()),
-              "tested_vs1": int(tests["p_vs1"].notna().sum()),
-              "differs_from_0": int(tests["differs_from_0"].sum()),
-              "differs_from_1": int(tests["differs_from_1"].sum())}
-    write_json(_rounded({**settings, "cells": counts, "noise_floor": floor,
-                         "bootstrap_replicates": info}), out_dir / INFO_FILE)
-    log.info("%d of %d tested cells differ from 1 at FDR %g; %s", counts["differs_from_1"],
-             counts["tested_vs1"], fdr, format_family(fam))
-    return tests
-
 
 def difference_summary(
     cells_a: SeedCells,
@@ -954,8 +887,3 @@ def difference_summary(
            "ci_level": ci_level, "bootstrap": int(replicates), "stats_seed": int(stats_seed),
            "seed_design": design, "diagnostics": {k: json_ready(v) for k, v in diff.items()}}
     return out
-
-
-def _rounded(d: Mapping) -> dict:
-    return {k: _rounded(v) if isinstance(v, Mapping) else json_ready({"v": v})["v"]
-            for k, v in d.items()}

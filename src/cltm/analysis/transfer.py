@@ -26,10 +26,10 @@ import pandas as pd
 
 from cltm.analysis import transfer_plots
 from cltm.analysis.cltm import CltmResult
-from cltm.analysis.diagnostics import json_ready
+from cltm.analysis.diagnostics import json_ready, write_json
 from cltm.analysis.donors import TOP_K, donor_rankings, transfer_draws, transfer_profiles
 from cltm.analysis.languages import display_names
-from cltm.analysis.stats import PAIRED_DESIGN, pairing, seed_cells, transfer_streams, write_json
+from cltm.analysis.stats import PAIRED_DESIGN, pairing, seed_cells, transfer_streams
 from cltm.analysis.transfer_graph import transfer_graph
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ def write_transfer(
     """Write TRANSFER_FILES into `out_dir`; returns transfer_graph.json's content.
 
     `runs` and `result` are the stage's run table and compute_cltm's result, `tests` the cell
-    tests stats.write_stats returned; `highlight` the languages whose rankings are drawn (those
+    tests stage.write_stats returned; `highlight` the languages whose rankings are drawn (those
     that are defined targets; with none, every target up to 16). The other settings are the
     stage's analysis params (analysis.top_k: the k of the top-k share).
     """
