@@ -128,6 +128,7 @@ class Noise:
     config: PretrainedConfig
     layer_keep: torch.Tensor = field(init=False)  # (K, L) bool
     own_len: list[int] = field(init=False)
+    layer: int | None = None  # the transformer layer being computed (its skippers draw nothing)
 
     def __post_init__(self) -> None:
         c = self.config
@@ -166,7 +167,8 @@ class Noise:
         masks = []
         for k, s in enumerate(self.streams):
             n, t = self.clips[k], self.own_len[k]
-            if s is None or n == 0:
+            skipped = self.layer is not None and not bool(self.layer_keep[k, self.layer])
+            if s is None or n == 0 or skipped:
                 masks.append(torch.zeros(x.shape[1:], dtype=x.dtype, device=x.device))
                 continue
             own = (n, x.shape[2], t, t) if attention else (n, t, x.shape[-1])
@@ -451,7 +453,11 @@ class FusedEncoder(nn.Module):
                 states.extend([h] if hidden_states else [])
                 used.update(self._layer_used(i, keep))
                 continue
+            if noise is not None:
+                noise.layer = i
             out = self._layer(h, i, valid, noise)
+            if noise is not None:
+                noise.layer = None
             if keep is not None and not keep.all():
                 out = torch.where(keep.to(h.device)[:, None, None, None], out, h)
             if keep is not None:
