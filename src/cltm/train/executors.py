@@ -24,9 +24,7 @@ Job = tuple[RunSpec, str]
 def run_inline(settings: WorkerSettings, jobs: Sequence[Job]) -> Iterator[dict[str, Any]]:
     if not jobs:
         return
-    worker = Worker(settings)
-    for spec, run_hash in jobs:
-        yield worker.run(spec, run_hash)
+    yield from Worker(settings).run_many(jobs)  # K at a time (train.fuse)
 
 
 class _RayWorker:

@@ -27,7 +27,7 @@ from cltm.train.worker import WorkerSettings
 log = logging.getLogger(__name__)
 
 # The code that determines a run's result: editing it makes every stored result stale.
-_RESULT_CODE = ("model.py", "tasks.py", "worker.py", "grid.py")
+_RESULT_CODE = ("model.py", "fused.py", "tasks.py", "worker.py", "grid.py")
 
 
 def runs_dir(task: str) -> Path:
@@ -133,6 +133,7 @@ def worker_settings(config: Config, task: str, data_dir: Path | None = None,
         checkpoints=checkpoints or t.checkpoints,
         checkpoints_dir=str(models_dir(task).resolve()), first_seed=config.seeds_of(task)[0],
         probe_clips=config.analysis.probe_clips, probe_seed=config.data.selection_seed,
+        fuse=t.fuse,
     )
 
 
