@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import replace
 
 import pytest
 import torch
@@ -136,7 +135,7 @@ def test_fused_runs_equal_runs_alone_with_dropout_layerdrop_and_specaugment(fron
             torch.testing.assert_close(fused_trainer.enc.plain_state(k)[name], p, **TOL)
         torch.testing.assert_close(fused_emb[k], emb[0], **TOL)
         # the noise is on: the same run without it trains differently
-        quiet, quiet_losses, _ = _train(_encoder(front, **NO_NOISE), [run])
+        _, quiet_losses, _ = _train(_encoder(front, **NO_NOISE), [run])
         noisy += quiet_losses[0] != pytest.approx(losses[0], abs=1e-4)
     assert noisy == 3
     # a run's result does not depend on its partners
@@ -299,4 +298,80 @@ def test_auto_k_is_one_on_cpu_and_the_estimate_grows_with_the_clip():
     assert fused.bytes_per_run(cfg, 10_000, 5.0, "fp16") < fused.bytes_per_run(cfg, 10_000, 5.0)
 
 
-_ = replace  # dataclasses.replace is used by the grid tests below
+
+
+
+# --- the grid at another K ----------------------------------------------------------------------
+
+RESULT_KEYS = ("score", "loss_final", "loss_mean", "steps", "train_clips", "eval_clips",
+               "pred_classes", "pred_male_share")
+
+
+def _grid_at(root, monkeypatch, fuse):
+    import yaml
+
+    from cltm.config import load_config
+    from cltm.train.stage import run_grid
+
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["train"]["fuse"] = fuse
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    run_grid(load_config("params.yaml"), "gender", progress=False)
+    from tests.test_grid import _records
+
+    return _records(root)
+
+
+def test_the_grid_fused_by_4_equals_the_grid_run_by_run_and_resumes_at_another_k(
+        tmp_path, monkeypatch):
+    from tests.test_grid import make_project
+
+    one = _grid_at(make_project(_mkdir(tmp_path / "one"), seeds=(0,)), monkeypatch, 1)
+    four_root = make_project(_mkdir(tmp_path / "four"), seeds=(0,))
+    four = _grid_at(four_root, monkeypatch, 4)
+    assert set(one) == set(four) and len(one) == 12
+    assert {r["fused"] for r in one.values()} == {1}
+    assert max(r["fused"] for r in four.values()) == 4
+    for run_id, rec in one.items():
+        assert four[run_id]["hash"] == rec["hash"]  # K is not in the run hash
+        for key in RESULT_KEYS:
+            assert four[run_id][key] == pytest.approx(rec[key], abs=1e-5), (run_id, key)
+    # interrupted after 5 runs, resumed at K = 3: the 5 stored runs are kept as they are
+    store = four_root / "metrics" / "runs" / "gender" / "runs.jsonl"
+    kept = store.read_text().splitlines()[:5]
+    store.write_text("\n".join(kept) + "\n")
+    resumed = _grid_at(four_root, monkeypatch, 3)
+    import json
+
+    for line in kept:
+        rec = json.loads(line)
+        assert resumed[rec["run_id"]] == rec  # reused, not rerun (wall_s and all)
+    rerun = set(resumed) - {json.loads(x)["run_id"] for x in kept}
+    assert len(rerun) == 7 and max(resumed[r]["fused"] for r in rerun) == 3
+    for run_id in rerun:
+        for key in RESULT_KEYS:
+            assert resumed[run_id][key] == pytest.approx(one[run_id][key], abs=1e-5)
+
+
+def _mkdir(path):
+    path.mkdir()
+    return path
+
+
+def test_fuse_groups_keep_seeds_apart_and_equal_step_counts_together():
+    from cltm.train.grid import grid_specs
+    from cltm.train.worker import fuse_groups
+
+    specs = grid_specs("gender", ["aa", "bb", "cc"], [0, 1])
+    jobs = [(s, "h") for s in specs]
+    steps = [120 if s.condition == "base" else 240 for s in specs]
+    groups = fuse_groups(jobs, 4, steps)
+    assert sorted(i for g in groups for i in g) == list(range(len(jobs)))
+    for g in groups:
+        assert len(g) <= 4
+        assert len({specs[i].seed for i in g}) == 1 and len({steps[i] for i in g}) == 1
+    assert sum(len(g) < 4 for g in groups) <= 4  # one partial group per (seed, step count)
+    seeds = [specs[g[0]].seed for g in groups]
+    assert seeds == sorted(seeds)  # whole seeds first, as the grid runs
