@@ -597,25 +597,32 @@ class FusedAdamW:
         for n, p in self.params.items():
             if p.grad is None:
                 continue
-            on = active.to(p.device)
+            on = active.cpu()  # decided on the host: no device sync per tensor
             if n in used:
-                on = on & used[n].to(p.device)
+                on = on & used[n].cpu()
             if not bool(on.any()):
                 continue
             shape = (-1,) + (1,) * (p.dim() - 1)
-            onb = on.reshape(shape)
+            onb = on.to(p.device).reshape(shape)
             g, lr = p.grad, self.lr[n]
-            step = self.steps[n] + on.to(self.steps[n].dtype)
+            step = self.steps[n] + on.to(self.steps[n].device, self.steps[n].dtype)
             self.steps[n] = step
             s = step.clamp_min(1.0).reshape(shape)
-            m = self.exp_avg[n].lerp(g, 1 - b1)
-            v = self.exp_avg_sq[n] * b2 + (1 - b2) * g * g
-            step_size = lr / (1 - b1**s)
-            denom = v.sqrt() / (1 - b2**s).sqrt() + self.eps
-            new = p * (1 - lr * self.wd) - step_size * (m / denom)
+            m, v = self.exp_avg[n], self.exp_avg_sq[n]
+            if bool(on.all()):  # the common case: in place, as torch's single-tensor AdamW
+                p.mul_(1 - lr * self.wd)
+                m.lerp_(g, 1 - b1)
+                v.mul_(b2).addcmul_(g, g, value=1 - b2)
+                denom = (v.sqrt() / (1 - b2**s).sqrt()).add_(self.eps)
+                p.sub_((lr / (1 - b1**s)) * (m / denom))
+                continue
+            m_new = m.lerp(g, 1 - b1)
+            v_new = v * b2 + (1 - b2) * g * g
+            denom = v_new.sqrt() / (1 - b2**s).sqrt() + self.eps
+            new = p * (1 - lr * self.wd) - (lr / (1 - b1**s)) * (m_new / denom)
             p.copy_(torch.where(onb, new, p))
-            self.exp_avg[n].copy_(torch.where(onb, m, self.exp_avg[n]))
-            self.exp_avg_sq[n].copy_(torch.where(onb, v, self.exp_avg_sq[n]))
+            m.copy_(torch.where(onb, m_new, m))
+            v.copy_(torch.where(onb, v_new, v))
 
 
 class LossScales:
@@ -746,7 +753,7 @@ class FusedTrainer:
         ce = F.cross_entropy(logits.reshape(K * B, -1), target.reshape(-1), reduction="none")
         ce = torch.where(weight.reshape(-1) > 0, ce, torch.zeros_like(ce))
         losses = (ce.reshape(K, B) * weight).sum(1)
-        active = torch.tensor([n > 0 for n in clips], device=self.device)
+        active = torch.tensor([n > 0 for n in clips])  # on the host
         return losses, active, used
 
     def backward(self, losses: torch.Tensor) -> None:
@@ -762,9 +769,10 @@ class FusedTrainer:
         grads = self.grads()
         overflow = self.scales.unscale(grads)
         clip_per_run(grads, self.params.grad_clip)
-        self.opt.step(active & ~overflow, used)
-        self.scales.update(active, overflow)
-        return overflow
+        skipped = overflow.cpu() if self.scales.enabled else torch.zeros_like(active)
+        self.opt.step(active & ~skipped, used)
+        self.scales.update(active.to(overflow.device), overflow)
+        return skipped
 
     def step(self, step: int) -> None:
         losses, active, used = self.forward_loss(step)
