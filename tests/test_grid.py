@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -208,7 +209,8 @@ def test_changed_training_param_makes_runs_stale(uninterrupted, monkeypatch):
 @pytest.mark.slow
 def test_ray_executor_gives_inline_results(uninterrupted, monkeypatch, tmp_path):
     """Every run comes back once, equal to the inline run, even when a worker process dies in
-    the middle of one (the first run it gets kills it; Ray restarts it and the run is redone)."""
+    the middle of a chunk of runs (the first chunk it gets kills it; Ray restarts it and the
+    chunk is redone)."""
     ray = pytest.importorskip("ray")
     monkeypatch.chdir(uninterrupted)
     config = load_config("params.yaml")
@@ -219,11 +221,11 @@ def test_ray_executor_gives_inline_results(uninterrupted, monkeypatch, tmp_path)
     died = tmp_path / "died"
 
     class DiesOnce(executors._RayWorker):
-        def run(self, spec, run_hash):
+        def run_many(self, jobs):
             if not died.exists():
                 died.touch()
                 os._exit(1)
-            return super().run(spec, run_hash)
+            return super().run_many(jobs)
 
     monkeypatch.setattr(executors, "_RayWorker", DiesOnce)
     try:
@@ -235,8 +237,17 @@ def test_ray_executor_gives_inline_results(uninterrupted, monkeypatch, tmp_path)
         with pytest.raises(ray.exceptions.RayActorError):
             list(executors.run_ray(settings, specs, gpus_per_worker=1.0, cpus_per_worker=1,
                                    cpu_workers=2, max_retries=0))
+        # Fused on the workers (train.fuse: 2): the same records to float tolerance
+        fused = {r["run_id"]: r for r in executors.run_ray(
+            replace(settings, fuse=2), specs, gpus_per_worker=1.0, cpus_per_worker=1,
+            cpu_workers=2, max_retries=0)}
     finally:
         ray.shutdown()
+    assert max(r["fused"] for r in fused.values()) == 2
+    for run_id, rec in inline.items():
+        assert fused[run_id]["hash"] == rec["hash"]
+        assert fused[run_id]["score"] == pytest.approx(rec["score"], abs=1e-5)
+        assert fused[run_id]["loss_final"] == pytest.approx(rec["loss_final"], abs=1e-5)
     remote = {r["run_id"]: r for r in records}
     assert died.exists()  # a worker did die
     assert len(records) == len(remote) and set(remote) == set(inline)  # each run once
@@ -268,10 +279,11 @@ def test_ray_grid_spreads_over_nodes_and_survives_losing_one(uninterrupted, tmp_
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
 
     class Where(executors._RayWorker):  # records where each run ran
-        def run(self, spec, run_hash):
+        def run_many(self, jobs):
             import ray as r
 
-            return {**super().run(spec, run_hash), "node": r.get_runtime_context().get_node_id()}
+            node = r.get_runtime_context().get_node_id()
+            return [{**record, "node": node} for record in super().run_many(jobs)]
 
     monkeypatch.setattr(executors, "_RayWorker", Where)
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})

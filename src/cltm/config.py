@@ -175,6 +175,11 @@ class TrainConfig:
     executor: Literal["inline", "ray"]
     ray: RayConfig
     checkpoints: Literal["none", "self", "all"]
+    # Fine-tuned runs trained at once as one fused model (train/fused.py): an integer K >= 1, or
+    # `auto` (K from the device's free memory and a per-run estimate; 1 on CPU). A run's result
+    # does not depend on K, so K is not in the run hash: a grid resumed at another K keeps its
+    # finished runs.
+    fuse: int | Literal["auto"]
 
 
 PAPER_HIGHLIGHT = ["ar", "en", "de", "ckb", "kmr", "fr", "ca", "es", "be", "ru", "uk", "eu",
@@ -486,6 +491,8 @@ def _check_values(c: Config, source: str) -> None:
     if t.lr <= 0 or t.epochs < 1 or t.batch_size < 1 or t.grad_clip <= 0 or t.weight_decay < 0:
         fail("train.lr, train.epochs, train.batch_size and train.grad_clip must be positive and "
              "train.weight_decay non-negative")
+    if t.fuse != "auto" and t.fuse < 1:
+        fail(f"train.fuse must be an integer >= 1 or auto, got {t.fuse!r}")
     if not (t.device in ("auto", "cpu", "cuda", "mps") or t.device.startswith("cuda:")):
         fail(f"train.device must be auto, cpu, cuda, cuda:N or mps, got {t.device!r}")
     if t.ray.gpus_per_worker < 0 or t.ray.cpu_workers < 1 or t.ray.max_retries < 0:

@@ -112,6 +112,7 @@ def worker_settings(config: Config, task: str, data_dir: Path, models_dir: Path 
         checkpoints_dir=str(Path(models_dir).resolve()) if models_dir else None,
         first_seed=config.seeds_of(task)[0],
         probe_clips=config.analysis.probe_clips, probe_seed=config.data.selection_seed,
+        fuse=t.fuse,
     )
 
 

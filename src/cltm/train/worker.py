@@ -1,6 +1,13 @@
 """A warm worker: loads the encoder and the task's audio once, then runs many specs.
 
-Before each run the encoder is reset from a copy of its initial weights kept in the device's
+Runs are trained by a recipe behind one interface (train K runs, embed clips with each of the K
+models, classify with a run's head, a run's weights for its checkpoint):
+- `FusedRecipe`: fine-tuning, K runs at once as one fused model (train/fused.py; K from
+  `train.fuse`, K = 1 the same code). A run's result does not depend on K or its partners.
+- `PlainRecipe`: fine-tuning one run at a time on transformers' own modules, for encoders the
+  fused model does not cover (WavLM, data2vec-audio; the reason is logged).
+- `FrozenRecipe`: a frozen encoder's features, each clip's computed once, and a small head.
+Before each group the encoder starts from a copy of its initial weights kept in the device's
 memory: no disk read per run. Results go back as plain dicts; the worker never writes the run
 store or MLflow (one process does that), so it imports neither.
 """
@@ -10,6 +17,7 @@ from __future__ import annotations
 import logging
 import platform
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,10 +25,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from torch import nn
 
 from cltm.data.pack import PackedAudio
-from cltm.train import tasks
+from cltm.train import fused, tasks
 from cltm.train.grid import RunSpec, probe_clips, training_clips
 from cltm.train.model import load_encoder, resolve_device
 
@@ -52,6 +59,38 @@ class WorkerSettings:
     # for speaker cross runs, of the donor's), for the geometry and CKA analyses.
     probe_clips: int = 0
     probe_seed: int = 0
+    # Fine-tuned runs trained at once (train.fuse): K >= 1 or "auto". Not part of a run's result.
+    fuse: int | str = 1
+
+
+Job = tuple[RunSpec, str]
+
+
+@dataclass
+class Prepared:
+    """A run ready to train: its spec and hash, training rows, class names and labels."""
+
+    spec: RunSpec
+    run_hash: str
+    rows: pd.DataFrame
+    classes: list[str]
+    labels: torch.Tensor
+
+
+def fuse_groups(jobs: Sequence[Job], k: int, steps: Sequence[int]) -> list[list[int]]:
+    """Indices of `jobs` in groups of at most k to train fused: within a seed, runs of the same
+    number of steps (no lane idles while others train), in grid order, so the runs of one
+    target sit together and share their evaluation clips."""
+    buckets: dict[tuple[int, int], list[int]] = {}
+    for i, ((spec, _), n) in enumerate(zip(jobs, steps)):
+        buckets.setdefault((spec.seed, n), []).append(i)
+    seeds = list(dict.fromkeys(spec.seed for spec, _ in jobs))
+    groups = []
+    for seed in seeds:
+        for (s, _), idx in buckets.items():
+            if s == seed:
+                groups.extend(idx[i : i + k] for i in range(0, len(idx), k))
+    return groups
 
 
 class Worker:
@@ -80,85 +119,107 @@ class Worker:
         self.features: dict[str, torch.Tensor] = {}
         self.device_name = (torch.cuda.get_device_name(self.device)
                             if self.device.type == "cuda" else f"cpu ({platform.machine()})")
+        self.recipe = self._recipe()
+
+    def _recipe(self) -> Recipe:
+        if self.s.train.encoder == "frozen":
+            return FrozenRecipe(self)
+        reason = fused.unsupported(self.encoder.config)
+        if reason is not None:
+            log.warning("train.fuse: %s", reason)
+            return PlainRecipe(self)
+        k = self.s.fuse
+        if k == "auto":
+            n_params = sum(p.numel() for p in self.encoder.parameters())
+            k = fused.auto_k(self.encoder.config, n_params, self.device,
+                             self.s.train.precision)
+            log.info("train.fuse: auto: %d runs fused on %s", k, self.device_name)
+        return FusedRecipe(self, int(k))
 
     def reset(self) -> None:
         self.encoder.load_state_dict(self.initial)
         self.encoder.zero_grad(set_to_none=True)
 
     def run(self, spec: RunSpec, run_hash: str) -> dict[str, Any]:
-        start = time.perf_counter()
-        if self.s.train.encoder != "frozen":  # a frozen encoder never changes
-            self.reset()
-        tasks.seed_everything(spec.seed)
-        train_rows = training_clips(self.manifest, spec)
+        return next(iter(self.run_many([(spec, run_hash)])))
+
+    def run_many(self, jobs: Sequence[Job]) -> Iterator[dict[str, Any]]:
+        """Train and score `jobs`, K at a time; yield each run's record."""
+        prepared = [self._prepare(spec, h) for spec, h in jobs]
+        steps = [self.s.train.epochs * -(-len(p.rows) // self.s.train.batch_size)
+                 for p in prepared]
+        for idx in fuse_groups(jobs, self.recipe.k, steps):
+            group = [prepared[i] for i in idx]
+            start = time.perf_counter()
+            losses = self.recipe.train(group)
+            results = self._score(group)
+            wall = (time.perf_counter() - start) / len(group)
+            for k, p in enumerate(group):
+                self._checkpoint(p.spec, k)
+                yield {
+                    **p.spec.as_dict(),
+                    "run_id": p.spec.run_id,
+                    "hash": p.run_hash,
+                    **results[k],
+                    "loss_final": losses[k][-1],
+                    "loss_mean": float(np.mean(losses[k])),
+                    "steps": len(losses[k]),
+                    "train_clips": len(p.rows),
+                    "wall_s": wall,
+                    "device": self.device_name,
+                    "fused": len(group),
+                    "padding_share": self.recipe.padding_share,
+                }
+
+    def _prepare(self, spec: RunSpec, run_hash: str) -> Prepared:
+        rows = training_clips(self.manifest, spec)
         if spec.task == "gender":
             classes = ["female", "male"]
         else:
-            classes = sorted(train_rows["speaker"].unique())
+            classes = sorted(rows["speaker"].unique())
         key = "gender" if spec.task == "gender" else "speaker"
         label_of = {c: i for i, c in enumerate(classes)}
-        labels = torch.tensor([label_of[v] for v in train_rows[key]])
-        if self.s.train.encoder == "frozen":
-            features = self._features(train_rows["clip"])
-            head = tasks.FrozenHead(features, len(classes), project=spec.task == "speaker",
-                                    init=self.s.train.head_init)
-            losses = tasks.train_frozen(head, features, labels, self.s.train)
-        else:
-            head = tasks.new_head(self.encoder.config.hidden_size, len(classes),
-                                  self.s.train.head_init, self.device)
-            waves = [self.waves[c] for c in train_rows["clip"]]
-            losses = tasks.train(self.encoder, head, waves, labels, self.s.train, spec.seed,
-                                 self.device, self.do_normalize)
-        result = self._score(spec, head)
-        self._checkpoint(spec, head)
-        return {
-            **spec.as_dict(),
-            "run_id": spec.run_id,
-            "hash": run_hash,
-            **result,
-            "loss_final": losses[-1],
-            "loss_mean": float(np.mean(losses)),
-            "steps": len(losses),
-            "train_clips": len(train_rows),
-            "wall_s": time.perf_counter() - start,
-            "device": self.device_name,
-        }
+        labels = torch.tensor([label_of[v] for v in rows[key]])
+        return Prepared(spec, run_hash, rows, classes, labels)
 
-    def _score(self, spec: RunSpec, head: nn.Module) -> dict[str, Any]:
+    def _score(self, group: list[Prepared]) -> list[dict[str, Any]]:
         m = self.manifest
-        eval_rows = m[(m["language"] == spec.target) & (m["role"] == "eval")]
-        emb = self._embed(eval_rows["clip"], head)
-        if spec.task == "gender":
-            if isinstance(head, tasks.FrozenHead):
-                pred = tasks.classify(head.classify, emb, torch.device("cpu"))
+        evals = [m[(m["language"] == p.spec.target) & (m["role"] == "eval")] for p in group]
+        embs = self.recipe.embed([list(e["clip"]) for e in evals], self._layers)
+        out = []
+        for k, (p, eval_rows, emb) in enumerate(zip(group, evals, embs)):
+            spec = p.spec
+            if spec.task == "gender":
+                pred = self.recipe.classify(k, emb)
+                truth = (eval_rows["gender"] == "male").astype(int).to_numpy()
+                # A run that predicts one class for every clip has learnt nothing about gender
+                # (macro-F1 0.333 on a balanced set): counted as such by the cltm stage.
+                result: dict[str, Any] = {"score": tasks.macro_f1(truth, pred),
+                                          "eval_clips": len(eval_rows),
+                                          "pred_classes": len(np.unique(pred)),
+                                          "pred_male_share": float(np.mean(pred))}
             else:
-                pred = tasks.classify(head, emb, self.device)
-            truth = (eval_rows["gender"] == "male").astype(int).to_numpy()
-            # A run that predicts one class for every clip has learnt nothing about gender
-            # (macro-F1 0.333 on a balanced set): counted as such by the cltm stage.
-            result: dict[str, Any] = {"score": tasks.macro_f1(truth, pred),
-                                      "eval_clips": len(eval_rows),
-                                      "pred_classes": len(np.unique(pred)),
-                                      "pred_male_share": float(np.mean(pred))}
-        else:
-            index = {c: i for i, c in enumerate(eval_rows["clip"])}
-            trials = self.trials[self.trials["language"] == spec.target]
-            scores = tasks.cosine_scores(emb, index, trials["a"].tolist(), trials["b"].tolist())
-            auc, eer = tasks.auc_eer(scores, trials["label"].to_numpy())
-            result = {"score": auc, "eer": eer, "eval_trials": len(trials)}
-        if self.probes:
-            result["probes"] = self._probe_embeddings(spec, eval_rows, emb, head)
-        return result
-
-    def _embed(self, clips: pd.Series, head: nn.Module) -> torch.Tensor:
-        """The task's embedding: the input of the gender classifier, or the verification
-        embedding (a frozen run's: its projection of the standardised features)."""
-        if isinstance(head, tasks.FrozenHead):
-            head.eval()
-            with torch.no_grad():
-                return head.embed(self._features(clips))
-        return tasks.embed(self.encoder, [self.waves[c] for c in clips], self.device,
-                           self.do_normalize, self.s.train.precision, last_layers=self._layers)
+                index = {c: i for i, c in enumerate(eval_rows["clip"])}
+                trials = self.trials[self.trials["language"] == spec.target]
+                scores = tasks.cosine_scores(emb, index, trials["a"].tolist(),
+                                             trials["b"].tolist())
+                auc, eer = tasks.auc_eer(scores, trials["label"].to_numpy())
+                result = {"score": auc, "eer": eer, "eval_trials": len(trials)}
+            if self.probes:
+                position = {c: i for i, c in enumerate(eval_rows["clip"])}
+                target = emb[[position[c] for c in self.probes[spec.target]]]
+                # float16: a probe's purpose is distances and similarities, and at paper scale
+                # the probes of 20,000 runs are the largest thing the grid writes.
+                result["probes"] = {"target": target.numpy().astype(np.float16)}
+            out.append(result)
+        if self.probes and self.s.task == "speaker":
+            donors = [self.probes[p.spec.donor] if p.spec.condition == "cross" else []
+                      for p in group]
+            if any(donors):
+                for k, e in enumerate(self.recipe.embed(donors, self._layers)):
+                    if donors[k]:
+                        out[k]["probes"]["donor"] = e.numpy().astype(np.float16)
+        return out
 
     @property
     def _layers(self) -> int:
@@ -166,7 +227,7 @@ class Worker:
             return FROZEN_LAYERS
         return 1 if self.s.task == "gender" else SPEAKER_LAYERS
 
-    def _features(self, clips: pd.Series) -> torch.Tensor:
+    def _features(self, clips: Sequence[str]) -> torch.Tensor:
         """A frozen encoder's statistics-pooled features of `clips`, each computed once."""
         todo = [c for c in dict.fromkeys(clips) if c not in self.features]
         if todo:
@@ -176,19 +237,7 @@ class Worker:
             self.features.update(zip(todo, out))
         return torch.stack([self.features[c] for c in clips])
 
-    def _probe_embeddings(self, spec: RunSpec, eval_rows: pd.DataFrame, emb: torch.Tensor,
-                          head: nn.Module) -> dict[str, np.ndarray]:
-        # float16: a probe's purpose is distances and similarities, and at paper scale the
-        # probes of 20,000 runs are the largest thing the grid writes.
-        position = {c: i for i, c in enumerate(eval_rows["clip"])}
-        target = emb[[position[c] for c in self.probes[spec.target]]]
-        out = {"target": target.numpy().astype(np.float16)}
-        if spec.task == "speaker" and spec.condition == "cross":
-            donor = self._embed(pd.Series(self.probes[spec.donor]), head)
-            out["donor"] = donor.numpy().astype(np.float16)
-        return out
-
-    def _checkpoint(self, spec: RunSpec, head: nn.Module) -> None:
+    def _checkpoint(self, spec: RunSpec, k: int) -> None:
         policy = self.s.checkpoints
         first_self = spec.condition in ("base", "self") and spec.seed == self.s.first_seed
         wanted = policy == "all" or (policy == "self" and first_self)
@@ -198,8 +247,117 @@ class Worker:
 
         out = Path(self.s.checkpoints_dir) / f"{spec.run_id.replace('/', '__')}.safetensors"
         out.parent.mkdir(parents=True, exist_ok=True)
-        state = {f"encoder.{k}": v.detach().contiguous().cpu()
-                 for k, v in self.encoder.state_dict().items()}
-        state.update({f"head.{k}": v.detach().contiguous().cpu()
-                      for k, v in head.state_dict().items()})
+        encoder, head = self.recipe.weights(k)
+        state = {f"encoder.{n}": v.detach().contiguous().cpu() for n, v in encoder.items()}
+        state.update({f"head.{n}": v.detach().contiguous().cpu()
+                      for n, v in head.items()})
         save_file(state, str(out), metadata={"run_id": spec.run_id})
+
+
+class Recipe:
+    """How a group of runs is trained and scored. `k`: the most runs it trains at once."""
+
+    k = 1
+    padding_share = 0.0
+
+    def __init__(self, worker: Worker) -> None:
+        self.w = worker
+
+    def train(self, group: list[Prepared]) -> list[list[float]]:
+        """Train the group's runs; return each run's loss of every step."""
+        raise NotImplementedError
+
+    def embed(self, lanes: list[list[str]], layers: int) -> list[torch.Tensor]:
+        """Run k's task embedding of the clips lanes[k]: the input of the gender classifier,
+        or the verification embedding."""
+        raise NotImplementedError
+
+    def classify(self, k: int, emb: torch.Tensor) -> np.ndarray:
+        """Run k's class of each embedding row."""
+        raise NotImplementedError
+
+    def weights(self, k: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Run k's (encoder, head) state dicts."""
+        raise NotImplementedError
+
+
+class FusedRecipe(Recipe):
+    """Fine-tune K runs at once as one fused model (train/fused.py)."""
+
+    def __init__(self, worker: Worker, k: int) -> None:
+        super().__init__(worker)
+        self.k = k
+        self.enc: fused.FusedEncoder | None = None
+
+    def train(self, group: list[Prepared]) -> list[list[float]]:
+        w = self.w
+        runs = [fused.RunData([w.waves[c] for c in p.rows["clip"]], p.labels, p.spec.seed,
+                              len(p.classes)) for p in group]
+        self.enc = None  # the previous group's weights go before the next are made
+        self.enc = fused.FusedEncoder(w.encoder, len(group), state=w.initial).to(w.device)
+        trainer = fused.FusedTrainer(self.enc, runs, w.s.train, w.device, w.do_normalize)
+        losses = trainer.train()
+        self.padding_share = trainer.stats.padding_share
+        return losses
+
+    def embed(self, lanes: list[list[str]], layers: int) -> list[torch.Tensor]:
+        w = self.w
+        return fused.embed(self.enc, [[w.waves[c] for c in lane] for lane in lanes], w.device,
+                           w.do_normalize, w.s.train.precision, last_layers=layers,
+                           batch=tasks.EVAL_BATCH.get(w.device.type, 16))
+
+    def classify(self, k: int, emb: torch.Tensor) -> np.ndarray:
+        return tasks.classify(self.enc.head(k), emb, self.w.device)
+
+    def weights(self, k: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        return self.enc.plain_state(k), self.enc.head(k).state_dict()
+
+
+class PlainRecipe(Recipe):
+    """Fine-tune one run at a time on transformers' modules (encoders not fused)."""
+
+    def train(self, group: list[Prepared]) -> list[list[float]]:
+        (p,) = group
+        w = self.w
+        w.reset()
+        tasks.seed_everything(p.spec.seed)
+        self.head = tasks.new_head(w.encoder.config.hidden_size, len(p.classes),
+                                   w.s.train.head_init, w.device)
+        waves = [w.waves[c] for c in p.rows["clip"]]
+        return [tasks.train(w.encoder, self.head, waves, p.labels, w.s.train, p.spec.seed,
+                            w.device, w.do_normalize)]
+
+    def embed(self, lanes: list[list[str]], layers: int) -> list[torch.Tensor]:
+        w = self.w
+        return [tasks.embed(w.encoder, [w.waves[c] for c in lane], w.device, w.do_normalize,
+                            w.s.train.precision, last_layers=layers) for lane in lanes]
+
+    def classify(self, k: int, emb: torch.Tensor) -> np.ndarray:
+        return tasks.classify(self.head, emb, self.w.device)
+
+    def weights(self, k: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        return self.w.encoder.state_dict(), self.head.state_dict()
+
+
+class FrozenRecipe(Recipe):
+    """A frozen encoder: each clip's features once, then a head per run (on CPU)."""
+
+    def train(self, group: list[Prepared]) -> list[list[float]]:
+        (p,) = group
+        w = self.w
+        tasks.seed_everything(p.spec.seed)
+        features = w._features(list(p.rows["clip"]))
+        self.head = tasks.FrozenHead(features, len(p.classes), project=p.spec.task == "speaker",
+                                     init=w.s.train.head_init)
+        return [tasks.train_frozen(self.head, features, p.labels, w.s.train)]
+
+    def embed(self, lanes: list[list[str]], layers: int) -> list[torch.Tensor]:
+        self.head.eval()
+        with torch.no_grad():
+            return [self.head.embed(self.w._features(lane)) for lane in lanes]
+
+    def classify(self, k: int, emb: torch.Tensor) -> np.ndarray:
+        return tasks.classify(self.head.classify, emb, torch.device("cpu"))
+
+    def weights(self, k: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        return self.w.encoder.state_dict(), self.head.state_dict()
