@@ -21,10 +21,6 @@ from cltm.layout import FAMILIES, TASKS
 log = logging.getLogger("cltm")
 
 
-def _tasks(args: argparse.Namespace) -> tuple[str, ...]:
-    return TASKS if args.task == "all" else (args.task,)
-
-
 def _demo_corpus(args: argparse.Namespace, config: Config) -> None:
     from cltm.data import demo
 
