@@ -22,7 +22,7 @@ Intervals
     bootstrapped on its own seeds (paired by seed where `pair_seeds` and all its cells hold the
     same seeds), the two independently, and B − A is taken replicate by replicate. The draws come
     from `stats.contrast_stream(stats_seed)`, A's before B's, so the differences here equal those
-    `difference_intervals` and `write_difference` give for the same stores and settings. Each
+    `difference_intervals` and `difference_summary` give for the same stores and settings. Each
     result's own interval is the percentile interval of the same draws.
 
 Per-cell test of B − A

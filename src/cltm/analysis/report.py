@@ -173,9 +173,33 @@ def _task_section(task: str, task_dir: Path, d: dict, report: Path,
             out += [f"![{task} {alt}]({_link(task_dir / file, report)})", ""]
     out += _undefined(task_dir, d)
     out += _pairs(task_dir)
+    out += _donor_section(task, task_dir, report)
     out += ["**Runs**", ""]
     out += _run_counts(task_dir)
     out += _trust_section(task_dir, d, null_control)
+    return out
+
+
+def _donor_section(task: str, task_dir: Path, report: Path) -> list[str]:
+    """Which donors help each target: the rankings, the profiles, the communities against the
+    families and the map (the cltm stage's transfer files)."""
+    graph = _read_json(task_dir / "transfer_graph.json")
+    if graph is None:
+        return []
+    out = ["**Which donors help each language** (donors.csv: every target's donors ranked, with "
+           "the intervals of value and rank)", ""]
+    for file, alt in (("donors.png", "donor rankings"), ("profiles.png", "giving and receiving"),
+                      ("coclustering.png", "co-clustering"), ("transfer_map.png", "map")):
+        if (task_dir / file).is_file():
+            out += [f"![{task} {alt}]({_link(task_dir / file, report)})", ""]
+    groups = "; ".join("{" + ", ".join(g) + "}" for g in graph.get("communities") or [])
+    out += [f"Communities of the positive-transfer graph (Louvain, seed "
+            f"{graph.get('louvain_seed')}): {groups or 'none'}. Against the "
+            f"{graph.get('family_level')} labels: adjusted Rand index "
+            f"{_fmt(graph.get('ari'), 'num')}"
+            f" [{_fmt(graph.get('ari_low'), 'num')}, {_fmt(graph.get('ari_high'), 'num')}], "
+            f"permutation p = {_fmt(graph.get('ari_p'), 'num')} (chance "
+            f"{_fmt(graph.get('ari_chance'), 'num')}).", ""]
     return out
 
 
