@@ -9,16 +9,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 import yaml
 
 from cltm.analysis import beyond, gaps
 from cltm.config import config_from_dict
 from cltm.data.subsets import select_curve
 from cltm.errors import CltmError
+from cltm.train import tasks
 from cltm.train.grid import RunSpec, curve_specs, probe_clips, training_clips
 from cltm.train.store import RunStore
-from cltm.train.worker import Worker
+from cltm.train.worker import SPEAKER_LAYERS, Worker
 from tests.test_subsets import LANGS as SUB_LANGS
 from tests.test_subsets import make_table
 from tests.test_train import settings
@@ -99,10 +99,13 @@ def test_run_returns_the_probe_embeddings_it_scored_with(synthetic_subsets):
     probes = record["probes"]
     assert probes["target"].shape == (3, 16) and probes["donor"].shape == (3, 16)
     assert probes["target"].dtype == np.float16
-    # the target's probe rows are that model's embeddings of those clips, computed alone
-    clips = pd.Series(w.probes["aa"])
-    # a fine-tuning run's embedding comes from the encoder, whatever its linear head
-    alone = w._embed(clips, torch.nn.Linear(16, 2)).numpy()
+    # the target's probe rows are that model's embeddings of those clips, computed alone by
+    # transformers' encoder holding the run's trained weights (a speaker embedding comes from
+    # the encoder, whatever its head)
+    trained, _ = w.recipe.weights(0)
+    w.encoder.load_state_dict(trained)
+    alone = tasks.embed(w.encoder, [w.waves[c] for c in w.probes["aa"]], w.device,
+                        w.do_normalize, "fp32", SPEAKER_LAYERS).numpy()
     np.testing.assert_allclose(probes["target"], alone, rtol=2e-3, atol=2e-3)
     same = w.run(RunSpec("speaker", "aa", "self", "aa", 0), "h")
     assert "donor" not in same["probes"]
