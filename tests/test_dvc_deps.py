@@ -20,10 +20,9 @@ PIPELINES = {"root": REPO / "dvc.yaml", "calibration": REPO / "calibration" / "d
 SHIPPED = [REPO / "params.yaml", *sorted((REPO / "configs").glob("*.yaml"))]
 
 
-def _handler(command: str):
-    """The cli function that subcommand `command` calls."""
-    sub = next(a for a in cli.build_parser()._actions if a.dest == "command")
-    return sub.choices[command].get_default("func")
+#: The `cltm` subcommands by name, each with the cli function it calls.
+SUBCOMMANDS = {name: parser.get_default("func") for name, parser in next(
+    a for a in cli.build_parser()._actions if a.dest == "command").choices.items()}
 
 
 def command_modules(command: str) -> set[str]:
@@ -33,7 +32,7 @@ def command_modules(command: str) -> set[str]:
     functions = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
     top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
     modules = {m for n in top for m in sources.imports_of(n, "cltm.cli")}
-    todo, seen = [_handler(command).__name__], set()
+    todo, seen = [SUBCOMMANDS[command].__name__], set()
     while todo:
         name = todo.pop()
         if name in seen:
@@ -53,16 +52,11 @@ def _stages(pipeline: Path) -> dict[str, dict]:
     for name, stage in yaml.safe_load(pipeline.read_text())["stages"].items():
         body = stage.get("do", stage)
         words = shlex.split(body["cmd"])
-        command = next(w for w in words[1:] if not w.startswith("-") and w in _commands()
-                       and words[words.index(w) - 1] not in ("--params",))
+        command = next(w for w in words[1:] if w in SUBCOMMANDS
+                       and words[words.index(w) - 1] != "--params")
         out[name] = {"command": command, "deps": body.get("deps", []),
                      "wdir": pipeline.parent / body.get("wdir", ".")}
     return out
-
-
-def _commands() -> set[str]:
-    sub = next(a for a in cli.build_parser()._actions if a.dest == "command")
-    return set(sub.choices)
 
 
 def _listed(stage: dict) -> set[Path]:
