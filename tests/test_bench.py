@@ -78,3 +78,25 @@ def test_seeds_needed_separates_a_planted_contrast_and_not_two_equal_tasks(tmp_p
         for key in ("rfd1", "cos_rows"):
             assert same[k][f"{key}_disjoint_share"] == 0.0
             assert same[k][f"{key}_difference_share"] == 0.0
+
+
+@pytest.mark.slow
+def test_fused_benchmark_prints_every_figure_on_a_cpu():
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "fused.py")],
+                          capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
+    assert "no GPU" in lines[0]["text"] and lines[0]["device"] == "cpu"
+    paces = {(x["mode"], x["k"]): x for x in lines if x["figure"] == "pace"}
+    assert {("serial", 1), ("fused", 1), ("fused", 4)} <= set(paces)
+    assert any(mode == "processes" for mode, _ in paces)
+    for pace in paces.values():
+        assert pace["clip_steps_per_s"] > 0 and pace["model_flops_per_s"] > 0
+    assert 0 < paces[("fused", 4)]["padding_share"] < 1
+    projections = {(x["mode"], x["k"], x["task"]): x for x in lines
+                   if x["figure"] == "grid_projection"}
+    for mode, k in paces:
+        for task, steps in (("gender", 240), ("speaker", 2000)):
+            p = projections[(mode, k, task)]
+            assert p["runs"] == 19800 and p["steps_per_run"] == steps and p["device_hours"] > 0
