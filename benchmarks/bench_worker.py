@@ -38,8 +38,8 @@ import torch
 
 from cltm.data.pack import PackedAudio, PackWriter, to_int16
 from cltm.train.grid import RunSpec, training_clips
+from cltm.train.loop import TrainParams
 from cltm.train.model import resolve_device
-from cltm.train.tasks import TrainParams
 from cltm.train.worker import SPEAKER_LAYERS, Worker, WorkerSettings
 
 # mHuBERT-147's encoder is HuBERT-base: transformers' HubertConfig defaults are that shape.
@@ -172,14 +172,14 @@ def reference_run(job: dict) -> dict:
     from torch import nn
     from transformers import HubertModel
 
-    from cltm.train import tasks
+    from cltm.train import loop
 
     device = resolve_device(job["device"])
     spec = RunSpec(**job["spec"])
     manifest = pd.read_csv(Path(job["subsets"]) / "manifest.csv")
     clips = Path(job["clips"])
     start = time.perf_counter()
-    tasks.seed_everything(spec.seed)
+    loop.seed_everything(spec.seed)
     encoder = HubertModel.from_pretrained(job["model"]).to(device)
     rows = training_clips(manifest, spec)
     key = "gender" if spec.task == "gender" else "speaker"
@@ -190,7 +190,7 @@ def reference_run(job: dict) -> dict:
     encoder.train()
     for clip, label in zip(rows["clip"], labels):
         wave_ = _decode(clips / clip.replace(".mp3", ".wav"))
-        features = tasks.pooled(encoder, [wave_], device, True)
+        features = loop.pooled(encoder, [wave_], device, True)
         loss = nn.functional.cross_entropy(head(features), torch.tensor([label], device=device))
         opt.zero_grad()
         loss.backward()
@@ -199,7 +199,7 @@ def reference_run(job: dict) -> dict:
     ev = manifest[(manifest["language"] == spec.target) & (manifest["role"] == "eval")]
     layers = 1 if spec.task == "gender" else SPEAKER_LAYERS
     with torch.no_grad():
-        emb = torch.cat([tasks.pooled(encoder, [_decode(clips / c.replace(".mp3", ".wav"))],
+        emb = torch.cat([loop.pooled(encoder, [_decode(clips / c.replace(".mp3", ".wav"))],
                                       device, True, layers).cpu() for c in ev["clip"]])
     if device.type == "cuda":
         torch.cuda.synchronize()

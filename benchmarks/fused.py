@@ -3,7 +3,7 @@
 On the mHuBERT-147 architecture (HuBERT-base: 12 layers, 768 hidden, conv_bias false,
 feat_extract_norm group) with random weights and synthetic clips of about 5 s (uniform 4-6 s),
 batch 1, it measures training clip-steps per second and seconds per run for
-- `serial`: one run at a time on transformers' modules (tasks.train's step: the pre-#29 path),
+- `serial`: one run at a time on transformers' modules (loop.train's step: the pre-#29 path),
 - `processes`: K such runs in K processes at once on the same device,
 - `fused`: K runs as one fused model (FusedTrainer), K in --k where it fits,
 with model FLOP/s (FlopCounterMode on one clip-step, forward + backward) and the share of the
@@ -28,7 +28,7 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from cltm.train import fused, tasks
+from cltm.train import fused, loop
 from cltm.train.model import build_random_encoder
 
 MHUBERT_147 = {"conv_bias": False, "feat_extract_norm": "group"}  # HubertConfig's defaults else
@@ -58,8 +58,8 @@ def runs(k: int, steps: int, seconds: float, seed0: int = 0) -> list[fused.RunDa
     return out
 
 
-def params(precision: str, steps: int) -> tasks.TrainParams:
-    return tasks.TrainParams(lr=1e-5, weight_decay=0.0, grad_clip=1.0, epochs=1, batch_size=1,
+def params(precision: str, steps: int) -> loop.TrainParams:
+    return loop.TrainParams(lr=1e-5, weight_decay=0.0, grad_clip=1.0, epochs=1, batch_size=1,
                              precision=precision)
 
 
@@ -80,12 +80,12 @@ def serial_pace(config: dict, device: torch.device, precision: str, steps: int,
     model = build_random_encoder(config, 0).to(device)
     model.train()
     run = runs(1, steps + 1, seconds)[0]
-    head = tasks.new_head(model.config.hidden_size, 2, "random", device)
+    head = loop.new_head(model.config.hidden_size, 2, "random", device)
     p = params(precision, steps)
-    tasks.train(model, head, run.waves[:1], run.labels[:1], p, 0, device, True)  # warm up
+    loop.train(model, head, run.waves[:1], run.labels[:1], p, 0, device, True)  # warm up
     sync(device)
     start = time.perf_counter()
-    tasks.train(model, head, run.waves[1:], run.labels[1:], p, 0, device, True)
+    loop.train(model, head, run.waves[1:], run.labels[1:], p, 0, device, True)
     sync(device)
     return steps / (time.perf_counter() - start)
 
@@ -135,10 +135,10 @@ def fused_pace(config: dict, device: torch.device, precision: str, steps: int, s
 def flops_per_clip_step(config: dict, device: torch.device, seconds: float) -> float:
     model = build_random_encoder(config, 0).to(device)
     model.train()
-    head = tasks.new_head(model.config.hidden_size, 2, "random", device)
+    head = loop.new_head(model.config.hidden_size, 2, "random", device)
     wave = torch.randn(int(16_000 * seconds))
     with FlopCounterMode(display=False) as counter:
-        feats = tasks.pooled(model, [wave], device, True)
+        feats = loop.pooled(model, [wave], device, True)
         torch.nn.functional.cross_entropy(head(feats), torch.tensor([0], device=device)).backward()
     return float(counter.get_total_flops())
 

@@ -26,9 +26,9 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from cltm.data.pack import PackedAudio
+from cltm.train.loop import cosine_scores
 from cltm.train.model import forward, load_encoder, masked_mean, normalise, pad_batch
 from cltm.train.pretrain import log_mel
-from cltm.train.tasks import cosine_scores
 from cltm.train.worker import SPEAKER_LAYERS
 
 

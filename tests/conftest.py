@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
+from cltm.config import AnalysisConfig
 from cltm.data.pack import PackWriter, to_int16
 from cltm.data.subsets import make_trials
 
@@ -97,3 +102,68 @@ def synthetic_subsets(tmp_path_factory) -> dict[str, Path]:
         write_synthetic_subsets(root / task, task)
         out[task] = root / task
     return out
+
+
+def _copy_into(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if src.is_dir():
+        shutil.copytree(src, dst, dirs_exist_ok=True, symlinks=True,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    else:
+        shutil.copy2(src, dst)
+
+
+def run_hermetic(root: Path, pipeline_dir: Path, corpus_roots: Sequence[str],
+                 stage: str) -> tuple[int, str, list[str]]:
+    """Run one stage of a reproduced pipeline the way DESIGN.md's hermetic rule reads it: in a
+    fresh directory holding only the stage's declared deps (as dvc.lock resolved them), the
+    pipeline's params.yaml and the corpus roots (immutable releases, linked read-only).
+
+    `root` is the repository copy, `pipeline_dir` the folder of the dvc.yaml (root or below it),
+    `corpus_roots` the release roots relative to `pipeline_dir`. Returns (exit code, output,
+    the declared outs the command did not write)."""
+    lock = yaml.safe_load((pipeline_dir / "dvc.lock").read_text())["stages"][stage]
+    fresh = Path(tempfile.mkdtemp(prefix="hermetic-"))
+    rel = pipeline_dir.relative_to(root)
+    work = fresh / rel
+    work.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(pipeline_dir / "params.yaml", work / "params.yaml")
+    for dep in lock.get("deps", []):
+        src = (pipeline_dir / dep["path"]).resolve()
+        _copy_into(src, fresh / src.relative_to(root.resolve()))
+    for corpus in corpus_roots:
+        src = (pipeline_dir / corpus).resolve()
+        dst = fresh / src.relative_to(root.resolve())
+        if src.exists() and not dst.exists():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.symlink_to(src, target_is_directory=True)
+    env = {**os.environ, "PYTHONPATH": str(fresh / "src"),
+           "MLFLOW_TRACKING_URI": f"sqlite:///{fresh / 'mlflow.db'}"}
+    proc = subprocess.run(lock["cmd"], shell=True, cwd=work, env=env, capture_output=True,
+                          text=True)
+    missing = [o["path"] for o in lock.get("outs", []) if not (work / o["path"]).exists()]
+    output = proc.stdout + proc.stderr
+    shutil.rmtree(fresh, ignore_errors=True)
+    return proc.returncode, output, missing
+
+
+def lock_stages(pipeline_dir: Path) -> list[str]:
+    """The stages dvc.lock holds (every stage a reproduced pipeline ran), in its order."""
+    return list(yaml.safe_load((pipeline_dir / "dvc.lock").read_text())["stages"])
+
+
+def analysis_config(**overrides: object) -> AnalysisConfig:
+    """The demo's analysis settings (params.yaml) with `overrides`; `highlight` is
+    analysis.highlight_languages."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())["analysis"]
+    if "highlight" in overrides:
+        overrides["highlight_languages"] = overrides.pop("highlight")
+    return AnalysisConfig(**{**raw, **overrides})
+
+
+def run_cltm(task: str, runs: Path, out: Path, families_csv: Path | None = None,
+             **overrides: object) -> dict:
+    """The cltm stage on a run store with the demo's analysis settings and `overrides`."""
+    from cltm.stages import cltm
+
+    return cltm.run_cltm(task, Path(runs), Path(out), analysis_config(**overrides), families_csv)

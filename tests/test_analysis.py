@@ -14,10 +14,12 @@ import pandas as pd
 import pytest
 
 from cltm.analysis.cltm import cell_se, compute_cltm, read_run_store
-from cltm.analysis.diagnostics import KEYS, diagnostics
+from cltm.analysis.diagnostics import KEYS, diagnostics, format_table
 from cltm.analysis.languages import family_map, load_languages
-from cltm.analysis.stage import format_table, run_cltm, run_diagnostics, run_report
 from cltm.errors import CltmError
+from cltm.stages.diagnostics import run_diagnostics
+from cltm.stages.report import run_report
+from tests.conftest import run_cltm
 
 PAPER_LOCALES = (
     "ab ar be bn ca ckb cnh cs cy de dv en eo es et eu fa fr fy-NL ga-IE gl hu hy-AM id it ja ka "
@@ -349,7 +351,8 @@ def test_languages_cover_the_common_voice_list():
 
 
 def test_analysis_imports_no_training_stack():
-    code = ("import sys, cltm.analysis.stage, cltm.analysis.report, cltm.analysis.beyond\n"
+    code = ("import sys, cltm.stages.cltm, cltm.stages.report, cltm.stages.gaps\n"
+            "import cltm.stages.geometry, cltm.stages.contrast, cltm.stages.compare\n"
             "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')\n"
             "       or m.startswith(('cltm.train', 'cltm.data'))]\n"
             "print(bad); sys.exit(bool(bad))")

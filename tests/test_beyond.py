@@ -11,11 +11,13 @@ import pandas as pd
 import pytest
 import yaml
 
-from cltm.analysis import beyond, gaps
+from cltm.analysis import gaps
 from cltm.config import config_from_dict
 from cltm.data.subsets import select_curve
 from cltm.errors import CltmError
-from cltm.train import tasks
+from cltm.stages import gaps as gaps_stage
+from cltm.stages import geometry as geometry_stage
+from cltm.train import loop
 from cltm.train.grid import RunSpec, curve_specs, probe_clips, training_clips
 from cltm.train.store import RunStore
 from cltm.train.worker import SPEAKER_LAYERS, Worker
@@ -104,7 +106,7 @@ def test_run_returns_the_probe_embeddings_it_scored_with(synthetic_subsets):
     # the encoder, whatever its head)
     trained, _ = w.recipe.weights(0)
     w.encoder.load_state_dict(trained)
-    alone = tasks.embed(w.encoder, [w.waves[c] for c in w.probes["aa"]], w.device,
+    alone = loop.embed(w.encoder, [w.waves[c] for c in w.probes["aa"]], w.device,
                         w.do_normalize, "fp32", SPEAKER_LAYERS).numpy()
     np.testing.assert_allclose(probes["target"], alone, rtol=2e-3, atol=2e-3)
     same = w.run(RunSpec("speaker", "aa", "self", "aa", 0), "h")
@@ -150,6 +152,12 @@ def _synthetic_store(root: Path, shift: dict[tuple[str, str], float]) -> Path:
     return root / "runs"
 
 
+def _geometry(config, runs_dir: Path, metrics: Path) -> dict:
+    return geometry_stage.run("speaker", runs_dir, metrics / "speaker" / "cltm.csv",
+                              metrics / "speaker" / "geometry",
+                              metrics / "speaker" / "geometry.json", config.analysis)
+
+
 def test_geometry_and_cka_recover_a_planted_ordering(tmp_path):
     pairs = [(t, d) for t in LANGS for d in LANGS if t != d]
     shift = {p: float(k + 1) for k, p in enumerate(pairs)}
@@ -163,7 +171,7 @@ def test_geometry_and_cka_recover_a_planted_ordering(tmp_path):
     cltm.rename_axis("target").to_csv(metrics / "speaker" / "cltm.csv")
     config = _config(**{"analysis.probe_clips": 20})
 
-    g = beyond.run_geometry(config, runs_dir, metrics_dir=metrics)
+    g = _geometry(config, runs_dir, metrics)
     assert g["cells"] == 12
     assert g["correlations"]["centroid"]["spearman"] == pytest.approx(-1.0)
     assert g["correlations"]["sinkhorn"]["spearman"] < -0.9
@@ -177,7 +185,9 @@ def test_geometry_and_cka_recover_a_planted_ordering(tmp_path):
     top = g["extreme_pairs"][0]
     assert (top["target"], top["donor"]) == pairs[0]
 
-    r = beyond.run_gaps(config, "speaker", runs_dir, families={}, metrics_dir=metrics)
+    r = gaps_stage.run("speaker", runs_dir, metrics / "speaker" / "cltm.csv",
+                       metrics / "speaker" / "gaps", metrics / "speaker" / "gaps.json", {},
+                       config.analysis)
     assert r["cka"]["correlation_with_cltm"]["spearman"] > 0.8  # more noise: lower CKA and CLTM
     assert r["performance_gap"]["self"]["std"] == pytest.approx(0.0, abs=1e-12)
     cross = pd.Series({t: np.mean([0.8 - 0.05 * shift[(t, d)] + 0.0005 for d in LANGS if d != t])
@@ -193,7 +203,7 @@ def test_missing_probes_are_reported_not_invented(tmp_path):
     metrics = tmp_path / "metrics"
     (metrics / "speaker").mkdir(parents=True)
     config = _config(**{"analysis.probe_clips": 0})
-    assert beyond.run_geometry(config, runs_dir, metrics_dir=metrics) == {"enabled": False}
+    assert _geometry(config, runs_dir, metrics) == {"enabled": False}
     saved = json.loads((metrics / "speaker" / "geometry.json").read_text())
     assert "probe_clips is 0" in saved["reason"]
 
@@ -212,7 +222,7 @@ def test_n_auto_reads_the_curve_choice(tmp_path, monkeypatch):
 
 
 def test_a_task_can_have_its_own_lr_and_epochs():
-    from cltm.train.stage import settings_of, train_params
+    from cltm.train.runner import settings_of, train_params
 
     c = _config(**{"tasks.speaker.lr": 3e-4, "tasks.speaker.epochs": 2, "train.lr": 1e-3,
                    "tasks.gender.epochs": None, "tasks.gender.head_init": None,
@@ -231,7 +241,7 @@ def test_a_task_can_have_its_own_lr_and_epochs():
 
 
 def test_a_task_can_have_its_own_seeds(tmp_path, monkeypatch):
-    from cltm.train.stage import plan
+    from cltm.train.runner import plan
 
     c = _config(**{"tasks.gender.seeds": [0, 1, 2, 3], "train.seeds": [0, 1]})
     assert c.seeds_of("gender") == [0, 1, 2, 3] and c.seeds_of("speaker") == [0, 1]

@@ -16,6 +16,8 @@ from cltm.analysis.cltm import compute_cltm
 from cltm.analysis.diagnostics import diagnostics
 from cltm.cli import main
 from cltm.errors import CltmError
+from cltm.stages.compare import default_labels, run_compare
+from tests.conftest import analysis_config
 from tests.test_stats import FAMILIES, LANGS, _seed_table, make_runs, write_store
 
 GAINS = np.linspace(0.2, 0.3, 6)
@@ -144,7 +146,8 @@ def test_languages_in_one_result_are_named_and_left_out(tmp_path):
     runs_a = make_runs(rng, LANGS[:5], GAINS[:5], seeds=6)
     runs_b = make_runs(rng, LANGS[1:], GAINS[1:], np.outer(GAINS[1:], np.full(5, 0.5)), seeds=6)
     a, b = write_store(tmp_path / "a", runs_a), write_store(tmp_path / "b", runs_b)
-    summary = cp.run_compare(a, b, tmp_path / "out", families=FAMILIES, bootstrap=100)
+    summary = run_compare(a, b, tmp_path / "out", (None, None), FAMILIES,
+                          analysis_config(bootstrap=100))
     common = LANGS[1:5]
     assert summary["common_languages"] == common
     assert summary["only_in_a"] == ["l0"] and summary["only_in_b"] == ["l5"]
@@ -170,10 +173,10 @@ def test_languages_in_one_result_are_named_and_left_out(tmp_path):
         assert row.a == pytest.approx(full_a.at[row.target, row.donor], abs=1e-12)
 
     # Default labels: the shortest ends of the two paths that tell the stores apart.
-    assert cp._default_labels([tmp_path / "a" / "gender", tmp_path / "b" / "gender"]) == (
+    assert default_labels([tmp_path / "a" / "gender", tmp_path / "b" / "gender"]) == (
         "a/gender", "b/gender")
-    assert cp._default_labels([a / "runs.jsonl", b]) == ("a", "b")
-    assert cp._default_labels([a, a]) == ("A", "B")
+    assert default_labels([a / "runs.jsonl", b]) == ("a", "b")
+    assert default_labels([a, a]) == ("A", "B")
     with pytest.raises(CltmError, match="share 1 language"):
         cp.compare_runs(runs_a, make_runs(rng, ["l0", "zz"], GAINS[:2], seeds=4))
 
@@ -194,7 +197,7 @@ def test_cli_writes_the_files_and_names_a_missing_store(tmp_path, monkeypatch, c
     assert main(["--params", str(params), "compare", str(gender), str(speaker), "--out",
                  "metrics/compare"]) == 0
     out = tmp_path / "metrics" / "compare"
-    for name in cp.OUTPUT_FILES:
+    for name in (cp.MARKDOWN_FILE, cp.JSON_FILE, cp.CELLS_FILE, cp.HEATMAP_FILE):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     assert (out / cp.HEATMAP_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = json.loads((out / cp.JSON_FILE).read_text())
@@ -221,7 +224,7 @@ def test_cli_writes_the_files_and_names_a_missing_store(tmp_path, monkeypatch, c
     assert err.startswith("cltm: error:") and str(missing) in err and err.count("\n") == 1
     assert not (tmp_path / "x").exists()
     with pytest.raises(CltmError, match=str(missing)):
-        cp.run_compare(missing, speaker, tmp_path / "y")
+        run_compare(missing, speaker, tmp_path / "y", (None, None), None, analysis_config())
 
 
 def test_no_bootstrap_gives_points_only(tmp_path):

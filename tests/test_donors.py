@@ -11,13 +11,14 @@ import pandas as pd
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
+from cltm import layout
 from cltm.analysis import donors as dn
 from cltm.analysis import stats as st
 from cltm.analysis import transfer_graph as tg
 from cltm.analysis.cltm import compute_cltm
-from cltm.analysis.transfer import TRANSFER_FILES, write_transfer
 from cltm.cli import main
-from tests.conftest import REPO
+from cltm.stages import cltm as cltm_stage
+from tests.conftest import REPO, analysis_config
 from tests.test_stats import make_runs, write_store
 
 #: 12 languages in 3 planted blocks of 4: a donor of the target's own block transfers 0.9 of
@@ -25,6 +26,16 @@ from tests.test_stats import make_runs, write_store
 BLOCK_LANGS = [f"b{k:02d}" for k in range(12)]
 BLOCKS = np.arange(12) // 4
 BLOCK_FAMILIES = {loc: "XYZ"[b] for loc, b in zip(BLOCK_LANGS, BLOCKS)}
+
+TRANSFER_FILES = (layout.DONORS_FILE, layout.PROFILES_FILE, layout.GRAPH_FILE,
+                  layout.COCLUSTERING_FILE, "donors.png", "profiles.png", "coclustering.png",
+                  "transfer_map.png")
+
+
+def write_transfer(runs, result, tests, families, out, task: str, **overrides) -> dict:
+    return cltm_stage.write_transfer(runs, result, tests, families, out, task,
+                                     analysis_config(**overrides))
+
 
 
 def block_runs(seed: int = 0, seeds: int = 5) -> pd.DataFrame:

@@ -12,8 +12,10 @@ import pytest
 import yaml
 
 from cltm import cli, sources
+from cltm.analysis.headline import PAIR
 from cltm.config import load_config
-from cltm.train.stage import RESULT_MODULES
+from cltm.layout import CLTM_FILES, CONTRAST_READS, REPORT_READS
+from cltm.train.runner import RESULT_MODULES
 
 REPO = Path(__file__).resolve().parents[1]
 PIPELINES = {"root": REPO / "dvc.yaml", "calibration": REPO / "calibration" / "dvc.yaml"}
@@ -90,7 +92,7 @@ def test_the_run_hash_covers_the_code_the_grid_stage_lists():
     assert hashed <= _listed(grid)
     # and every file that runs a run: the worker, the recipes, the data it reads
     names = {p.name for p in hashed}
-    assert {"worker.py", "tasks.py", "model.py", "pack.py", "grid.py"} <= names
+    assert {"worker.py", "loop.py", "model.py", "pack.py", "grid.py"} <= names
 
 
 def test_the_dependency_check_notices_a_missing_module(tmp_path):
@@ -144,3 +146,23 @@ def test_every_shipped_config_is_complete(params, tmp_path):
         path.write_text(yaml.safe_dump(raw))
         config = load_config(path)
     assert config.data.languages
+
+
+def _paths(entries: list) -> list[str]:
+    """The paths of a deps/outs/metrics/plots list (entries are strings or {path: options})."""
+    return [e if isinstance(e, str) else next(iter(e)) for e in entries or []]
+
+
+def test_the_cltm_stage_declares_exactly_the_files_its_layout_names():
+    stage = yaml.safe_load(PIPELINES["root"].read_text())["stages"]["cltm"]["do"]
+    declared = [p for key in ("outs", "metrics", "plots") for p in _paths(stage.get(key))]
+    assert sorted(p.removeprefix("metrics/${key}/") for p in declared) == sorted(CLTM_FILES)
+
+
+def test_the_contrast_and_report_stages_declare_every_file_they_read():
+    stages = yaml.safe_load(PIPELINES["root"].read_text())["stages"]
+    tasks = yaml.safe_load((REPO / "params.yaml").read_text())["tasks"]
+    contrast = set(_paths(stages["contrast"]["deps"]))
+    assert {f"metrics/{t}/{f}" for t in PAIR for f in CONTRAST_READS} <= contrast
+    report = set(_paths(stages["report"]["deps"]))
+    assert {f"metrics/{t}/{f}" for t in tasks for f in REPORT_READS} <= report

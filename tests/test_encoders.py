@@ -9,7 +9,7 @@ import torch
 from transformers import AutoConfig, Wav2Vec2FeatureExtractor
 
 from cltm.errors import CltmError
-from cltm.train import tasks
+from cltm.train import loop
 from cltm.train.grid import RunSpec
 from cltm.train.model import load_encoder
 from cltm.train.worker import Worker
@@ -50,8 +50,8 @@ def test_a_padded_batch_gives_each_clip_what_it_gets_alone(name):
     waves = _waves()
     with torch.no_grad():
         for layers, stats in ((1, False), (4, True)):
-            batched = tasks.pooled(encoder, waves, CPU, True, last_layers=layers, stats=stats)
-            alone = torch.cat([tasks.pooled(encoder, [w], CPU, True, last_layers=layers,
+            batched = loop.pooled(encoder, waves, CPU, True, last_layers=layers, stats=stats)
+            alone = torch.cat([loop.pooled(encoder, [w], CPU, True, last_layers=layers,
                                             stats=stats) for w in waves])
             assert torch.allclose(batched, alone, atol=1e-4), (name, layers)
 
@@ -62,9 +62,9 @@ def test_a_padded_training_loss_is_the_mean_of_the_clips_losses(name):
     encoder.train()
     head = torch.nn.Linear(16, 2)
     waves, labels = _waves()[:3], torch.tensor([0, 1, 1])
-    loss = torch.nn.functional.cross_entropy(head(tasks.pooled(encoder, waves, CPU, True)),
+    loss = torch.nn.functional.cross_entropy(head(loop.pooled(encoder, waves, CPU, True)),
                                              labels)
-    singles = [torch.nn.functional.cross_entropy(head(tasks.pooled(encoder, [w], CPU, True)),
+    singles = [torch.nn.functional.cross_entropy(head(loop.pooled(encoder, [w], CPU, True)),
                                                  labels[i : i + 1]) for i, w in enumerate(waves)]
     assert loss.item() == pytest.approx(torch.stack(singles).mean().item(), abs=1e-4)
 
@@ -113,7 +113,7 @@ def test_the_run_hash_and_mlflow_params_carry_the_architecture(tmp_path):
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["pretrain"]["enabled"] = False
     raw["model"]["random_init"] = {**TINY_HUBERT, "model_type": "wavlm"}
-    from cltm.train.stage import settings_of
+    from cltm.train.runner import settings_of
 
     assert settings_of(config_from_dict(raw), "gender")["architecture"] == "wavlm"
     raw["model"]["random_init"] = {**TINY_HUBERT, "model_type": "whisper"}

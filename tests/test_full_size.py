@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from cltm.train import tasks
+from cltm.train import loop
 from cltm.train.grid import RunSpec
 from cltm.train.worker import Worker, WorkerSettings
 
@@ -27,7 +27,7 @@ def test_a_full_size_encoder_fine_tunes_scores_and_its_checkpoint_loads(tmp_path
     initial = HubertModel.from_pretrained(tmp_path / "mhubert").state_dict()
     assert sum(v.numel() for v in initial.values()) > 90e6  # about 95M parameters
 
-    train = tasks.TrainParams(lr=1e-5, weight_decay=0.0, grad_clip=1.0, epochs=1, batch_size=1,
+    train = loop.TrainParams(lr=1e-5, weight_decay=0.0, grad_clip=1.0, epochs=1, batch_size=1,
                               precision="fp32", encoder="finetune")
     worker = Worker(WorkerSettings(
         task="gender", subsets_dir=str(synthetic_subsets["gender"]),

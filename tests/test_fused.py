@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from cltm.train import fused, tasks
+from cltm.train import fused, loop
 from cltm.train.fused import FusedEncoder, FusedTrainer, RunData, plain_parameters
 from cltm.train.model import load_encoder
 from tests.conftest import TINY_HUBERT
@@ -31,7 +31,7 @@ FRONT_ENDS = {
                               "do_stable_layer_norm": True},
     "wav2vec2-layer": {"model_type": "wav2vec2", "feat_extract_norm": "layer"},
 }
-PARAMS = tasks.TrainParams(lr=1e-3, weight_decay=0.01, grad_clip=1.0, epochs=1, batch_size=1,
+PARAMS = loop.TrainParams(lr=1e-3, weight_decay=0.01, grad_clip=1.0, epochs=1, batch_size=1,
                            precision="fp32", head_lr_scale=3.0)
 TOL = {"atol": 1e-5, "rtol": 1e-5}
 
@@ -93,7 +93,7 @@ def test_k1_training_equals_torch_adamw_and_clipping(front):
     model.train()
     plain_losses = []
     for idx in fused.run_orders([run], 1, 1)[0]:
-        feats = tasks.pooled(model, [run.waves[i] for i in idx], CPU, True)
+        feats = loop.pooled(model, [run.waves[i] for i in idx], CPU, True)
         loss = nn.functional.cross_entropy(head(feats), run.labels[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -309,7 +309,7 @@ def _grid_at(root, monkeypatch, fuse):
     import yaml
 
     from cltm.config import load_config
-    from cltm.train.stage import run_grid
+    from cltm.train.runner import run_grid
 
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["train"]["fuse"] = fuse

@@ -16,7 +16,7 @@ import yaml
 
 from cltm.config import load_config
 from cltm.train import executors
-from cltm.train.stage import pending, worker_settings
+from cltm.train.runner import pending, worker_settings
 from tests.conftest import TINY_HUBERT, write_synthetic_subsets
 
 REPO = Path(__file__).resolve().parents[1]
@@ -165,7 +165,7 @@ def test_tracker_finds_the_stored_runs_that_mlflow_lacks(tmp_path, monkeypatch):
 
 
 def test_plan_counts_runs_done_and_left(uninterrupted, monkeypatch):
-    from cltm.train.stage import plan
+    from cltm.train.runner import plan
 
     monkeypatch.chdir(uninterrupted)
     gender = next(r for r in plan(load_config("params.yaml"), *ROOTS) if r["task"] == "gender")
@@ -268,7 +268,7 @@ def test_ray_grid_spreads_over_nodes_and_survives_losing_one(uninterrupted, tmp_
     ray = pytest.importorskip("ray")
     from ray.cluster_utils import Cluster
 
-    from cltm.train.stage import run_grid
+    from cltm.train.runner import run_grid
 
     root = make_project(tmp_path)
     params = yaml.safe_load((root / "params.yaml").read_text())
@@ -327,7 +327,7 @@ def test_ray_grid_spreads_over_nodes_and_survives_losing_one(uninterrupted, tmp_
 
 def _some_jobs(config):
     from cltm.train.grid import Fingerprints, grid_specs
-    from cltm.train.stage import settings_of
+    from cltm.train.runner import settings_of
 
     fp = Fingerprints(Path("data/subsets/gender"), settings_of(config, "gender"))
     specs = grid_specs("gender", ["aa", "bb"], [7])

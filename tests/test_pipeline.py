@@ -9,7 +9,7 @@ import yaml
 
 from cltm.cli import main
 from cltm.data.pack import PackedAudio
-from tests.conftest import copy_pipeline, run_cmd, stages_run
+from tests.conftest import copy_pipeline, lock_stages, run_cmd, run_hermetic, stages_run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -141,6 +141,19 @@ def test_geometry_and_gaps_stages_write_their_metrics(repo):
     report = (repo / "metrics" / "report.md").read_text()
     assert "Performance and linguistic gaps" in report and "Embedding geometry" in report
     assert "Choosing N" in report
+
+
+@pytest.mark.slow
+def test_every_stage_runs_from_its_declared_deps_alone(repo):
+    """Each stage, run in a fresh folder holding only what dvc.yaml declares for it (its deps,
+    params.yaml and the corpus root, an immutable release), succeeds and writes every out."""
+    corpus = yaml.safe_load((repo / "params.yaml").read_text())["data"]["commonvoice"]["root"]
+    failed = {}
+    for stage in lock_stages(repo):
+        code, output, missing = run_hermetic(repo, repo, [corpus], stage)
+        if code or missing:
+            failed[stage] = f"exit {code}, outs not written: {missing}\n{output[-1500:]}"
+    assert not failed, "\n\n".join(f"{s}: {why}" for s, why in failed.items())
 
 
 @pytest.mark.slow

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from cltm.config import PretrainConfig
 from cltm.train.model import load_encoder
-from cltm.train.pretrain import HOP, WIN, PretrainSettings, cluster_targets, mfcc, pretrain
+from cltm.train.pretrain import HOP, WIN, cluster_targets, mfcc, pretrain
 from tests.conftest import TINY_HUBERT
 
 
@@ -40,8 +41,8 @@ def test_cluster_targets_cover_every_frame():
 
 
 def test_pretraining_lowers_the_loss_and_saves_a_loadable_model(tmp_path):
-    settings = PretrainSettings(architecture=TINY_HUBERT, clusters=8, epochs=6,
-                                crop_seconds=1.0, batch_size=4, lr=2e-3, threads=1)
+    settings = PretrainConfig(enabled=True, architecture=TINY_HUBERT, clusters=8, epochs=6,
+                              crop_seconds=1.0, batch_size=4, lr=2e-3, seed=0, threads=1)
     model, losses = pretrain(_waves(), settings, progress=False)
     assert losses[-1] < losses[0] - 0.1
     _, losses_again = pretrain(_waves(), settings, progress=False)
@@ -57,9 +58,10 @@ def test_pretraining_lowers_the_loss_and_saves_a_loadable_model(tmp_path):
 @pytest.mark.parametrize("model_type", ["wav2vec2", "wavlm", "data2vec-audio"])
 def test_another_encoder_family_pretrains_the_same_way(tmp_path, model_type):
     """pretrain.architecture.model_type: the same masked prediction of the same units."""
-    settings = PretrainSettings(architecture={**TINY_HUBERT, "model_type": model_type},
-                                clusters=8, epochs=6, crop_seconds=1.0, batch_size=4, lr=2e-3,
-                                threads=1)
+    settings = PretrainConfig(enabled=True,
+                              architecture={**TINY_HUBERT, "model_type": model_type},
+                              clusters=8, epochs=6, crop_seconds=1.0, batch_size=4, lr=2e-3,
+                              seed=0, threads=1)
     model, losses = pretrain(_waves(), settings, progress=False)
     assert model.config.model_type == model_type
     assert losses[-1] < losses[0] - 0.1

@@ -13,20 +13,23 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from cltm.analysis import report as report_mod
-from cltm.analysis import stage
+from cltm import layout
 from cltm.analysis import stats as st
 from cltm.analysis.cltm import compute_cltm, shared_seeds
-from cltm.analysis.contrast import CONTRAST_FILE, run_contrast
 from cltm.analysis.diagnostics import KEYS, diagnostics
 from cltm.analysis.plots import plot_heatmap, plot_highlight
-from cltm.analysis.report import run_report
-from cltm.analysis.stage import run_cltm, run_diagnostics
 from cltm.errors import CltmError
+from cltm.stages import report as report_mod
+from cltm.stages.contrast import CONTRAST_FILE, run_contrast
+from cltm.stages.diagnostics import run_diagnostics
+from cltm.stages.report import run_report
+from tests.conftest import run_cltm
 
 LANGS = ["l0", "l1", "l2", "l3", "l4", "l5"]
 #: Two planted families, alternating, so that every language has same-family partners.
 FAMILIES = {loc: "AB"[k % 2] for k, loc in enumerate(LANGS)}
+
+STATS_FILES = (layout.SIGNIFICANCE_FILE, layout.CI_FILE, layout.FAMILY_FILE, layout.INFO_FILE)
 
 
 def make_runs(rng: np.random.Generator, langs: list[str], gains: np.ndarray,
@@ -163,10 +166,10 @@ def test_seeds_that_differ_between_cells_are_not_paired(store, tmp_path):
             math.sqrt(base.var() / 3 + self_.var() / 3))
     run_cltm("gender", write_store(tmp_path / "runs", runs), tmp_path / "out", bootstrap=20,
              permutations=10)
-    info = json.loads((tmp_path / "out" / stage.INFO_FILE).read_text())
+    info = json.loads((tmp_path / "out" / layout.INFO_FILE).read_text())
     assert info["seed_design"] == "independent seeds"
     run_cltm("gender", store, tmp_path / "paired", bootstrap=20, permutations=10)
-    info = json.loads((tmp_path / "paired" / stage.INFO_FILE).read_text())
+    info = json.loads((tmp_path / "paired" / layout.INFO_FILE).read_text())
     assert info["seed_design"] == "paired by seed" and info["seeds_per_cell"] == 4
 
 
@@ -477,7 +480,7 @@ def test_stage_writes_stats_and_keeps_diagnostics(store, tmp_path):
     assert diag == plain
     assert (on / "diagnostics.json").read_bytes() == (off / "diagnostics.json").read_bytes()
     assert list(json.loads((on / "diagnostics.json").read_text())) == list(KEYS)
-    for name in stage.STATS_FILES:
+    for name in STATS_FILES:
         assert (on / name).is_file() and (off / name).is_file(), name
 
     tests = pd.read_csv(on / "cltm_significance.csv")
@@ -502,7 +505,7 @@ def test_same_seed_same_files(store, tmp_path):
     for name, seed in (("a", 3), ("b", 3), ("c", 4)):
         run_cltm("gender", store, tmp_path / name, bootstrap=100, permutations=100,
                  stats_seed=seed, families_csv=_families_csv(tmp_path))
-        outs.append({f: (tmp_path / name / f).read_bytes() for f in stage.STATS_FILES})
+        outs.append({f: (tmp_path / name / f).read_bytes() for f in STATS_FILES})
     assert outs[0] == outs[1]
     assert outs[0]["diagnostics_ci.json"] != outs[2]["diagnostics_ci.json"]
     assert outs[0]["cltm_significance.csv"] == outs[2]["cltm_significance.csv"]  # no randomness

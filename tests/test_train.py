@@ -12,14 +12,14 @@ import torch
 from sklearn.metrics import f1_score, roc_auc_score
 
 from cltm.errors import CltmError
-from cltm.train import tasks
+from cltm.train import loop
 from cltm.train.grid import Fingerprints, RunSpec, grid_specs, training_clips
 from cltm.train.model import MaskedGroupNorm, load_encoder
 from cltm.train.store import RunStore
 from cltm.train.worker import Worker, WorkerSettings
 from tests.conftest import TINY_HUBERT
 
-PARAMS = tasks.TrainParams(lr=1e-3, weight_decay=0.0, grad_clip=1.0, epochs=1, batch_size=1,
+PARAMS = loop.TrainParams(lr=1e-3, weight_decay=0.0, grad_clip=1.0, epochs=1, batch_size=1,
                            precision="fp32")
 
 
@@ -46,7 +46,7 @@ def test_auc_and_eer_match_independent_computations():
     rng = np.random.default_rng(1)
     labels = np.r_[np.ones(400), np.zeros(400)].astype(int)
     scores = np.r_[rng.normal(1.0, 1.0, 400), rng.normal(0.0, 1.0, 400)]
-    auc, eer = tasks.auc_eer(scores, labels)
+    auc, eer = loop.auc_eer(scores, labels)
     assert auc == pytest.approx(roc_auc_score(labels, scores))
     assert eer == pytest.approx(_eer_brute_force(scores, labels), abs=0.005)
     # two Gaussians one SD apart: EER = Φ(-0.5) ≈ 0.3085
@@ -55,17 +55,17 @@ def test_auc_and_eer_match_independent_computations():
 
 def test_eer_of_separable_and_inverted_scores():
     labels = np.array([0, 0, 0, 1, 1, 1])
-    assert tasks.auc_eer(np.array([0.1, 0.2, 0.3, 0.7, 0.8, 0.9]), labels) == (1.0, 0.0)
-    auc, eer = tasks.auc_eer(np.array([0.9, 0.8, 0.7, 0.3, 0.2, 0.1]), labels)
+    assert loop.auc_eer(np.array([0.1, 0.2, 0.3, 0.7, 0.8, 0.9]), labels) == (1.0, 0.0)
+    auc, eer = loop.auc_eer(np.array([0.9, 0.8, 0.7, 0.3, 0.2, 0.1]), labels)
     assert auc == 0.0 and eer == pytest.approx(1.0)
 
 
 def test_macro_f1_matches_sklearn():
     y = [0, 0, 1, 1, 1, 0, 1]
     p = [0, 1, 1, 1, 0, 0, 1]
-    assert tasks.macro_f1(y, p) == pytest.approx(f1_score(y, p, average="macro"))
+    assert loop.macro_f1(y, p) == pytest.approx(f1_score(y, p, average="macro"))
     # one class never predicted: its F1 is 0, not an error
-    assert tasks.macro_f1([0, 1, 1], [1, 1, 1]) == pytest.approx(0.4)
+    assert loop.macro_f1([0, 1, 1], [1, 1, 1]) == pytest.approx(0.4)
 
 
 # --- padding-exact batching --------------------------------------------------------------------
@@ -78,8 +78,8 @@ def test_padded_batches_equal_one_by_one():
     cpu = torch.device("cpu")
     with torch.no_grad():
         for layers in (1, 3):
-            batched = tasks.pooled(encoder, waves, cpu, True, last_layers=layers)
-            alone = torch.cat([tasks.pooled(encoder, [w], cpu, True, last_layers=layers)
+            batched = loop.pooled(encoder, waves, cpu, True, last_layers=layers)
+            alone = torch.cat([loop.pooled(encoder, [w], cpu, True, last_layers=layers)
                                for w in waves])
             assert torch.allclose(batched, alone, atol=1e-4)
 
@@ -113,9 +113,9 @@ def test_training_loss_with_padding_equals_one_by_one():
     waves = [torch.randn(n, generator=gen) for n in (16_000, 11_000, 7_000)]
     labels = torch.tensor([0, 1, 1])
     cpu = torch.device("cpu")
-    loss = torch.nn.functional.cross_entropy(head(tasks.pooled(encoder, waves, cpu, True)),
+    loss = torch.nn.functional.cross_entropy(head(loop.pooled(encoder, waves, cpu, True)),
                                              labels)
-    singles = [torch.nn.functional.cross_entropy(head(tasks.pooled(encoder, [w], cpu, True)),
+    singles = [torch.nn.functional.cross_entropy(head(loop.pooled(encoder, [w], cpu, True)),
                                                  labels[i : i + 1]) for i, w in enumerate(waves)]
     assert loss.item() == pytest.approx(torch.stack(singles).mean().item(), abs=1e-4)
 
@@ -229,17 +229,17 @@ def test_missing_local_model_dir_says_how_to_get_it(tmp_path):
 
 def test_zero_head_starts_every_run_alike_and_leaves_the_seed_stream_where_random_does():
     torch.manual_seed(3)
-    random_head = tasks.new_head(16, 4, "random", torch.device("cpu"))
+    random_head = loop.new_head(16, 4, "random", torch.device("cpu"))
     after_random = torch.rand(1)
     torch.manual_seed(3)
-    zero_head = tasks.new_head(16, 4, "zero", torch.device("cpu"))
+    zero_head = loop.new_head(16, 4, "zero", torch.device("cpu"))
     after_zero = torch.rand(1)
     assert random_head.weight.abs().sum() > 0
     assert not zero_head.weight.any() and not zero_head.bias.any()
     # dropout and LayerDrop draw the same masks under either init
     assert torch.equal(after_random, after_zero)
     with pytest.raises(ValueError, match=r"random \| zero"):
-        tasks.new_head(16, 4, "xavier", torch.device("cpu"))
+        loop.new_head(16, 4, "xavier", torch.device("cpu"))
 
 
 def test_head_lr_scale_moves_the_head_that_many_times_faster():
@@ -247,13 +247,13 @@ def test_head_lr_scale_moves_the_head_that_many_times_faster():
     the head's by lr·head_lr_scale, the encoder's by lr."""
     encoder, _ = load_encoder("unused", {**TINY_HUBERT, "layerdrop": 0.0,
                                          "mask_time_prob": 0.0})
-    head = tasks.new_head(16, 2, "random", torch.device("cpu"))
+    head = loop.new_head(16, 2, "random", torch.device("cpu"))
     before_head = head.weight.detach().clone()
     before_enc = encoder.encoder.layers[0].feed_forward.output_dense.weight.detach().clone()
     gen = torch.Generator().manual_seed(0)
     waves = [torch.randn(8000, generator=gen)]
     params = replace(PARAMS, lr=1e-4, head_lr_scale=20.0, grad_clip=1e9)
-    tasks.train(encoder, head, waves, torch.tensor([1]), params, seed=0,
+    loop.train(encoder, head, waves, torch.tensor([1]), params, seed=0,
                 device=torch.device("cpu"), do_normalize=True)
     head_step = (head.weight - before_head).abs().max().item()
     enc_step = (encoder.encoder.layers[0].feed_forward.output_dense.weight
@@ -302,14 +302,14 @@ def test_frozen_head_standardises_by_the_training_clips():
     features = 5.0 + 3.0 * torch.randn(40, 6, generator=gen)
     features[:, 2] = 1.0  # constant over the training clips: its scale is floored, not 0
     torch.manual_seed(0)
-    head = tasks.FrozenHead(features, 3, project=False, init="zero")
+    head = loop.FrozenHead(features, 3, project=False, init="zero")
     z = head.embed(features)
     assert torch.allclose(z.mean(0), torch.zeros(6), atol=1e-5)
     kept = [0, 1, 3, 4, 5]
     assert torch.allclose(z[:, kept].std(0, unbiased=False), torch.ones(5), atol=1e-4)
     assert torch.isfinite(z).all() and not z[:, 2].any()
     assert not head(features).any()  # a zero classifier
-    projected = tasks.FrozenHead(features, 3, project=True, init="zero")
+    projected = loop.FrozenHead(features, 3, project=True, init="zero")
     assert projected.embed(features).shape == (40, 6)
     assert not torch.allclose(projected.embed(features), z)  # a random projection
 
@@ -322,8 +322,8 @@ def test_frozen_training_fits_separable_classes_and_is_deterministic():
     losses = {}
     for run in range(2):
         torch.manual_seed(5)
-        head = tasks.FrozenHead(features, 4, project=True, init="random")
-        losses[run] = tasks.train_frozen(head, features, labels, FROZEN)
+        head = loop.FrozenHead(features, 4, project=True, init="random")
+        losses[run] = loop.train_frozen(head, features, labels, FROZEN)
     assert len(losses[0]) == FROZEN.epochs and losses[0] == losses[1]
     assert losses[0][-1] < 0.1 * losses[0][0]
     assert (head(features).argmax(-1) == labels).all()
@@ -338,8 +338,8 @@ def test_frozen_runs_leave_the_encoder_and_compute_each_clip_once(frozen_workers
     w = frozen_workers["speaker"]
     before = {k: v.clone() for k, v in w.encoder.state_dict().items()}
     calls: list[int] = []
-    embed = tasks.embed
-    monkeypatch.setattr(tasks, "embed", lambda enc, waves, *a, **k: calls.append(len(waves))
+    embed = loop.embed
+    monkeypatch.setattr(loop, "embed", lambda enc, waves, *a, **k: calls.append(len(waves))
                         or embed(enc, waves, *a, **k))
     w.features.clear()
     first = w.run(RunSpec("speaker", "aa", "self", "aa", 0), "h")
@@ -361,13 +361,13 @@ def test_frozen_speaker_embedding_is_the_trained_projection(frozen_workers):
     w = frozen_workers["speaker"]
     spec = RunSpec("speaker", "bb", "self", "bb", 2)
     record = w.run(spec, "h")
-    tasks.seed_everything(spec.seed)
+    loop.seed_everything(spec.seed)
     rows = training_clips(w.manifest, spec)
     classes = sorted(rows["speaker"].unique())
     labels = torch.tensor([classes.index(s) for s in rows["speaker"]])
     features = w._features(rows["clip"])
-    head = tasks.FrozenHead(features, len(classes), project=True, init=FROZEN.head_init)
-    tasks.train_frozen(head, features, labels, FROZEN)
+    head = loop.FrozenHead(features, len(classes), project=True, init=FROZEN.head_init)
+    loop.train_frozen(head, features, labels, FROZEN)
     m = w.manifest
     ev = m[(m["language"] == "bb") & (m["role"] == "eval")]
     with torch.no_grad():
@@ -392,7 +392,7 @@ def test_the_demo_gender_recipe_learns_in_every_seed(synthetic_subsets):
     from pathlib import Path
 
     from cltm.config import load_config
-    from cltm.train.stage import train_params
+    from cltm.train.runner import train_params
 
     recipe = train_params(load_config(Path(__file__).parents[1] / "params.yaml"), "gender")
     w = Worker(settings("gender", synthetic_subsets, train=recipe))

@@ -6,10 +6,7 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import logging
-import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -21,117 +18,62 @@ from cltm.layout import FAMILIES, TASKS
 log = logging.getLogger("cltm")
 
 
-def _demo_corpus(args: argparse.Namespace, config: Config) -> None:
-    from cltm.data import demo
+def _progress(args: argparse.Namespace) -> bool:
+    return not args.no_progress
 
-    out = Path(args.out)
-    if out.exists():
-        shutil.rmtree(out)
-    if config.data.source != "demo":
-        # The stage exists in every pipeline; with a real release it only leaves a note, so that
-        # `dvc repro` spends no minutes generating a corpus nobody reads.
-        out.mkdir(parents=True)
-        (out / "README.txt").write_text(
-            "Not generated: data.source is 'commonvoice', so the pipeline reads "
-            f"{config.data.commonvoice.root}.\n")
-        log.info("data.source is commonvoice: demo corpus skipped")
-        return
-    # demo.* are DemoSpec's fields by name, but for null_control (a key that says what it is)
-    settings = dataclasses.asdict(config.demo)
-    spec = demo.DemoSpec(languages=tuple(config.data.languages),
-                         null=settings.pop("null_control"), **settings)
-    demo.write_demo_corpus(out, spec, workers=config.data.workers, progress=not args.no_progress)
-    log.info("demo corpus written to %s", out)
+
+def _demo_corpus(args: argparse.Namespace, config: Config) -> None:
+    from cltm.stages import demo_corpus
+
+    demo_corpus.run(config, Path(args.out), _progress(args))
 
 
 def _metadata(args: argparse.Namespace, config: Config) -> None:
-    from cltm.data import commonvoice
+    from cltm.stages import metadata
 
-    for locale in args.locale or config.data.languages:
-        path = commonvoice.write_metadata(Path(args.root), locale, Path(args.out))
-        log.info("%s: metadata table written to %s", locale, path)
+    metadata.run(Path(args.root), args.locale or config.data.languages, Path(args.out))
 
 
 def _pretrain(args: argparse.Namespace, config: Config) -> None:
-    p = config.pretrain
-    out, metrics = Path(args.out), Path(args.metrics)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    metrics.parent.mkdir(parents=True, exist_ok=True)
-    if not p.enabled:
-        (out / "README.txt").write_text(
-            f"Not pretrained: pretrain.enabled is false; fine-tuning loads "
-            f"{config.model.name_or_path}.\n")
-        metrics.write_text('{"enabled": false}\n')
-        log.info("pretrain.enabled is false: nothing to pretrain")
-        return
-    if Path(config.model.name_or_path).resolve() != out.resolve():
-        raise CltmError(f"pretrain.enabled is true but model.name_or_path "
-                        f"({config.model.name_or_path}) is not the pretrained encoder {out}: "
-                        f"set model.name_or_path: {args.out}, or pretrain.enabled: false")
-    from cltm.train.pretrain import PretrainSettings, run_pretrain
+    from cltm.stages import pretrain
 
-    settings = PretrainSettings(
-        architecture=p.architecture, clusters=p.clusters, epochs=p.epochs,
-        crop_seconds=p.crop_seconds, batch_size=p.batch_size, lr=p.lr, seed=p.seed,
-        threads=p.threads)
-    summary = run_pretrain(Path(args.corpus), Path(args.metadata), config.data.languages, out,
-                           settings, workers=config.data.workers,
-                           progress=not args.no_progress)
-    metrics.write_text(json.dumps(
-        {"enabled": True, **{k: v for k, v in summary.items() if k != "loss_per_epoch"}},
-        indent=2) + "\n")
+    pretrain.run(config, Path(args.corpus), Path(args.metadata), Path(args.out),
+                 Path(args.metrics), _progress(args))
 
 
 def _subsets(args: argparse.Namespace, config: Config) -> None:
-    from cltm.data.build import build_subsets
+    from cltm.stages import subsets
 
-    build_subsets(config, args.task, Path(args.out), Path(args.metadata),
-                  curve_choice=Path(args.curve) if args.curve else None,
-                  progress=not args.no_progress)
+    subsets.run(config, args.task, Path(args.metadata), Path(args.curve) if args.curve else None,
+                Path(args.out), _progress(args))
 
 
 def _grid(args: argparse.Namespace, config: Config) -> None:
-    from cltm.train.stage import run_grid
+    from cltm.stages import grid
 
-    run_grid(config, args.task, Path(args.subsets), Path(args.runs), Path(args.models),
-             progress=not args.no_progress)
+    grid.run(config, args.task, Path(args.subsets), Path(args.runs), Path(args.models),
+             _progress(args))
 
 
 def _curve(args: argparse.Namespace, config: Config) -> None:
-    from cltm.analysis.beyond import curve_disabled, run_curve_analysis
+    from cltm.stages import curve
 
-    task, data, runs, metrics = args.task, Path(args.data), Path(args.runs), Path(args.metrics)
-    if not config.curve.enabled:
-        # The stage exists in every pipeline (subsets reads its choice); off, it only
-        # leaves notes. The run store is kept: turning the curve on again resumes it.
-        for d in (data, runs):
-            d.mkdir(parents=True, exist_ok=True)
-            (d / "README.txt").write_text("curve.enabled is false: no learning curve.\n")
-        curve_disabled(task, metrics)
-        log.info("curve.enabled is false: no %s learning curve", task)
-        return
-    from cltm.data.build import build_curve_subsets
-    from cltm.train.stage import run_curve
-
-    (data / "README.txt").unlink(missing_ok=True)
-    build_curve_subsets(config, task, data, Path(args.metadata), progress=not args.no_progress)
-    run_curve(config, task, data, runs, progress=not args.no_progress)
-    run_curve_analysis(config, task, runs, metrics)
+    curve.run(config, args.task, Path(args.metadata), Path(args.data), Path(args.runs),
+              Path(args.out), Path(args.json), _progress(args))
 
 
 def _geometry(args: argparse.Namespace, config: Config) -> None:
-    from cltm.analysis.beyond import run_geometry
+    from cltm.stages import geometry
 
-    run_geometry(config, Path(args.runs), metrics_dir=Path(args.metrics))
+    geometry.run("speaker", Path(args.runs), Path(args.cltm), Path(args.out), Path(args.json),
+                 config.analysis)
 
 
 def _gaps(args: argparse.Namespace, config: Config) -> None:
-    from cltm.analysis.beyond import run_gaps
+    from cltm.stages import gaps
 
-    run_gaps(config, args.task, Path(args.runs), families=_families(config, args.corpus),
-             metrics_dir=Path(args.metrics))
+    gaps.run(args.task, Path(args.runs), Path(args.cltm), Path(args.out), Path(args.json),
+             _families(config, args.corpus), config.analysis)
 
 
 def _families_csv(config: Config, corpus: str | None) -> Path | None:
@@ -149,7 +91,7 @@ def _families(config: Config, corpus: str | None) -> dict[str, str]:
 
 
 def _plan(args: argparse.Namespace, config: Config) -> None:
-    from cltm.train.stage import plan
+    from cltm.train.runner import plan
 
     for row in plan(config, Path(args.subsets), Path(args.runs)):
         left = "?" if row["left"] is None else row["left"]
@@ -161,36 +103,24 @@ def _plan(args: argparse.Namespace, config: Config) -> None:
 
 
 def _cltm(args: argparse.Namespace, config: Config) -> None:
-    from cltm.analysis.stage import run_cltm
+    from cltm.stages import cltm
 
-    a = config.analysis
-    run_cltm(
-        args.task, Path(args.runs), Path(args.out),
-        family_level=a.family_level, highlight=a.highlight_languages,
-        families_csv=_families_csv(config, args.corpus),
-        fdr=a.fdr, bootstrap=a.bootstrap, ci_level=a.ci_level,
-        permutations=a.permutations, stats_seed=a.stats_seed, pair_seeds=a.pair_seeds,
-        top_k=a.top_k,
-    )
+    cltm.run_cltm(args.task, Path(args.runs), Path(args.out), config.analysis,
+                  _families_csv(config, args.corpus))
 
 
 def _compare(args: argparse.Namespace, config: Config) -> None:
-    from cltm.analysis.compare import run_compare
+    from cltm.stages.compare import run_compare
 
-    a = config.analysis
-    run_compare(Path(args.a), Path(args.b), Path(args.out), labels=(args.label_a, args.label_b),
-                families=_families(config, args.corpus), fdr=a.fdr, bootstrap=a.bootstrap,
-                ci_level=a.ci_level, stats_seed=a.stats_seed, pair_seeds=a.pair_seeds)
+    run_compare(Path(args.a), Path(args.b), Path(args.out), (args.label_a, args.label_b),
+                _families(config, args.corpus), config.analysis)
 
 
 def _donors(args: argparse.Namespace, config: Config) -> None:
-    from cltm.analysis.donors import run_donors
+    from cltm.stages.donors import run_donors
 
-    a = config.analysis
-    print(run_donors(args.target, Path(args.matrix or args.runs), task=args.task,
-                     families=_families(config, args.corpus),
-                     fdr=a.fdr, bootstrap=a.bootstrap, ci_level=a.ci_level, top_k=a.top_k,
-                     stats_seed=a.stats_seed, pair_seeds=a.pair_seeds))
+    print(run_donors(args.target, Path(args.matrix or args.runs), args.task,
+                     _families(config, args.corpus), config.analysis))
 
 
 COMPARE_EPILOG = """\
@@ -204,7 +134,7 @@ stats_seed and pair_seeds of --params."""
 
 
 def _report(args: argparse.Namespace, config: Config) -> None:
-    from cltm.analysis.report import run_report
+    from cltm.stages.report import run_report
 
     demo = config.data.source == "demo"
     run_report(Path(args.metrics), Path(args.out), null_control=demo and config.demo.null_control,
@@ -213,62 +143,37 @@ def _report(args: argparse.Namespace, config: Config) -> None:
 
 
 def _contrast(args: argparse.Namespace, config: Config) -> None:
-    from cltm.analysis.contrast import run_contrast
+    from cltm.stages.contrast import run_contrast
 
     run_contrast(Path(args.metrics), Path(args.runs), Path(args.out), Path(args.figure))
 
 
 def _calibration_params(args: argparse.Namespace, config: Config) -> None:
-    import yaml
+    from cltm.stages import calibration
 
-    from cltm.config import load_calibration, variant_params
-
-    raw = yaml.safe_load(Path(args.params).read_text())
-    params = variant_params(raw, load_calibration(args.calibration), args.variant,
-                            corpus=args.corpus, encoder=args.encoder)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(yaml.safe_dump(params, sort_keys=False))
+    calibration.write_params(Path(args.params), Path(args.calibration), args.variant,
+                             corpus=args.corpus, encoder=args.encoder, out=Path(args.out))
 
 
 def _calibration_summary(args: argparse.Namespace, config: Config) -> None:
-    from cltm.analysis.calibration import variant_summary
-    from cltm.config import load_calibration, variant_strength
+    from cltm.stages import calibration
 
-    cal = load_calibration(args.calibration)
-    v = cal.variants[args.variant]
-    summary = variant_summary(
-        Path(args.metrics), Path(args.runs), _families_csv(config, args.corpus), args.variant,
-        strength=variant_strength(cal, args.variant, config.demo.family_trait_strength),
-        held_out=v.held_out, exchangeable=v.exchangeable)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(summary, indent=2) + "\n")
+    calibration.write_summary(config, Path(args.calibration), args.variant,
+                              metrics=Path(args.metrics), runs=Path(args.runs),
+                              families_csv=_families_csv(config, args.corpus),
+                              out=Path(args.out))
 
 
 def _calibration_report(args: argparse.Namespace, config: Config) -> None:
-    from cltm.analysis.calibration import dose_growth, summarize
-    from cltm.config import load_calibration
+    from cltm.stages import calibration
 
-    cal = load_calibration(args.calibration)
-    summaries, runs = Path(args.summaries), Path(args.runs)
-    missing = [n for n in cal.variants if not (summaries / f"{n}.json").is_file()]
-    if missing:
-        raise CltmError(f"calibration variants not run yet: {', '.join(missing)}; run "
-                        "`dvc repro` in calibration/")
-    variants = [json.loads((summaries / f"{n}.json").read_text()) for n in cal.variants]
-    a = config.analysis
-    growth = dose_growth(runs, variants, replicates=a.bootstrap, ci_level=a.ci_level,
-                         stats_seed=a.stats_seed, pair_seeds=a.pair_seeds)
-    result = summarize(Path(args.out), variants, config.demo.family_trait_strength, growth)
-    failed = [k for k, v in result["checks"].items()
-              if v is False or (isinstance(v, dict) and False in v.values())]
-    log.info("calibration report written to %s; checks failed: %s", args.out,
-             ", ".join(failed) or "none")
+    calibration.write_report(config, Path(args.calibration), summaries=Path(args.summaries),
+                             runs=Path(args.runs), out=Path(args.out))
 
 
 def _diagnostics(args: argparse.Namespace) -> None:
-    from cltm.analysis.stage import format_table, run_diagnostics
+    from cltm.analysis.diagnostics import format_table
+    from cltm.stages.diagnostics import run_diagnostics
 
     result = run_diagnostics(Path(args.matrix), Path(args.se) if args.se else None,
                              args.family_level, Path(args.json) if args.json else None,
@@ -277,22 +182,12 @@ def _diagnostics(args: argparse.Namespace) -> None:
 
 
 def _languages(args: argparse.Namespace, config: Config) -> None:
-    from cltm.data import commonvoice, subsets
-    from cltm.data.build import resolve_n
+    from cltm.stages.languages import capacity
 
-    root = Path(args.root or config.data.commonvoice.root)
-    locales = args.locales or config.data.languages
-    table = commonvoice.read_release(root, locales)
-    g, s = config.tasks.gender, config.tasks.speaker
-    curve = {t: Path(c) if c else None for t, c in (("gender", args.gender_curve),
-                                                     ("speaker", args.speaker_curve))}
-    report = subsets.language_capacity(
-        table, locales, gender_N=resolve_n(config, "gender", curve["gender"]),
-        gender_cps=g.clips_per_speaker,
-        speaker_N=resolve_n(config, "speaker", curve["speaker"]),
-        speaker_cps=s.clips_per_speaker, pool=config.data.commonvoice.pool,
-    )
-    print(report.to_string())
+    curves = {"gender": args.gender_curve, "speaker": args.speaker_curve}
+    print(capacity(config, Path(args.root or config.data.commonvoice.root),
+                   args.locales or config.data.languages,
+                   {t: Path(c) if c else None for t, c in curves.items()}).to_string())
 
 
 def _sub(sub: argparse._SubParsersAction, name: str, help: str,
@@ -337,11 +232,14 @@ def build_parser() -> argparse.ArgumentParser:
          models="the task's checkpoints folder")
     _sub(sub, "curve", "learning curves over curve.N_grid; choose N (§2.2)", _curve,
          task=True, metadata="the metadata stage's folder", data="the curve's subsets folder",
-         runs="the curve's run store", metrics="the metrics folder (curves/<task>[.json])")
+         runs="the curve's run store", out="the folder of the curve's tables and plots",
+         json="the curve's choice (JSON)")
     _sub(sub, "geometry", "speaker embedding geometry of every cross run", _geometry,
-         runs="the speaker run store", metrics="the metrics folder (speaker/geometry[.json])")
+         runs="the speaker run store", cltm="the speaker CLTM (cltm.csv)",
+         out="the folder of the distances and plots", json="the summary (JSON)")
     _sub(sub, "gaps", "performance gap and linguistic gap (CKA) of a task", _gaps, task=True,
-         runs="the task's run store", metrics="the metrics folder (<task>/gaps[.json])",
+         runs="the task's run store", cltm="the task's CLTM (cltm.csv)",
+         out="the folder of the CKA matrix and plots", json="the summary (JSON)",
          corpus="the corpus folder (the demo's planted families)")
     _sub(sub, "plan", "runs per task, how many are done, the time left", _plan,
          subsets="the folder of the subsets folders (data/subsets)",

@@ -45,7 +45,7 @@ Per-cell test of B − A
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,7 +55,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from cltm.analysis.cltm import compute_cltm, read_run_store
-from cltm.analysis.diagnostics import diagnostics, json_ready, write_json
+from cltm.analysis.diagnostics import diagnostics
 from cltm.analysis.languages import display_names
 from cltm.analysis.plots import ANNOTATE_MAX, language_order, note_image
 from cltm.analysis.stats import (
@@ -77,12 +77,10 @@ from cltm.layout import STORE_NAME
 
 log = logging.getLogger(__name__)
 
-DEFAULT_OUT = Path("metrics") / "compare"
 JSON_FILE = "compare.json"
 MARKDOWN_FILE = "compare.md"
 CELLS_FILE = "compare_cells.csv"
 HEATMAP_FILE = "compare_heatmap.png"
-OUTPUT_FILES = (MARKDOWN_FILE, JSON_FILE, CELLS_FILE, HEATMAP_FILE)
 
 CELL_COLUMNS = ("target", "donor", "a", "b", "difference", "low", "high", "p", "q",
                 "significant")
@@ -400,59 +398,3 @@ def plot_difference(difference: pd.DataFrame, path: Path, *, significant: pd.Dat
                 ax.text(k, r, text, ha="center", va="center", fontsize=7,
                         color="white" if abs(v) > 0.7 * vlim else "black")
     fig.savefig(path, dpi=120)
-
-
-def _default_labels(stores: Sequence[Path]) -> tuple[str, str]:
-    """The shortest trailing parts of the two store paths that tell them apart (metrics/runs/
-    gender and metrics/runs/speaker: gender, speaker; a/gender and b/gender: a/gender,
-    b/gender); A and B for one path given twice."""
-    parts = [(p.parent if p.name == STORE_NAME else p).resolve().parts for p in stores]
-    for depth in range(1, max(map(len, parts)) + 1):
-        labels = ["/".join(x[-depth:]) for x in parts]
-        if labels[0] != labels[1]:
-            return labels[0], labels[1]
-    return "A", "B"
-
-
-def run_compare(
-    store_a: Path,
-    store_b: Path,
-    out_dir: Path = DEFAULT_OUT,
-    *,
-    labels: tuple[str | None, str | None] = (None, None),
-    families: Mapping[str, str] | None = None,
-    fdr: float = 0.05,
-    bootstrap: int = 1000,
-    ci_level: float = 0.95,
-    stats_seed: int = 0,
-    pair_seeds: bool = True,
-) -> dict[str, object]:
-    """Compare two run stores (B − A) and write OUTPUT_FILES into `out_dir`; returns what
-    compare.json holds. A label left None is the store folder's name."""
-    stores = (Path(store_a), Path(store_b))
-    runs = [read_store(p) for p in stores]
-    default = _default_labels(stores)
-    chosen = tuple(lab or dflt for lab, dflt in zip(labels, default, strict=True))
-    if chosen[0] == chosen[1]:
-        raise CltmError(f"both results are labelled {chosen[0]!r}; give --label-a and --label-b")
-    comparison = compare_runs(runs[0], runs[1], labels=chosen,  # type: ignore[arg-type]
-                              stores=(str(stores[0]), str(stores[1])), families=families,
-                              fdr=fdr, bootstrap=bootstrap, ci_level=ci_level,
-                              stats_seed=stats_seed, pair_seeds=pair_seeds)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    summary = json_ready(comparison.summary)
-    write_json(summary, out_dir / JSON_FILE)
-    comparison.cells.to_csv(out_dir / CELLS_FILE, index=False)
-    significant = comparison.cells.assign(mark=comparison.cells["significant"].astype(float))
-    plot_difference(comparison.difference, out_dir / HEATMAP_FILE,
-                    significant=significant.pivot(index="target", columns="donor", values="mark"),
-                    families=families or {},
-                    title=f"CLTM {chosen[1]} − {chosen[0]}")
-    (out_dir / MARKDOWN_FILE).write_text(markdown(summary).rstrip() + "\n", encoding="utf-8")
-    log.info("%s − %s: %d of %d diagnostics differ beyond noise, %d of %d cells; written to %s",
-             chosen[1], chosen[0],
-             sum(bool(d["excludes_zero"]) for d in summary["diagnostics"].values()),
-             len(summary["diagnostics"]), summary["cells"]["significant"],
-             summary["cells"]["tested"], out_dir)
-    return summary

@@ -7,11 +7,8 @@ left out, so every metric is computed on the square matrix of the defined langua
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 from collections.abc import Mapping
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -194,23 +191,23 @@ def diagnostics(
     }
 
 
-def json_ready(d: Mapping, digits: int = 6) -> dict:
-    """Floats rounded to `digits` decimals, NaN as None, numpy scalars as Python numbers."""
-
-    def conv(v: object) -> object:
-        if isinstance(v, Mapping):
-            return {k: conv(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [conv(x) for x in v]
-        if isinstance(v, (np.integer, int)) and not isinstance(v, bool):
-            return int(v)
-        if isinstance(v, (np.floating, float)):
-            return None if not math.isfinite(float(v)) else round(float(v), digits)
-        return v
-
-    return {k: conv(v) for k, v in d.items()}
-
-
-def write_json(d: Mapping, path: Path) -> None:
-    """`d` as indented JSON at `path` (values as they are: json_ready them first)."""
-    path.write_text(json.dumps(d, indent=2) + "\n", encoding="utf-8")
+def format_table(d: Mapping) -> str:
+    """A diagnostics dict as an aligned two-column text table."""
+    rows = []
+    for key in KEYS:
+        v = d.get(key)
+        if key == "undefined_targets":
+            text = ", ".join(map(str, v)) if v else "none"
+        elif v is None or (isinstance(v, float) and not np.isfinite(v)):
+            text = "n/a"
+        elif key in PROPORTIONS:
+            text = f"{v:.4f}  ({100 * v:.2f}%)"
+        elif isinstance(v, int):
+            text = str(v)
+        else:
+            text = f"{v:.4f}"
+        rows.append((key, text))
+    width = max(len(k) for k, _ in rows)
+    lines = [f"{'metric':<{width}}  value", f"{'-' * width}  -----"]
+    lines += [f"{k:<{width}}  {t}" for k, t in rows]
+    return "\n".join(lines)

@@ -35,26 +35,19 @@ import logging
 import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from cltm.analysis.cltm import compute_cltm, read_run_store
 from cltm.analysis.languages import display_names
 from cltm.analysis.stats import (
-    PAIRED_DESIGN,
     SIGNIFICANCE_COLUMNS,
     SeedCells,
     bootstrap_replicates,
-    cell_tests,
-    pairing,
     percentile_interval,
     point_estimate,
-    seed_cells,
-    transfer_streams,
 )
 from cltm.errors import CltmError
 
@@ -229,7 +222,7 @@ def partner_first(donors: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
 # --- `cltm donors TARGET`: one target from any result ------------------------------------------
 
 
-def _check_target(target: str, languages: Sequence[str]) -> None:
+def check_target(target: str, languages: Sequence[str]) -> None:
     if target not in languages:
         raise CltmError(f"{target!r} is not a language of this result; its languages are: "
                         f"{', '.join(languages)}")
@@ -289,59 +282,8 @@ def _verdict(r: Any) -> str:
     return base
 
 
-def run_donors(target: str, source: Path, *, task: str | None, families: Mapping[str, str],
-               fdr: float = 0.05, bootstrap: int = 1000, ci_level: float = 0.95,
-               top_k: int = TOP_K, stats_seed: int = 0, pair_seeds: bool = True) -> str:
-    """`cltm donors`: the donor table of `target` from a run store (a directory holding
-    runs.jsonl, or the file: intervals and tests, the values donors.csv holds for the same
-    settings) or from a CLTM csv (point values only, and the text says so)."""
-    source = Path(source)
-    if source.is_file() and source.suffix == ".csv":
-        return _donors_of_matrix(target, source, families)
-    runs = read_run_store(source, task)
-    result = compute_cltm(runs, pair_seeds=pair_seeds)
-    langs = list(result.matrix.index)
-    _check_target(target, langs)
-    _check_defined(target, result.matrix, result.self_gain.get(target))
-    cells = seed_cells(runs, langs)
-    paired = pairing(cells, pair_seeds)
-    tests = cell_tests(cells, fdr, result, paired)
-    boot, _ = transfer_streams(stats_seed)
-    td = transfer_draws(cells, replicates=bootstrap, level=ci_level, rng=boot, paired=paired,
-                        matrix=result.matrix)
-    table = donor_rankings(td, tests, families, top_k=top_k)
-    table = table[table["target"] == target]
-    design = PAIRED_DESIGN if paired else "independent seeds"
-    header = (f"Donors of {target}{f' ({task})' if task else ''}, ranked by CLTM[{target}, "
-              f"donor]: {bootstrap} seed-bootstrap replicates ({design}), "
-              f"{100 * ci_level:g}% intervals; tests against 0 and 1 with Benjamini-Hochberg "
-              f"at FDR {fdr:g}; top-k share: the share of replicates in which the donor is "
-              f"among the best {top_k}.")
-    return format_donors(table, target, families=families, header=header)
-
-
-def _check_defined(target: str, matrix: pd.DataFrame, gain: float | None) -> None:
+def check_defined(target: str, matrix: pd.DataFrame, gain: float | None) -> None:
     if matrix.loc[target].drop(target).isna().all():
         why = "" if gain is None else f" (self-gain {gain:.4g} ≤ 0)"
         raise CltmError(f"the row of {target} is undefined{why}: its cells divide by a "
                         "self-gain that is not positive, so they rank no donor")
-
-
-def _donors_of_matrix(target: str, path: Path, families: Mapping[str, str]) -> str:
-    # Imported here: stage.py imports the cltm stage's writer, which imports this module.
-    from cltm.analysis.stage import read_matrix_csv
-
-    matrix = read_matrix_csv(path, "CLTM")
-    langs = [str(x) for x in matrix.index]
-    _check_target(target, langs)
-    matrix = matrix.reindex(index=langs, columns=langs)
-    _check_defined(target, matrix, None)
-    k = langs.index(target)
-    ranks = donor_ranks(matrix.to_numpy(dtype=float))[k]
-    table = pd.DataFrame({"target": target, "donor": langs, "cltm": matrix.iloc[k].to_numpy(),
-                          "rank": ranks}).drop(index=k)
-    table = table.sort_values(["rank", "donor"]).astype({"rank": int})
-    header = (f"Donors of {target}, ranked by CLTM[{target}, donor] from {path}: point values "
-              "only (a CLTM csv holds no seeds, so no intervals and no tests; give the run "
-              "store, --runs DIR, for them).")
-    return format_donors(table, target, families=families, header=header)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import math
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -91,3 +92,56 @@ def correlations(a: np.ndarray, b: np.ndarray) -> dict:
     out.update(spearman=float(rho), spearman_p=float(rho_p), kendall=float(tau),
                kendall_p=float(tau_p))
     return out
+
+
+def cross_matrix(values: pd.DataFrame, languages: list[str]) -> pd.DataFrame:
+    """Mean over seeds of a per-run value of cross runs, as a target x donor matrix."""
+    mean = values.groupby(["target", "donor"])["value"].mean().unstack("donor")
+    return mean.reindex(index=languages, columns=languages)
+
+
+def offdiag_pairs(cltm: pd.DataFrame, other: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """The off-diagonal cells of `cltm` and of `other` (reindexed to it), paired."""
+    langs = list(cltm.index)
+    other = other.reindex(index=langs, columns=langs)
+    mask = ~np.eye(len(langs), dtype=bool)
+    return cltm[langs].to_numpy(float)[mask], other.to_numpy(float)[mask]
+
+
+def _seed_means(runs: pd.DataFrame) -> pd.DataFrame:
+    return runs.groupby(["target", "condition", "donor"])["score"].mean().reset_index()
+
+
+def condition_scores(runs: pd.DataFrame) -> dict[str, pd.Series]:
+    means = _seed_means(runs)
+    by = {c: means[means["condition"] == c] for c in ("base", "self", "cross")}
+    return {
+        "base": by["base"].set_index("target")["score"],
+        "self": by["self"].set_index("target")["score"],
+        # a target's cross score: the mean over its donors of the seed-mean score
+        "cross": by["cross"].groupby("target")["score"].mean(),
+    }
+
+
+def cka_matrix(runs: pd.DataFrame,
+               load: Callable[[str], np.ndarray]) -> tuple[pd.DataFrame, pd.Series]:
+    """Linear CKA between the self model's and each cross model's embeddings of the target's
+    probe clips (same seed), mean over seeds; and the same for base vs self per target.
+    `load(run hash)` gives a run's embeddings of its target's probe clips."""
+    rows = []
+    for (target, seed), group in runs.groupby(["target", "seed"]):
+        own = group[group["condition"] == "self"]
+        if own.empty:
+            continue
+        reference = load(own["hash"].iloc[0])  # read once per group
+        for r in group[group["condition"] != "self"].itertuples():
+            value = linear_cka(reference, load(r.hash))
+            rows.append({"target": target, "condition": r.condition, "donor": r.donor,
+                         "seed": seed, "value": value})
+    per_run = pd.DataFrame(rows)
+    languages = sorted(runs["target"].unique())
+    matrix = cross_matrix(per_run[per_run["condition"] == "cross"], languages)
+    for lang in languages:
+        matrix.loc[lang, lang] = 1.0  # the self model against itself
+    base = per_run[per_run["condition"] == "base"].groupby("target")["value"].mean()
+    return matrix, base

@@ -108,8 +108,9 @@ import pandas as pd
 from scipy import stats as sps
 
 from cltm.analysis.cltm import CltmResult, shared_seeds
-from cltm.analysis.diagnostics import KEYS, check_matrix, json_ready
+from cltm.analysis.diagnostics import KEYS, check_matrix
 from cltm.errors import CltmError
+from cltm.jsonfile import json_ready
 
 log = logging.getLogger(__name__)
 

@@ -52,7 +52,9 @@ from sklearn.metrics import adjusted_rand_score
 from cltm.analysis.donors import TransferDraws
 from cltm.analysis.languages import read_families_csv
 from cltm.analysis.stats import CHUNK, _perm_p, family_codes, percentile_interval, transfer_streams
+from cltm.analysis.tables import read_matrix_csv
 from cltm.errors import CltmError
+from cltm.layout import MATRIX_FILE
 
 log = logging.getLogger(__name__)
 
@@ -280,12 +282,9 @@ def planted_agreement(task_dir: Path, families: Mapping[str, str] | Path, *,
     """community_agreement of the `cltm.csv` in `task_dir` (a cltm stage's output folder, as
     `calibration/work/<variant>/metrics/<task>`) against `families` (a map, or the demo
     corpus's families.csv): it needs no rerun of the corpus, only the matrix it wrote."""
-    # Imported here: stage.py imports the cltm stage's writer, which imports this module.
-    from cltm.analysis.stage import read_matrix_csv
-
     if isinstance(families, Path):
         families = read_families_csv(families)
-    matrix = read_matrix_csv(Path(task_dir) / "cltm.csv", "CLTM")
+    matrix = read_matrix_csv(Path(task_dir) / MATRIX_FILE, "CLTM")
     return community_agreement(matrix, families, permutations=permutations,
                                stats_seed=stats_seed)
 

@@ -52,6 +52,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cltm.config import MAX_STRENGTH
 from cltm.errors import CltmError
 
 log = logging.getLogger(__name__)
@@ -809,20 +810,23 @@ def _check_spec(spec: DemoSpec) -> None:
     if duplicates:
         raise CltmError(f"languages listed twice in the demo spec: {', '.join(duplicates)}")
     check_languages(spec.languages)
-    if spec.speakers_per_language < 2:
-        raise CltmError("speakers_per_language must be at least 2 (one of each gender)")
+    if spec.speakers_per_language < 4:
+        raise CltmError("speakers_per_language must be at least 4 (two of each gender: the "
+                        "gender task needs speakers of both in training and in test)")
     if spec.clips_per_speaker < 1:
         raise CltmError("clips_per_speaker must be at least 1")
-    if spec.dev_speakers < 0 or spec.test_speakers < 0:
-        raise CltmError("dev_speakers and test_speakers cannot be negative")
+    if spec.dev_speakers < 0 or spec.test_speakers < 2:
+        raise CltmError("dev_speakers must be >= 0 and test_speakers >= 2 (trials need "
+                        "speakers)")
     if spec.dev_speakers + spec.test_speakers >= spec.speakers_per_language:
         raise CltmError(
             f"dev_speakers + test_speakers ({spec.dev_speakers} + {spec.test_speakers}) must be "
             f"less than speakers_per_language ({spec.speakers_per_language}) so that some "
             "speakers are left for train"
         )
-    if not spec.family_trait_strength >= 0:
-        raise CltmError("family_trait_strength must be >= 0")
+    if not 0.0 <= spec.family_trait_strength <= MAX_STRENGTH:
+        raise CltmError(f"family_trait_strength must lie in [0, {MAX_STRENGTH:g}] (0 turns the "
+                        "planted structure off; the calibration's strong corpus uses 2)")
     if not (spec.speaker_axes_db >= 0 and spec.speaker_axes_focus >= 0):
         raise CltmError("speaker_axes_db and speaker_axes_focus must be >= 0")
     if not abs(spec.gender_shift_semitones) <= 12:
@@ -833,8 +837,8 @@ def _check_spec(spec: DemoSpec) -> None:
             f"and the demo's speakers use {MALE_PITCH[0]}-{FEMALE_PITCH[1]}")
     if not 0 <= spec.speaker_warp_semitones <= 6:
         raise CltmError("speaker_warp_semitones must lie in [0, 6] (a spread of half an octave)")
-    if not spec.clip_seconds >= 1.0:
-        raise CltmError("clip_seconds must be at least 1.0")
+    if not 1.0 <= spec.clip_seconds <= 15.0:
+        raise CltmError("clip_seconds must lie in [1, 15] (Common Voice clips run 2-6 s)")
 
 
 def speaker_roles(spec: DemoSpec) -> tuple[list[str], list[str]]:

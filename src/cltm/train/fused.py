@@ -691,7 +691,7 @@ class FusedStats:
 
 
 def run_orders(runs: Sequence[RunData], epochs: int, batch_size: int) -> list[list[list[int]]]:
-    """Each run's batches (clip indices), epoch after epoch, from its seed (as tasks.train)."""
+    """Each run's batches (clip indices), epoch after epoch, from its seed (as loop.train)."""
     out = []
     for r in runs:
         gen = torch.Generator().manual_seed(r.seed)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +28,12 @@ from tqdm import tqdm
 from transformers import AutoModel, PreTrainedModel, Wav2Vec2FeatureExtractor
 from transformers.models.hubert.modeling_hubert import _compute_mask_indices
 
+from cltm.config import PretrainConfig
 from cltm.data import commonvoice
 from cltm.data.audio import decode_many
 from cltm.data.pack import SAMPLE_RATE
+from cltm.train.loop import seed_everything
 from cltm.train.model import encoder_config, normalise
-from cltm.train.tasks import seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -42,18 +42,9 @@ log = logging.getLogger(__name__)
 WIN, HOP, N_MELS, N_MFCC = 400, 320, 40, 13
 
 
-@dataclass(frozen=True)
-class PretrainSettings:
-    architecture: dict[str, Any]
-    clusters: int = 50
-    epochs: int = 20
-    crop_seconds: float = 2.0
-    batch_size: int = 8
-    lr: float = 5e-4
-    mask_prob: float = 0.08  # HuBERT's: spans of 10 frames starting at 8% of frames
-    mask_length: int = 10
-    seed: int = 0
-    threads: int | None = 2
+#: HuBERT's masking: spans of MASK_LENGTH frames starting at MASK_PROB of the frames.
+MASK_PROB = 0.08
+MASK_LENGTH = 10
 
 
 def _mel_filterbank(n_fft: int, n_mels: int, sr: int) -> np.ndarray:
@@ -125,7 +116,7 @@ def pretraining_clips(root: Path, metadata_dir: Path, languages: list[str], work
     return waves
 
 
-def pretrain(waves: list[np.ndarray], s: PretrainSettings, progress: bool = True
+def pretrain(waves: list[np.ndarray], s: PretrainConfig, progress: bool = True
              ) -> tuple[PreTrainedModel, list[float]]:
     """Masked prediction of k-means units; returns the encoder and the mean loss per epoch."""
     if s.threads:
@@ -160,7 +151,7 @@ def pretrain(waves: list[np.ndarray], s: PretrainSettings, progress: bool = True
             batch = torch.from_numpy(np.stack(x))
             lengths = torch.full((len(idx),), crop)
             mask = torch.from_numpy(_compute_mask_indices(
-                (len(idx), crop_frames), s.mask_prob, s.mask_length, min_masks=2))
+                (len(idx), crop_frames), MASK_PROB, MASK_LENGTH, min_masks=2))
             out = model(normalise(batch, lengths), mask_time_indices=mask).last_hidden_state
             logits = head(out[mask])
             loss = nn.functional.cross_entropy(logits, torch.from_numpy(np.stack(y))[mask])
@@ -175,7 +166,7 @@ def pretrain(waves: list[np.ndarray], s: PretrainSettings, progress: bool = True
 
 
 def run_pretrain(root: Path, metadata_dir: Path, languages: list[str], out: Path,
-                 s: PretrainSettings, workers: int = 2, progress: bool = True) -> dict[str, Any]:
+                 s: PretrainConfig, workers: int = 2, progress: bool = True) -> dict[str, Any]:
     """Write a model directory (config, weights, feature-extractor config) and return a summary.
     The clips are the training split of the release at `root`, as the metadata stage's tables in
     `metadata_dir` list them."""

@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 
 from cltm.data.pack import PackedAudio
-from cltm.train import fused, tasks
+from cltm.train import fused, loop
 from cltm.train.grid import RunSpec, probe_clips, training_clips
 from cltm.train.model import load_encoder, resolve_device
 
@@ -48,7 +48,7 @@ class WorkerSettings:
     name_or_path: str
     random_init: dict[str, Any] | None
     init_seed: int
-    train: tasks.TrainParams
+    train: loop.TrainParams
     device: str = "auto"
     threads: int | None = None
     checkpoints: str = "none"  # none | self | all
@@ -194,16 +194,16 @@ class Worker:
                 truth = (eval_rows["gender"] == "male").astype(int).to_numpy()
                 # A run that predicts one class for every clip has learnt nothing about gender
                 # (macro-F1 0.333 on a balanced set): counted as such by the cltm stage.
-                result: dict[str, Any] = {"score": tasks.macro_f1(truth, pred),
+                result: dict[str, Any] = {"score": loop.macro_f1(truth, pred),
                                           "eval_clips": len(eval_rows),
                                           "pred_classes": len(np.unique(pred)),
                                           "pred_male_share": float(np.mean(pred))}
             else:
                 index = {c: i for i, c in enumerate(eval_rows["clip"])}
                 trials = self.trials[self.trials["language"] == spec.target]
-                scores = tasks.cosine_scores(emb, index, trials["a"].tolist(),
+                scores = loop.cosine_scores(emb, index, trials["a"].tolist(),
                                              trials["b"].tolist())
-                auc, eer = tasks.auc_eer(scores, trials["label"].to_numpy())
+                auc, eer = loop.auc_eer(scores, trials["label"].to_numpy())
                 result = {"score": auc, "eer": eer, "eval_trials": len(trials)}
             if self.probes:
                 position = {c: i for i, c in enumerate(eval_rows["clip"])}
@@ -231,7 +231,7 @@ class Worker:
         """A frozen encoder's statistics-pooled features of `clips`, each computed once."""
         todo = [c for c in dict.fromkeys(clips) if c not in self.features]
         if todo:
-            out = tasks.embed(self.encoder, [self.waves[c] for c in todo], self.device,
+            out = loop.embed(self.encoder, [self.waves[c] for c in todo], self.device,
                               self.do_normalize, self.s.train.precision, self._layers,
                               stats=True)
             self.features.update(zip(todo, out))
@@ -304,10 +304,10 @@ class FusedRecipe(Recipe):
         w = self.w
         return fused.embed(self.enc, [[w.waves[c] for c in lane] for lane in lanes], w.device,
                            w.do_normalize, w.s.train.precision, last_layers=layers,
-                           batch=tasks.EVAL_BATCH.get(w.device.type, 16))
+                           batch=loop.EVAL_BATCH.get(w.device.type, 16))
 
     def classify(self, k: int, emb: torch.Tensor) -> np.ndarray:
-        return tasks.classify(self.enc.head(k), emb, self.w.device)
+        return loop.classify(self.enc.head(k), emb, self.w.device)
 
     def weights(self, k: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         return self.enc.plain_state(k), self.enc.head(k).state_dict()
@@ -320,20 +320,20 @@ class PlainRecipe(Recipe):
         (p,) = group
         w = self.w
         w.reset()
-        tasks.seed_everything(p.spec.seed)
-        self.head = tasks.new_head(w.encoder.config.hidden_size, len(p.classes),
+        loop.seed_everything(p.spec.seed)
+        self.head = loop.new_head(w.encoder.config.hidden_size, len(p.classes),
                                    w.s.train.head_init, w.device)
         waves = [w.waves[c] for c in p.rows["clip"]]
-        return [tasks.train(w.encoder, self.head, waves, p.labels, w.s.train, p.spec.seed,
+        return [loop.train(w.encoder, self.head, waves, p.labels, w.s.train, p.spec.seed,
                             w.device, w.do_normalize)]
 
     def embed(self, lanes: list[list[str]], layers: int) -> list[torch.Tensor]:
         w = self.w
-        return [tasks.embed(w.encoder, [w.waves[c] for c in lane], w.device, w.do_normalize,
+        return [loop.embed(w.encoder, [w.waves[c] for c in lane], w.device, w.do_normalize,
                             w.s.train.precision, last_layers=layers) for lane in lanes]
 
     def classify(self, k: int, emb: torch.Tensor) -> np.ndarray:
-        return tasks.classify(self.head, emb, self.w.device)
+        return loop.classify(self.head, emb, self.w.device)
 
     def weights(self, k: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         return self.w.encoder.state_dict(), self.head.state_dict()
@@ -345,11 +345,11 @@ class FrozenRecipe(Recipe):
     def train(self, group: list[Prepared]) -> list[list[float]]:
         (p,) = group
         w = self.w
-        tasks.seed_everything(p.spec.seed)
+        loop.seed_everything(p.spec.seed)
         features = w._features(list(p.rows["clip"]))
-        self.head = tasks.FrozenHead(features, len(p.classes), project=p.spec.task == "speaker",
+        self.head = loop.FrozenHead(features, len(p.classes), project=p.spec.task == "speaker",
                                      init=w.s.train.head_init)
-        return [tasks.train_frozen(self.head, features, p.labels, w.s.train)]
+        return [loop.train_frozen(self.head, features, p.labels, w.s.train)]
 
     def embed(self, lanes: list[list[str]], layers: int) -> list[torch.Tensor]:
         self.head.eval()
@@ -357,7 +357,7 @@ class FrozenRecipe(Recipe):
             return [self.head.embed(self.w._features(lane)) for lane in lanes]
 
     def classify(self, k: int, emb: torch.Tensor) -> np.ndarray:
-        return tasks.classify(self.head.classify, emb, torch.device("cpu"))
+        return loop.classify(self.head.classify, emb, torch.device("cpu"))
 
     def weights(self, k: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         return self.w.encoder.state_dict(), self.head.state_dict()

@@ -22,8 +22,8 @@ from cltm.errors import CltmError
 from cltm.layout import MANIFEST, TASKS
 from cltm.train import executors
 from cltm.train.grid import Fingerprints, RunSpec, curve_specs, grid_specs
+from cltm.train.loop import TrainParams
 from cltm.train.store import RunStore
-from cltm.train.tasks import TrainParams
 from cltm.train.worker import WorkerSettings
 
 log = logging.getLogger(__name__)

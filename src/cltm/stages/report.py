@@ -1,4 +1,5 @@
-"""`metrics/report.md`: Table 1 beside the paper's values, the heatmaps and the notable cells.
+"""The `report` stage, `metrics/report.md`: Table 1 beside the paper's values, the heatmaps and
+the notable cells.
 
 Built from the files the cltm stage writes, so it can be regenerated without rerunning
 anything; a task whose diagnostics.json is missing is left out. Each task ends with "Can these
@@ -18,8 +19,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from cltm.analysis.contrast import HEADLINE, interval
 from cltm.analysis.donors import partner_first
+from cltm.analysis.headline import HEADLINE, interval_of
 from cltm.analysis.languages import display_names
 from cltm.analysis.stats import (
     FAMILY_ALPHA,
@@ -27,7 +28,8 @@ from cltm.analysis.stats import (
     family_test,
     is_paired,
 )
-from cltm.layout import TASKS
+from cltm.jsonfile import read_json
+from cltm.layout import CI_FILE, TASKS
 
 log = logging.getLogger(__name__)
 
@@ -506,7 +508,7 @@ def _difference_line(diags: dict[str, dict], metrics_dir: Path, contrast: dict |
         return f"- `{key}`: not available for both tasks", False
 
     def iv(task: str) -> str:
-        i = interval(metrics_dir, task, key)
+        i = interval_of(read_json(metrics_dir / task / CI_FILE), key)
         return "" if i is None else f" [{_fmt(i[0], 'num')}, {_fmt(i[1], 'num')}]"
 
     head = (f"- `{key}` ({what}, {nearer} is nearer): gender {_fmt(g, 'num')}{iv('gender')}, "

@@ -1,4 +1,4 @@
-"""The contrast stage: the paper's headline, speaker − gender of the headline diagnostics.
+"""The `contrast` stage: the paper's headline, speaker − gender of the headline diagnostics.
 
 The verdict rests on the bootstrap interval of the difference, which needs both tasks' seeds:
 the stage reads the two run stores (without the training package, as the cltm stage does) with
@@ -9,42 +9,36 @@ computed, `contrast.json` says why (the report shows the reason), never stale nu
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 from cltm.analysis.cltm import read_run_store
-from cltm.analysis.diagnostics import write_json
+from cltm.analysis.headline import HEADLINE, HEADLINE_KEYS, interval_of
+from cltm.analysis.headline import PAIR as BOTH
 from cltm.analysis.plots import note_image, plot_contrast
 from cltm.analysis.stats import difference_summary, is_paired, seed_cells
 from cltm.errors import CltmError
+from cltm.jsonfile import read_json, write_json
+from cltm.layout import CI_FILE, DIAGNOSTICS_FILE, INFO_FILE
 
 log = logging.getLogger(__name__)
 
-#: The headline contrast's diagnostics: (key, ideal value, which way is nearer it, what it is).
-#: The paper's direction of speaker − gender follows: above 0 where lower is nearer the ideal
-#: (rfd1: speaker higher), below 0 where higher is (cos_rows: speaker lower).
-HEADLINE = (("rfd1", 0.0, "lower", "distance from the ideal"),
-            ("cos_rows", 1.0, "higher", "row similarity"))
-BOTH = ("gender", "speaker")
 #: The difference between the two tasks (speaker − gender), stats.difference_summary's.
 CONTRAST_FILE = "contrast.json"
 
 
 def _read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    return read_json(path)
 
 
 def interval(metrics_dir: Path, task: str, key: str) -> tuple[float, float] | None:
     """A task's bootstrap interval of diagnostic `key` (the cltm stage's diagnostics_ci.json)."""
-    bounds = (_read_json(metrics_dir / task / "diagnostics_ci.json") or {}).get(key) or {}
-    low, high = bounds.get("low"), bounds.get("high")
-    return None if low is None or high is None else (float(low), float(high))
+    return interval_of(_read_json(metrics_dir / task / CI_FILE), key)
 
 
 def _settings(metrics_dir: Path) -> tuple[dict | None, str | None]:
     """The cltm stage's bootstrap settings (stats_info.json) for the difference, or why not."""
-    infos = {t: _read_json(metrics_dir / t / "stats_info.json") for t in BOTH}
+    infos = {t: _read_json(metrics_dir / t / INFO_FILE) for t in BOTH}
     missing = [t for t, info in infos.items() if not info or info.get("bootstrap") is None]
     if missing:
         return None, f"{', '.join(missing)}/stats_info.json is missing"
@@ -63,7 +57,7 @@ def _settings(metrics_dir: Path) -> tuple[dict | None, str | None]:
 def _figure(metrics_dir: Path, diags: dict[str, dict], path: Path) -> None:
     values: dict[str, dict[str, dict]] = {}
     for task in BOTH:
-        floor = (_read_json(metrics_dir / task / "stats_info.json") or {}).get("noise_floor") or {}
+        floor = (_read_json(metrics_dir / task / INFO_FILE) or {}).get("noise_floor") or {}
         values[task] = {}
         for key, *_ in HEADLINE:
             low_high = interval(metrics_dir, task, key) or (None, None)
@@ -79,7 +73,7 @@ def run_contrast(metrics_dir: Path, runs_dir: Path, out: Path, figure: Path) -> 
     `metrics_dir/<task>` and the run stores `runs_dir/<task>`; returns what `out` holds:
     difference_summary's values, or {"reason": why there is no difference}."""
     metrics_dir, runs_dir, out, figure = map(Path, (metrics_dir, runs_dir, out, figure))
-    diags = {t: _read_json(metrics_dir / t / "diagnostics.json") for t in BOTH}
+    diags = {t: _read_json(metrics_dir / t / DIAGNOSTICS_FILE) for t in BOTH}
     if not all(diags.values()):
         note_image(figure, "The headline contrast needs the CLTMs of both tasks.")
         result: dict = {"reason": "the headline contrast needs the CLTMs of both tasks"}
@@ -98,7 +92,6 @@ def run_contrast(metrics_dir: Path, runs_dir: Path, out: Path, figure: Path) -> 
         else:
             result = difference_summary(cells["gender"], cells["speaker"],
                                         labels=("gender", "speaker"),
-                                        keys=tuple(key for key, *_ in HEADLINE), **settings)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_json(result, out)
+                                        keys=HEADLINE_KEYS, **settings)
+    write_json(result, out, digits=None)
     return result

@@ -1,4 +1,4 @@
-"""Gender recognition and speaker verification: train one run, score it.
+"""One plain run of any task's recipe: train a head (and the encoder, when fine-tuned), score it.
 
 A run is: seed every random source, put a new linear head on the pooled encoder, fine-tune
 everything with AdamW at a constant learning rate, then score on the target's evaluation set.

@@ -1,4 +1,5 @@
-"""The calibration experiment's summary: per variant and task, what the CLTM found against what
+"""The calibration's stages (calibration/dvc.yaml): each variant's params and summary, and the
+experiment's report. The summary: per variant and task, what the CLTM found against what
 the corpus planted, and the experiment's checks (calibration/dvc.yaml runs the variants).
 
 Read only from the files the cltm stage writes for each variant (and, for the difference of the
@@ -9,6 +10,7 @@ corpora.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from itertools import pairwise
@@ -19,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from cltm.analysis.cltm import read_run_store
-from cltm.analysis.contrast import HEADLINE as CONTRAST_HEADLINE
+from cltm.analysis.headline import HEADLINE_KEYS
 from cltm.analysis.languages import read_families_csv
 from cltm.analysis.stats import (
     FAMILY_ALPHA,
@@ -33,13 +35,18 @@ from cltm.analysis.stats import (
     weighted_contrast_draws,
 )
 from cltm.analysis.transfer_graph import planted_agreement
+from cltm.config import Config, load_calibration, variant_params, variant_strength
+from cltm.errors import CltmError
+from cltm.jsonfile import write_json
 from cltm.layout import STORE_NAME, TASKS
+
+log = logging.getLogger(__name__)
 
 #: The checks' thresholds (issue "The instrument proves itself, second design").
 ALPHA = FAMILY_ALPHA  # family permutation test
 MAX_DEGENERATE = 0.05  # share of runs predicting one class / at chance
 MIN_SPEAKER_Z = 2.0  # mean self-gain / SE over speaker targets
-HEADLINE = tuple(key for key, *_ in CONTRAST_HEADLINE)
+HEADLINE = HEADLINE_KEYS
 
 
 def _json(path: Path) -> dict:
@@ -125,18 +132,18 @@ def dose_series(variants: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]
     return sorted(planted, key=lambda v: v["strength"])
 
 
-def dose_growth(work: Path, variants: Sequence[Mapping[str, Any]], *, replicates: int,
+def dose_growth(runs: Path, variants: Sequence[Mapping[str, Any]], *, replicates: int,
                 ci_level: float, stats_seed: int, pair_seeds: bool) -> dict[str, list[dict]]:
     """Per task, each step of the dose series (weaker → stronger corpus): the growth of the
     weighted family contrast with the bootstrap interval of the difference, the two corpora's
     seeds resampled independently (as stats.difference_intervals does for two results).
-    Reads each variant's run stores under `work/<variant>/runs/<task>`."""
+    Reads each variant's run stores under `runs/<variant>/<task>`."""
     series = dose_series(variants)
     out: dict[str, list[dict]] = {}
     for task in TASKS:
         cells = {}
         for v in series:
-            store = work / v["variant"] / "runs" / task
+            store = runs / v["variant"] / task
             if not (store / STORE_NAME).is_file() or "families" not in v:
                 cells[v["variant"]] = None
                 continue
@@ -327,7 +334,7 @@ def summarize(out: Path, variants: Sequence[Mapping[str, Any]], default_strength
     result = {"default_strength": default_strength,
               "checks": checks(variants, default_strength, growth),
               "growth": growth, "variants": {v["variant"]: v for v in variants}}
-    (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json(result, out / "metrics.json", digits=None)
     lines = ["# Calibration: does the CLTM find what the corpus planted, and only that?", "",
              "Each corpus is the eSpeak NG demo corpus with a planted family structure of the "
              "given strength (0: none); the held-out corpus (other languages, another seed) "
@@ -347,4 +354,48 @@ def summarize(out: Path, variants: Sequence[Mapping[str, Any]], default_strength
              "", *difference_table(variants), "", "## Checks", "",
              *check_lines(result["checks"]), ""]
     (out / "report.md").write_text("\n".join(lines))
+    return result
+
+
+def write_params(root_params: Path, calibration: Path, variant: str, *, corpus: str,
+                 encoder: str, out: Path) -> None:
+    """The `params@VARIANT` stage: the root params with the variant's changes."""
+    import yaml
+
+    raw = yaml.safe_load(root_params.read_text())
+    params = variant_params(raw, load_calibration(calibration), variant, corpus=corpus,
+                            encoder=encoder)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def write_summary(config: Config, calibration: Path, variant: str, *, metrics: Path,
+                  runs: Path, families_csv: Path | None, out: Path) -> None:
+    """The `summary@VARIANT` stage: one variant's summary (variant_summary) as JSON."""
+    cal = load_calibration(calibration)
+    v = cal.variants[variant]
+    summary = variant_summary(
+        metrics, runs, families_csv, variant,
+        strength=variant_strength(cal, variant, config.demo.family_trait_strength),
+        held_out=v.held_out, exchangeable=v.exchangeable)
+    write_json(summary, out, digits=None)
+
+
+def write_report(config: Config, calibration: Path, *, summaries: Path, runs: Path,
+                 out: Path) -> dict[str, Any]:
+    """The `report` stage: the calibration table, the growth with strength and the checks."""
+    cal = load_calibration(calibration)
+    missing = [n for n in cal.variants if not (summaries / f"{n}.json").is_file()]
+    if missing:
+        raise CltmError(f"calibration variants not run yet: {', '.join(missing)}; run "
+                        "`dvc repro` in calibration/")
+    variants = [json.loads((summaries / f"{n}.json").read_text()) for n in cal.variants]
+    a = config.analysis
+    growth = dose_growth(runs, variants, replicates=a.bootstrap, ci_level=a.ci_level,
+                         stats_seed=a.stats_seed, pair_seeds=a.pair_seeds)
+    result = summarize(out, variants, config.demo.family_trait_strength, growth)
+    failed = [k for k, v in result["checks"].items()
+              if v is False or (isinstance(v, dict) and False in v.values())]
+    log.info("calibration report written to %s; checks failed: %s", out,
+             ", ".join(failed) or "none")
     return result
