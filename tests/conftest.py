@@ -113,15 +113,22 @@ def _copy_into(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def run_hermetic(root: Path, pipeline_dir: Path, corpus_roots: Sequence[str],
-                 stage: str) -> tuple[int, str, list[str]]:
+#: Outs compared byte for byte with the full pipeline's (the rest: written at all).
+TEXT_OUTS = (".csv", ".json", ".md")
+
+
+def run_hermetic(root: Path, pipeline_dir: Path, corpus_roots: Sequence[str], stage: str,
+                 drop: Sequence[str] = ()) -> tuple[int, str, list[str]]:
     """Run one stage of a reproduced pipeline the way DESIGN.md's hermetic rule reads it: in a
     fresh directory holding only the stage's declared deps (as dvc.lock resolved them), the
     pipeline's params.yaml and the corpus roots (immutable releases, linked read-only).
 
     `root` is the repository copy, `pipeline_dir` the folder of the dvc.yaml (root or below it),
-    `corpus_roots` the release roots relative to `pipeline_dir`. Returns (exit code, output,
-    the declared outs the command did not write)."""
+    `corpus_roots` the release roots relative to `pipeline_dir`; `drop`: deps to leave out, as
+    if dvc.yaml did not declare them. Returns (exit code, output,
+    the declared outs it did not write or wrote otherwise than the full pipeline did). A file out
+    that is text (.csv, .json, .md) must equal the pipeline's byte for byte: a stage that reads an
+    undeclared file and only notes its absence would otherwise pass."""
     lock = yaml.safe_load((pipeline_dir / "dvc.lock").read_text())["stages"][stage]
     fresh = Path(tempfile.mkdtemp(prefix="hermetic-"))
     rel = pipeline_dir.relative_to(root)
@@ -129,6 +136,8 @@ def run_hermetic(root: Path, pipeline_dir: Path, corpus_roots: Sequence[str],
     work.mkdir(parents=True, exist_ok=True)
     shutil.copy2(pipeline_dir / "params.yaml", work / "params.yaml")
     for dep in lock.get("deps", []):
+        if dep["path"] in drop:
+            continue
         src = (pipeline_dir / dep["path"]).resolve()
         _copy_into(src, fresh / src.relative_to(root.resolve()))
     for corpus in corpus_roots:
@@ -141,7 +150,13 @@ def run_hermetic(root: Path, pipeline_dir: Path, corpus_roots: Sequence[str],
            "MLFLOW_TRACKING_URI": f"sqlite:///{fresh / 'mlflow.db'}"}
     proc = subprocess.run(lock["cmd"], shell=True, cwd=work, env=env, capture_output=True,
                           text=True)
-    missing = [o["path"] for o in lock.get("outs", []) if not (work / o["path"]).exists()]
+    missing = []
+    for out in (o["path"] for o in lock.get("outs", [])):
+        made = work / out
+        if not made.exists():
+            missing.append(f"{out} (not written)")
+        elif made.suffix in TEXT_OUTS and made.read_bytes() != (pipeline_dir / out).read_bytes():
+            missing.append(f"{out} (differs from the pipeline's)")
     output = proc.stdout + proc.stderr
     shutil.rmtree(fresh, ignore_errors=True)
     return proc.returncode, output, missing

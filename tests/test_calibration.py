@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cltm.analysis.cltm import DEGENERATE_LIMIT
+from cltm.analysis.stats import families_found, ones_verdict
 from cltm.cli import main
 from cltm.errors import CltmError
 from cltm.stages.calibration import checks, dose_series
@@ -76,7 +78,7 @@ def test_calibration_writes_every_file_and_table(calibrated):
             assert len(runs) == (4 * 4 + 4) * 2  # (n² + n) runs per seed, 2 seeds
         summary = json.loads((cal / "metrics" / f"{variant}.json").read_text())
         assert summary["strength"] == strength
-        assert set(summary["gender_minus_speaker"]) == {"rfd1", "cos_rows"}
+        assert set(summary["speaker_minus_gender"]) == {"rfd1", "cos_rows"}
         for task in ("gender", "speaker"):
             s = summary[task]
             assert s["languages"] == 4 and 0.0 <= s["degenerate_share"] <= 1.0
@@ -96,7 +98,7 @@ def test_calibration_writes_every_file_and_table(calibrated):
             assert step["difference"] == pytest.approx(ends[1] - ends[0])
             assert step["replicates_used"] + step["replicates_dropped"] == 40
     report = (cal / "report.md").read_text()
-    assert "## Checks" in report and "Gender − speaker" in report
+    assert "## Checks" in report and "Speaker − gender" in report
     assert "| gender | strength0 → default (0 → 1) |" in report
     # MLflow logged the variants' grids beside the calibration's dvc.yaml, nowhere else
     assert (cal / "mlflow.db").is_file() and not (calibrated / "mlflow.db").exists()
@@ -112,7 +114,7 @@ def test_every_calibration_stage_runs_from_its_declared_deps_alone(calibrated):
     for stage in lock_stages(cal):
         code, output, missing = run_hermetic(calibrated, cal, corpora, stage)
         if code or missing:
-            failed[stage] = f"exit {code}, outs not written: {missing}\n{output[-1500:]}"
+            failed[stage] = f"exit {code}, outs: {missing}\n{output[-1500:]}"
     assert not failed, "\n\n".join(f"{s}: {why}" for s, why in failed.items())
 
 
@@ -161,13 +163,24 @@ def test_the_exchangeable_variant_deals_voices_and_subsets_from_one_pool():
             "selection_pool"] == params["data"]["selection_pool"] == "per_language"
 
 
+def _task(**numbers):
+    """One task's summary with the cltm stage's verdicts as its own functions give them."""
+    t = {"undefined_rows": [], "cells_differ_from_1": 0, "cells_tested": 28,
+         "family_contrast": 0.0, "family_contrast_p": 0.5, "weighted_contrast": 0.0,
+         "weighted_contrast_p": 0.5, "degenerate_share": 0.0,
+         "self_gains_positive": 8, "languages": 8, "self_gain_z_mean": 3.0, **numbers}
+    ones = ones_verdict(t["cells_differ_from_1"], t["cells_tested"], 0.05, None, None,
+                        t["weighted_contrast_p"])
+    return {**t, "cells_allowed": ones["cells_allowed"],
+            "cells_consistent_with_ones": ones["cells_consistent"],
+            "no_family_structure": ones["no_family_structure"],
+            "families_found": families_found(t["weighted_contrast"], t["weighted_contrast_p"]),
+            "degenerate_within_limit": t["degenerate_share"] <= DEGENERATE_LIMIT}
+
+
 def _variant(name, strength, held_out=False, **task):
-    base = {"undefined_rows": [], "cells_differ_from_1": 0, "cells_allowed": 1.4,
-            "family_contrast": 0.0, "family_contrast_p": 0.5, "weighted_contrast": 0.0,
-            "weighted_contrast_p": 0.5, "degenerate_share": 0.0,
-            "self_gains_positive": 8, "languages": 8, "self_gain_z_mean": 3.0}
     return {"variant": name, "strength": strength, "held_out": held_out,
-            "gender": {**base, **task}, "speaker": {**base, **task}}
+            "gender": _task(**task), "speaker": _task(**task)}
 
 
 def _growth(*steps):
@@ -226,11 +239,12 @@ def test_the_exchangeable_corpus_carries_the_per_cell_null():
     result = checks(variants, default_strength=1.0)
     assert result["null_no_more_cells_than_fdr_allows"] is True
     assert [v["variant"] for v in dose_series(variants)] == ["strength0", "default", "strong"]
-    variants[1]["gender"] = {**variants[1]["gender"], "cells_differ_from_1": 2}
-    variants[1]["speaker"] = {**variants[1]["speaker"], "cells_differ_from_1": 2}
+    variants[1]["gender"] = variants[1]["speaker"] = _task(weighted_contrast=5.0,
+                                                           cells_differ_from_1=2)
     assert checks(variants, 1.0)["null_no_more_cells_than_fdr_allows"] is False  # 2 > 1.4
     # ... and its family test counts among the nulls'
-    variants[1]["gender"]["weighted_contrast_p"] = 0.01
+    variants[1]["gender"] = _task(weighted_contrast=5.0, cells_differ_from_1=2,
+                                  weighted_contrast_p=0.01)
     assert checks(variants, 1.0)["null_family_p_at_least_alpha"] is False
     # without one, the strength-0 corpus is held to the FDR
     assert checks([variants[0], *variants[2:]], 1.0)["null_no_more_cells_than_fdr_allows"] is False

@@ -79,9 +79,13 @@ def test_planted_blocks_rank_first_and_form_the_communities(tmp_path):
         assert table["low"].le(table["cltm"]).all() and table["high"].ge(table["cltm"]).all()
     assert (donors["same_family"] == (donors["target"].map(BLOCK_FAMILIES)
                                       == donors["donor"].map(BLOCK_FAMILIES))).all()
-    partners = dn.partner_first(donors)
+    partners = dn.partner_first(donors, 0.95)
     assert len(partners) == 12 and partners["first"].all() and partners["surely_first"].all()
     assert partners["first_share"].to_numpy() == pytest.approx(1.0)
+    # the stage writes the verdict the report reads (transfer_graph.json's partner_first)
+    pf = json.loads((tmp_path / "transfer_graph.json").read_text())["partner_first"]
+    assert pf == summary["partner_first"]
+    assert (pf["targets"], pf["first"], pf["surely_first"]) == (12, 12, 12)
 
     assert summary["ari"] == 1.0 and summary["n_communities"] == 3
     assert summary["ari_p"] < 0.01  # 5,775 ways to split 12 into 3 x 4: chance rarely matches

@@ -152,8 +152,19 @@ def test_every_stage_runs_from_its_declared_deps_alone(repo):
     for stage in lock_stages(repo):
         code, output, missing = run_hermetic(repo, repo, [corpus], stage)
         if code or missing:
-            failed[stage] = f"exit {code}, outs not written: {missing}\n{output[-1500:]}"
+            failed[stage] = f"exit {code}, outs: {missing}\n{output[-1500:]}"
     assert not failed, "\n\n".join(f"{s}: {why}" for s, why in failed.items())
+
+
+@pytest.mark.slow
+def test_the_hermetic_check_fails_where_a_read_is_undeclared(repo):
+    """The two reads dvc.yaml once left undeclared: without them the stage fails or writes
+    other outs than the pipeline did."""
+    corpus = yaml.safe_load((repo / "params.yaml").read_text())["data"]["commonvoice"]["root"]
+    for stage, dep in (("gaps@gender", "metrics/gender/cltm.csv"),
+                       ("report", "metrics/speaker/transfer_graph.json")):
+        code, _, outs = run_hermetic(repo, repo, [corpus], stage, drop=[dep])
+        assert code != 0 or outs, f"{stage} ran alike without {dep}"
 
 
 @pytest.mark.slow

@@ -491,7 +491,10 @@ def test_stage_writes_stats_and_keeps_diagnostics(store, tmp_path):
     assert all(ci[k]["low"] <= ci[k]["high"] for k in ci if ci[k]["low"] is not None)
     assert ci["intra_family_pos"]["low"] is not None
     fs = json.loads((on / "family_structure.json").read_text())
-    assert list(fs) == list(st.FAMILY_KEYS) and fs["contrast_p"] is not None
+    assert list(fs) == [*st.FAMILY_KEYS, "family_test"] and fs["contrast_p"] is not None
+    # the verdict the report and the calibration read, computed here once
+    assert fs["family_test"] == st.family_verdict(fs)
+    assert fs["family_test"]["families_found"] == st.families_found(*st.family_test(fs))
 
     # Switched off: the files exist, with nulls where the resampling would be.
     ci_off = json.loads((off / "diagnostics_ci.json").read_text())
@@ -878,3 +881,26 @@ def test_difference_summary_is_reproducible_and_json_ready():
                           "replicates_used", "replicates_dropped"}
         for field in ("a", "b", "difference", "low", "high"):
             assert d[field] == pytest.approx(direct[key][field], abs=1e-6)
+
+
+def test_the_ones_verdict_joins_the_parts_it_could_judge():
+    v = st.ones_verdict(2, 28, 0.05, {"low": 0.1, "high": 0.5}, {"mean": 0.3}, 0.5)
+    assert v["cells_allowed"] == pytest.approx(1.4)
+    assert (v["cells_consistent"], v["rfd1_covers_noise"], v["no_family_structure"]) == (
+        False, True, True)
+    assert v["consistent"] is False
+    v = st.ones_verdict(1, 28, 0.05, None, None, None)
+    assert (v["rfd1_covers_noise"], v["no_family_structure"], v["consistent"]) == (
+        None, None, True)
+    assert st.ones_verdict(0, 28, 0.05, {"low": 0.4, "high": 0.5}, {"mean": 0.3},
+                           0.01)["consistent"] is False
+
+
+def test_run_health_gives_the_limit_and_its_verdict():
+    from cltm.analysis.cltm import DEGENERATE_LIMIT, run_health
+
+    runs = pd.DataFrame({"score": [0.9] * 19 + [0.4], "condition": "base", "seed": range(20)})
+    h = run_health(runs, "speaker")
+    assert h["limit"] == DEGENERATE_LIMIT and h["degenerate_share"] == pytest.approx(0.05)
+    assert h["within_limit"] is True
+    assert run_health(runs.assign(score=0.4), "speaker")["within_limit"] is False

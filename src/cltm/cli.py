@@ -159,7 +159,7 @@ def _calibration_summary(args: argparse.Namespace, config: Config) -> None:
     from cltm.stages import calibration
 
     calibration.write_summary(config, Path(args.calibration), args.variant,
-                              metrics=Path(args.metrics), runs=Path(args.runs),
+                              metrics=Path(args.metrics), contrast=Path(args.contrast),
                               families_csv=_families_csv(config, args.corpus),
                               out=Path(args.out))
 
@@ -275,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
          ).add_argument("--variant", required=True)
     _sub(sub, "calibration-summary", "one calibration variant's summary (JSON)",
          _calibration_summary, calibration=cal, metrics="the variant's metrics folder",
-         runs="the folder of the variant's run stores", corpus="the variant's corpus folder",
+         contrast="the variant's contrast.json", corpus="the variant's corpus folder",
          out="the summary JSON").add_argument("--variant", required=True)
     _sub(sub, "calibration-report", "the calibration table and its checks (report.md, "
          "metrics.json)", _calibration_report, calibration=cal,

@@ -196,6 +196,8 @@ def compute_cltm(runs: pd.DataFrame, pair_seeds: bool = False) -> CltmResult:
 
 #: A speaker run at or below this AUC orders its trials no better than chance.
 CHANCE_AUC = 0.5
+#: The largest share of degenerate runs a grid may hold and still count as measuring its data.
+DEGENERATE_LIMIT = 0.05
 
 
 def degenerate_runs(runs: pd.DataFrame, task: str) -> pd.Series:
@@ -211,7 +213,8 @@ def degenerate_runs(runs: pd.DataFrame, task: str) -> pd.Series:
 
 
 def run_health(runs: pd.DataFrame, task: str) -> dict:
-    """The share of degenerate runs (degenerate_runs) overall, by condition and by seed."""
+    """The share of degenerate runs (degenerate_runs) overall, by condition and by seed, and
+    whether it is within DEGENERATE_LIMIT."""
     bad = degenerate_runs(runs, task)
 
     def share_by(column: str) -> dict[str, float]:
@@ -223,6 +226,8 @@ def run_health(runs: pd.DataFrame, task: str) -> dict:
         "runs": len(runs),
         "degenerate": int(bad.sum()),
         "degenerate_share": float(bad.mean()) if len(runs) else None,
+        "limit": DEGENERATE_LIMIT,
+        "within_limit": bool(bad.mean() <= DEGENERATE_LIMIT) if len(runs) else None,
         "by_condition": share_by("condition"),
         "by_seed": share_by("seed"),
     }

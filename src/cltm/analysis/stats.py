@@ -727,6 +727,34 @@ def families_found(contrast: float | None, p: float | None) -> bool | None:
     return bool(p < FAMILY_ALPHA and contrast > 0)
 
 
+def family_verdict(fam: Mapping) -> dict[str, object]:
+    """The family test's verdict, written beside family_structure's numbers: which statistic
+    it reads (family_test), its value and p, and whether the families are found."""
+    contrast, p = family_test(fam)
+    return {"statistic": ("weighted_contrast" if fam.get("weighted_contrast") is not None
+                          else "contrast"),
+            "contrast": contrast, "p": p, "alpha": FAMILY_ALPHA,
+            "families_found": families_found(contrast, p)}
+
+
+def ones_verdict(differ_from_1: int, tested_vs1: int, fdr: float,
+                 rfd1_interval: Mapping | None, rfd1_noise: Mapping | None,
+                 family_p: float | None) -> dict[str, object]:
+    """Is the CLTM consistent with all ones (the null control's question)? Three parts:
+    no more cells differ from 1 than the FDR allows a true null; rfd1's interval covers the
+    value seed noise alone gives; the family test finds no structure. `consistent` is their
+    conjunction over the parts that could be judged (None where none could)."""
+    allowed = fdr * tested_vs1
+    low, high = (rfd1_interval or {}).get("low"), (rfd1_interval or {}).get("high")
+    noise = (rfd1_noise or {}).get("mean")
+    covers = None if None in (low, high, noise) else bool(low <= noise <= high)
+    no_family = None if family_p is None else bool(family_p >= FAMILY_ALPHA)
+    parts = {"cells_consistent": bool(differ_from_1 <= allowed),
+             "rfd1_covers_noise": covers, "no_family_structure": no_family}
+    return {"cells_allowed": allowed, **parts,
+            "consistent": all(v for v in parts.values() if v is not None)}
+
+
 def family_structure(
     matrix: pd.DataFrame,
     families: Mapping[str, str] | None,

@@ -32,17 +32,24 @@ from cltm import layout
 from cltm.analysis import plots, transfer_plots
 from cltm.analysis.cltm import CltmResult, compute_cltm, read_run_store, run_health
 from cltm.analysis.diagnostics import KEYS, diagnostics
-from cltm.analysis.donors import donor_rankings, transfer_draws, transfer_profiles
+from cltm.analysis.donors import (
+    donor_rankings,
+    partner_first,
+    transfer_draws,
+    transfer_profiles,
+)
 from cltm.analysis.languages import check_family_level, display_names, family_map
 from cltm.analysis.stats import (
     PAIRED_DESIGN,
     cell_tests,
     diagnostic_intervals,
     family_structure,
+    family_verdict,
     format_family,
     marks_from_tests,
     noise_floor,
     noise_stream,
+    ones_verdict,
     pairing,
     seed_cells,
     streams,
@@ -80,7 +87,7 @@ def write_stats(runs: pd.DataFrame, result: CltmResult, diag: Mapping[str, objec
     write_json(ci, out_dir / layout.CI_FILE)
     fam = family_structure(result.matrix, families, family_level=a.family_level,
                            permutations=permutations, rng=perm_rng, self_gain=result.self_gain)
-    write_json(fam, out_dir / layout.FAMILY_FILE)
+    write_json({**fam, "family_test": family_verdict(fam)}, out_dir / layout.FAMILY_FILE)
 
     floor = noise_floor(cells, families, replicates=bootstrap, level=ci_level,
                         rng=noise_stream(stats_seed), paired=paired)
@@ -88,11 +95,16 @@ def write_stats(runs: pd.DataFrame, result: CltmResult, diag: Mapping[str, objec
                 "permutations": int(permutations), "stats_seed": int(stats_seed),
                 "seed_design": PAIRED_DESIGN if paired else "independent seeds",
                 "seeds_per_cell": int(cells.counts.max())}
-    counts = {"tested_vs0": int(tests["p_vs0"].notna().sum()),
+    counts = {"off_diagonal": len(tests),
+              "tested_vs0": int(tests["p_vs0"].notna().sum()),
               "tested_vs1": int(tests["p_vs1"].notna().sum()),
               "differs_from_0": int(tests["differs_from_0"].sum()),
-              "differs_from_1": int(tests["differs_from_1"].sum())}
-    write_json({**settings, "cells": counts, "noise_floor": floor,
+              "differs_from_1": int(tests["differs_from_1"].sum()),
+              "above_1": int((tests["direction"] == "above 1").sum()),
+              "below_1": int((tests["direction"] == "below 1").sum())}
+    ones = ones_verdict(counts["differs_from_1"], counts["tested_vs1"], fdr, ci.get("rfd1"),
+                        floor.get("rfd1"), family_verdict(fam)["p"])
+    write_json({**settings, "cells": counts, "noise_floor": floor, "ones": ones,
                 "bootstrap_replicates": info}, out_dir / layout.INFO_FILE)
     log.info("%d of %d tested cells differ from 1 at FDR %g; %s", counts["differs_from_1"],
              counts["tested_vs1"], fdr, format_family(fam))
@@ -128,7 +140,7 @@ def run_cltm(task: str, runs_dir: Path, out_dir: Path, a: AnalysisConfig,
     `runs_dir` is `metrics/runs/<task>` (or its runs.jsonl); `families_csv` (a demo corpus's
     planted families) overrides the language metadata for the locales it lists. The analysis
     settings `a` set the uncertainty outputs (write_stats) and the donor rankings
-    (transfer.write_transfer); they leave diagnostics.json as it is. `a.pair_seeds` also gives
+    (write_transfer); they leave diagnostics.json as it is. `a.pair_seeds` also gives
     the self-gains their SE paired by seed (cltm.compute_cltm).
     """
     family_level, highlight, fdr = a.family_level, a.highlight_languages, a.fdr
@@ -199,9 +211,17 @@ def write_transfer(runs: pd.DataFrame, result: CltmResult, tests: pd.DataFrame,
     co = pd.DataFrame(graph.coclustering, index=pd.Index(langs, name="language"),
                       columns=langs)
     co.to_csv(out_dir / layout.COCLUSTERING_FILE)
+    partners = partner_first(donors, ci_level)
     summary = {"task": task, "family_level": family_level, "top_k": int(top_k), "fdr": fdr,
                "ci_level": ci_level, "stats_seed": int(stats_seed),
-               "seed_design": PAIRED_DESIGN if paired else "independent seeds", **graph.summary}
+               "seed_design": PAIRED_DESIGN if paired else "independent seeds", **graph.summary,
+               # Is a same-family donor each target's best? (the report and calibration read it)
+               "partner_first": {
+                   "targets": len(partners), "first": int(partners["first"].sum()),
+                   "surely_first": int(partners["surely_first"].sum()),
+                   "surely_share": (1 + ci_level) / 2,
+                   "first_share": dict(zip(partners["target"], partners["first_share"],
+                                           strict=True))}}
     write_json(summary, out_dir / layout.GRAPH_FILE)
 
     names = display_names(langs)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from cltm.analysis.diagnostics import KEYS, diagnostics
 from cltm.analysis.languages import check_family_level, family_map
-from cltm.analysis.stats import family_structure, format_family, streams
+from cltm.analysis.stats import family_structure, family_verdict, format_family, streams
 from cltm.analysis.tables import read_matrix_csv, read_self_gain
 from cltm.jsonfile import json_ready, write_json
 from cltm.layout import SELF_GAIN_FILE
@@ -61,5 +61,5 @@ def run_diagnostics(
                                self_gain=gains)
         log.info("%s", format_family(fam))
         if family_json is not None:
-            write_json(fam, Path(family_json))
+            write_json({**fam, "family_test": family_verdict(fam)}, Path(family_json))
     return diag

@@ -19,13 +19,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from cltm.analysis.donors import partner_first
 from cltm.analysis.headline import HEADLINE, interval_of
 from cltm.analysis.languages import display_names
 from cltm.analysis.stats import (
-    FAMILY_ALPHA,
-    families_found,
-    family_test,
     is_paired,
 )
 from cltm.jsonfile import read_json
@@ -277,25 +273,18 @@ def _intervals(task_dir: Path, d: dict, info: dict) -> list[str]:
     return lines
 
 
-def _cell_counts(task_dir: Path, info: dict) -> list[str]:
-    path = task_dir / "cltm_significance.csv"
-    if not path.is_file():
-        return ["cltm_significance.csv is missing.", ""]
-    tests = pd.read_csv(path, keep_default_na=False, na_values=[""])
-    total = len(tests)
-    fdr = info.get("fdr")
-    at = f"FDR {fdr:g}" if fdr is not None else "the chosen FDR"
-    above = int((tests["direction"] == "above 1").sum())
-    below = int((tests["direction"] == "below 1").sum())
-    tested0, tested1 = int(tests["p_vs0"].notna().sum()), int(tests["p_vs1"].notna().sum())
+def _cell_counts(info: dict) -> list[str]:
+    cells, fdr = info.get("cells"), info.get("fdr")
+    if not cells:
+        return ["stats_info.json holds no cell counts.", ""]
     how = ("paired t-tests on the per-seed differences" if is_paired(info) else
            "Welch t-tests on the seed scores")
     return [
-        f"**Cells** ({how}, Benjamini–Hochberg at {at}): of {total} "
-        f"off-diagonal cells, {int(tests['differs_from_0'].astype(bool).sum())} of the {tested0} "
-        f"testable differ from 0 and {int(tests['differs_from_1'].astype(bool).sum())} of the "
-        f"{tested1} testable differ from 1 ({above} above, {below} below; marked + / − on the "
-        "heatmaps). Untestable: undefined rows and cells with fewer than 2 seeds a side.", ""]
+        f"**Cells** ({how}, Benjamini–Hochberg at FDR {fdr:g}): of {cells['off_diagonal']} "
+        f"off-diagonal cells, {cells['differs_from_0']} of the {cells['tested_vs0']} testable "
+        f"differ from 0 and {cells['differs_from_1']} of the {cells['tested_vs1']} testable "
+        f"differ from 1 ({cells['above_1']} above, {cells['below_1']} below; marked + / − on "
+        "the heatmaps). Untestable: undefined rows and cells with fewer than 2 seeds a side.", ""]
 
 
 def _family_check(task_dir: Path) -> list[str]:
@@ -327,59 +316,56 @@ def _family_check(task_dir: Path) -> list[str]:
 
 
 def _direction(fam: dict) -> str:
-    contrast, p = family_test(fam)
-    if contrast is None or p is None:
+    """The cltm stage's family verdict (family_structure.json's family_test), in words."""
+    test = fam.get("family_test") or {}
+    contrast, p, alpha = test.get("contrast"), test.get("p"), test.get("alpha")
+    if test.get("families_found") is None:
         return "- direction: not testable"
     way = "more" if contrast > 0 else "less"
-    verdict = (f"detected (p < {FAMILY_ALPHA:g})" if p < FAMILY_ALPHA else
-               f"not distinguishable from chance family labels (p ≥ {FAMILY_ALPHA:g})")
+    if test["families_found"]:
+        verdict = f"found (p < {alpha:g})"
+    elif p < alpha:
+        verdict = (f"not found: p < {alpha:g}, but same-family donors transfer less, the "
+                   "opposite of a family structure")
+    else:
+        verdict = f"not distinguishable from chance family labels (p ≥ {alpha:g})"
     return (f"- direction: donors of the target's own family transfer {way} than donors of "
             f"other families; family structure {verdict}")
 
 
-def _null_control(task_dir: Path, info: dict) -> list[str]:
-    """The verdict of a null-control corpus: is the CLTM consistent with all ones?"""
-    ci = _read_json(task_dir / "diagnostics_ci.json") or {}
-    fam = _read_json(task_dir / "family_structure.json") or {}
-    cells = info.get("cells") or {}
-    fdr = info.get("fdr")
-    tested, differ = cells.get("tested_vs1"), cells.get("differs_from_1")
-    rfd1 = ci.get("rfd1") or {}
-    floor = (info.get("noise_floor") or {}).get("rfd1") or {}
+def _null_control(info: dict) -> list[str]:
+    """The cltm stage's answer to a null-control corpus's question (stats_info.json's `ones`):
+    is the CLTM consistent with all ones?"""
     out = ["**Null control** (demo.null_control: every language's speakers dealt the same mix of "
            "voices, no family trait; only the labels differ, so the true CLTM is all ones):", ""]
-    if None in (tested, differ, fdr):
-        return [*out, "- cell tests missing", ""]
-    cells_ok = differ <= fdr * tested
-    out.append(f"- {differ} of {tested} cells differ from 1 at FDR {fdr:g} (a true null allows "
-               f"about {fdr * tested:.1f}): {'consistent' if cells_ok else 'NOT consistent'} "
-               "with a CLTM of ones")
-    if rfd1.get("low") is not None and floor.get("mean") is not None:
-        covers = rfd1["low"] <= floor["mean"] <= rfd1["high"]
-        out.append(f"- rfd1 interval [{_fmt(rfd1['low'], 'num')}, {_fmt(rfd1['high'], 'num')}] "
-                   f"{'covers' if covers else 'does NOT cover'} the value seed noise alone "
-                   f"gives ({_fmt(floor['mean'], 'num')})")
-    p = family_test(fam)[1]
-    if p is not None:
-        out.append(f"- weighted family contrast permutation p = {_fmt(p, 'num')} "
-                   f"({'no' if p >= FAMILY_ALPHA else 'spurious'} family structure)")
+    ones, cells, fdr = info.get("ones"), info.get("cells") or {}, info.get("fdr")
+    if not ones:
+        return [*out, "- stats_info.json holds no verdict", ""]
+    out.append(f"- {cells['differs_from_1']} of {cells['tested_vs1']} cells differ from 1 at FDR "
+               f"{fdr:g} (a true null allows about {ones['cells_allowed']:.1f}): "
+               f"{'consistent' if ones['cells_consistent'] else 'NOT consistent'} with a CLTM "
+               "of ones")
+    if ones["rfd1_covers_noise"] is not None:
+        covers = "covers" if ones["rfd1_covers_noise"] else "does NOT cover"
+        out.append(f"- rfd1's interval {covers} the value seed noise alone gives")
+    if ones["no_family_structure"] is not None:
+        out.append(f"- family test: {'no' if ones['no_family_structure'] else 'spurious'} family "
+                   "structure")
+    out.append(f"- verdict: {'consistent' if ones['consistent'] else 'NOT consistent'} with a "
+               "CLTM of ones")
     return [*out, ""]
 
 
-#: The most degenerate runs a grid may hold and still count as measuring its data (issue goal).
-HEALTH_LIMIT = 0.05
-
-
 def _health(task_dir: Path) -> list[str]:
-    """How many runs learnt nothing their score can show (run_health.json)."""
+    """How many runs learnt nothing their score can show, and the cltm stage's verdict
+    (run_health.json)."""
     h = _read_json(task_dir / "run_health.json")
     if not h or not h.get("runs"):
         return ["- Degenerate runs: run_health.json is missing", ""]
     share = h["degenerate_share"]
     parts = ", ".join(f"{k} {100 * v:.0f}%" for k, v in h["by_condition"].items())
     seeds = ", ".join(f"{k}: {100 * v:.0f}%" for k, v in h["by_seed"].items())
-    verdict = ("within" if share <= HEALTH_LIMIT else "ABOVE") + (
-        f" the {100 * HEALTH_LIMIT:g}% limit")
+    verdict = ("within" if h["within_limit"] else "ABOVE") + f" the {100 * h['limit']:g}% limit"
     return [f"- Degenerate runs ({h['what']}): {h['degenerate']} of {h['runs']} "
             f"({100 * share:.1f}%, {verdict}); by condition {parts}; by seed {seeds}. "
             "A self-gain over a base run that failed to start measures the failure, not D'.",
@@ -392,10 +378,10 @@ def _trust_section(task_dir: Path, d: dict, null_control: bool = False) -> list[
     out += _health(task_dir)
     out += _self_gains(task_dir, info)
     out += _intervals(task_dir, d, info)
-    out += _cell_counts(task_dir, info)
+    out += _cell_counts(info)
     out += _family_check(task_dir)
     if null_control:
-        out += _null_control(task_dir, info)
+        out += _null_control(info)
     return out
 
 
@@ -585,8 +571,8 @@ def _headline_section(metrics_dir: Path, diags: dict[str, dict], planted: bool,
                    + (f" (undefined: {', '.join(undefined)})" if undefined else
                       " (no undefined row)"))
     fam = _read_json(metrics_dir / "speaker" / "family_structure.json") or {}
-    contrast, p = family_test(fam)
-    found = families_found(contrast, p)
+    test = fam.get("family_test") or {}
+    contrast, p, found = test.get("contrast"), test.get("p"), test.get("families_found")
     if found is not None:
         out.append(f"- planted genera in the speaker task: weighted family contrast "
                    f"{_fmt(contrast, 'num')}, permutation p = {_fmt(p, 'num')}: "
@@ -605,20 +591,18 @@ def _headline_section(metrics_dir: Path, diags: dict[str, dict], planted: bool,
 
 def _partner_line(task_dir: Path, task: str) -> list[str]:
     """Whether a planted family partner is each target's best donor, with the bootstrap's
-    share of replicates in which one is (donors.csv's same_family and first_share)."""
-    path = task_dir / "donors.csv"
-    if not path.is_file():
-        return [f"- {task}: donors.csv is missing: no donor ranking to read"]
-    info = _read_json(task_dir / "stats_info.json") or {}
-    level = float(info.get("ci_level", 0.95))
-    table = partner_first(pd.read_csv(path), level)
-    if table.empty:
+    share of replicates in which one is (the cltm stage's transfer_graph.json)."""
+    graph = _read_json(task_dir / "transfer_graph.json")
+    if graph is None:
+        return [f"- {task}: transfer_graph.json is missing: no donor ranking to read"]
+    pf = graph["partner_first"]
+    if not pf["targets"]:
         return [f"- {task}: no target has a planted family partner among its donors"]
-    cells = ", ".join(f"{r.target} {100 * r.first_share:.0f}%" for r in table.itertuples())
-    return [f"- {task}: a planted family partner is the best donor of {int(table['first'].sum())}"
-            f" of {len(table)} targets in the data, and in at least {100 * (1 + level) / 2:g}% "
-            f"of the bootstrap replicates for {int(table['surely_first'].sum())} (share of "
-            f"replicates in which a partner ranks first: {cells})"]
+    cells = ", ".join(f"{t} {100 * v:.0f}%" for t, v in pf["first_share"].items())
+    return [f"- {task}: a planted family partner is the best donor of {pf['first']} of "
+            f"{pf['targets']} targets in the data, and in at least {100 * pf['surely_share']:g}% "
+            f"of the bootstrap replicates for {pf['surely_first']} (share of replicates in "
+            f"which a partner ranks first: {cells})"]
 
 
 def run_report(metrics_dir: Path, out_path: Path, null_control: bool = False,
