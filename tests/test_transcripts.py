@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import doctest
+import subprocess
+import sys
 import unicodedata
 from pathlib import Path
 
@@ -103,3 +105,13 @@ def test_vocabulary_errors(tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text("{", encoding="utf-8")
     with pytest.raises(CltmError, match=r"bad\.json"):
         Vocabulary.read(tmp_path / "bad.json")
+
+
+def test_targets_import_no_training_stack() -> None:
+    # The ASR task's selection and targets run where torch is absent (a stage, a laptop).
+    code = ("import sys, cltm.data.transcripts, cltm.data.phonemes\n"
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')\n"
+            "       or m.startswith(('cltm.train', 'cltm.analysis'))]\n"
+            "print(bad); sys.exit(bool(bad))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
