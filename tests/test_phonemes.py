@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from cltm.data import espeak, phonemes
@@ -98,3 +100,16 @@ def test_locale_without_voice() -> None:
 def test_unknown_voice() -> None:
     with pytest.raises(CltmError, match="no voice"):
         phonemes.phonemize(["hola"], "xx-nonexistent")
+
+
+def test_demo_speaker_voices() -> None:
+    from cltm.data import demo
+
+    spec = demo.DemoSpec(languages=("es", "ru", "fi"), speakers_per_language=6,
+                         dev_speakers=1, test_speakers=1)
+    voices = phonemes.demo_speaker_voices(spec)
+    assert len(voices) == 18
+    assert voices[demo.client_id(0, "ru", 3)] == "ru"
+    null = phonemes.demo_speaker_voices(dataclasses.replace(spec, null=True))
+    assert set(null) == set(voices) and set(null.values()) == {"es", "ru", "fi"}
+    assert null != voices  # a null corpus's speakers read other languages than their locale's

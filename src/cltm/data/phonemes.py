@@ -30,7 +30,7 @@ import re
 import unicodedata
 from collections.abc import Iterable, Sequence
 
-from cltm.data.demo import SUPPORTED
+from cltm.data.demo import SUPPORTED, DemoSpec, client_id, voice_locale
 from cltm.data.transcripts import WORD_SEPARATOR
 from cltm.errors import CltmError
 
@@ -124,3 +124,15 @@ def phonemize_locale(
 ) -> list[list[str]]:
     """:func:`phonemize` with the voice of a Common Voice ``locale`` (CltmError if none)."""
     return phonemize(texts, voice_for(locale), fold_marks)
+
+
+def demo_speaker_voices(spec: DemoSpec) -> dict[str, str]:
+    """client_id -> the eSpeak voice language every speaker of the demo corpus ``spec`` speaks
+    with. In the exchangeable-null corpus (``spec.null``) a speaker of one locale speaks another
+    language, in that language's script: its sentences are phonemized with that voice, not its
+    locale's. The corpus's TSVs do not record the voice; it follows from the spec alone."""
+    return {
+        client_id(spec.seed, locale, i): SUPPORTED[voice_locale(spec, locale, i)]
+        for locale in spec.languages
+        for i in range(spec.speakers_per_language)
+    }
