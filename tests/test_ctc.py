@@ -59,6 +59,7 @@ def test_separators_at_the_ends_do_not_count() -> None:
 def test_degenerate() -> None:
     refs = [char_tokens(r) for r in REFS]
     assert is_degenerate(score(refs, [[] for _ in refs]))  # only blanks
+    assert is_degenerate(score(refs, [[WORD_SEPARATOR] for _ in refs]))  # nothing but spaces
     assert score(refs, [[] for _ in refs]).token_error_rate == 1.0
     noisy = [list("xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx") for _ in refs]
     assert is_degenerate(score(refs, noisy))  # error rate >= 1

@@ -126,7 +126,7 @@ class AsrScore:
     word_edits: int
     reference_words: int
     clips: int
-    empty_hypotheses: int  # clips that decoded to nothing (only blanks)
+    empty_hypotheses: int  # clips that decoded to nothing (only blanks, or only separators)
 
     @property
     def perf(self) -> float:
@@ -152,7 +152,7 @@ def score(references: Sequence[Sequence[str]], hypotheses: Sequence[Sequence[str
         ref_tokens += len(ref_t)
         word_edits += edit_distance(ref_w, hyp_w)
         ref_words += len(ref_w)
-        empty += not hyp
+        empty += not hyp_t  # nothing but blanks (or separators) decoded
     if ref_tokens == 0 or ref_words == 0:
         raise ValueError("the references hold no tokens: nothing to score")
     return AsrScore(edits / ref_tokens, word_edits / ref_words, edits, ref_tokens, word_edits,
