@@ -376,7 +376,66 @@ def test_auto_k_is_one_on_cpu_and_the_estimate_grows_with_the_clip():
     cfg = _encoder("hubert-group").config
     assert fused.auto_k(cfg, 10_000, CPU, "fp32") == 1
     assert fused.bytes_per_run(cfg, 10_000, 10.0) > fused.bytes_per_run(cfg, 10_000, 2.0)
-    assert fused.bytes_per_run(cfg, 10_000, 5.0, "fp16") < fused.bytes_per_run(cfg, 10_000, 5.0)
+    half, full = (fused.memory_terms(cfg, 10_000, 5.0, p)["train_activations"]
+                  for p in ("fp16", "fp32"))
+    assert half < full
+
+
+def test_the_memory_estimate_has_every_term():
+    from transformers import HubertConfig
+
+    cfg, n = HubertConfig(), 94_000_000  # HuBERT-base / mHuBERT-147
+    t32 = fused.memory_terms(cfg, n, 5.0, "fp32")
+    t16 = fused.memory_terms(cfg, n, 5.0, "fp16")
+    assert t32["state"] == 16 * n and t32["autocast_copies"] == 0
+    assert t16["autocast_copies"] == 2 * n  # autocast's fp16 copy of every weight
+    # padding to the longest clip of the K: the activations of a step follow the longest clip
+    assert fused.memory_terms(cfg, n, 10.0)["train_activations"] > 1.9 * t32["train_activations"]
+    assert fused.memory_terms(cfg, n, 5.0, batch=4)["train_activations"] == pytest.approx(
+        4 * t32["train_activations"], rel=1e-6)
+    # evaluation, 16 clips a run with the GroupNorm's fp32 temporaries: about 48 GB at K = 26
+    # and 5 s clips by the issue's count
+    assert 1.5e9 < t32["eval_activations"] < 3e9
+    assert fused.memory_terms(cfg, n, 5.0, eval_clips=8)["eval_activations"] == (
+        t32["eval_activations"] // 2)
+    per = fused.bytes_per_run(cfg, n, 5.0, "fp16")
+    assert per >= 1.5 * (t16["state"] + t16["autocast_copies"] + t16["eval_activations"])
+    assert fused.k_that_fits(80 * 10**9, cfg, n, "fp16", 5.0) == int(0.9 * 80 * 10**9 // per)
+    with pytest.raises(MemoryError, match="evaluation of 16 clips"):
+        fused.k_that_fits(10**9, cfg, n, "fp16", 5.0)
+
+
+def _peak_bytes(fn) -> int:
+    """The peak of memory allocated on the CPU while `fn` runs, from torch's memory profiler
+    (each allocation and free, in order)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                profile_memory=True) as prof:
+        fn()
+    current = peak = 0
+    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
+        current += event.self_cpu_memory_usage
+        peak = max(peak, current)
+    return peak
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_the_memory_estimate_bounds_the_measured_peak_of_training_and_evaluation(k):
+    model = _encoder("hubert-group", **NOISE)
+    n_params = sum(p.numel() for p in model.parameters())
+    runs = [_run(seed=s, n_clips=3, classes=2, lengths_seed=s) for s in range(k)]
+    longest = max(w.numel() for r in runs for w in r.waves) / 16_000
+    evals = _waves([9000] * 16, seed=4)
+
+    def train_and_evaluate():
+        trainer = FusedTrainer(FusedEncoder(copy.deepcopy(model), k), runs, PARAMS, CPU, True)
+        trainer.train()
+        fused.embed(trainer.enc, [evals] * k, CPU, True, "fp32", batch=16)
+
+    peak = _peak_bytes(train_and_evaluate)
+    assert peak > 0
+    estimate = k * fused.bytes_per_run(model.config, n_params, max(longest, 9000 / 16_000),
+                                       "fp32", PARAMS.batch_size, 16)
+    assert peak < estimate, (peak, estimate)
 
 
 # --- the grid at another K ----------------------------------------------------------------------

@@ -12,17 +12,23 @@ fused operator sits beside the plain module it must equal (and tests/test_fused.
     fused_attention     HubertAttention/Wav2Vec2Attention per-run, per-clip key mask
     fused_pos_conv      *PositionalConvEmbedding         weight norm + grouped conv, SamePad
     FusedEncoder        HubertModel / Wav2Vec2Model      both front ends, stable LN both ways
-    FusedAdamW          torch.optim.AdamW (per run)      per-run step counts and skips
-    clip_per_run        clip_grad_norm_ (per run)
+    FusedAdamW          torch.optim.AdamW (per run)      torch's fused kernel over run slices
+    unscale_clip_step   GradScaler + clip_grad_norm_     per run, folded into the kernel
     LossScales          GradScaler (per run)             an overflow skips that run's step only
 
-Random streams are per run (`RunStreams`, seeded from the run's seed only): dropout masks are
-drawn over the run's own shape (its clips, its longest clip) and then padded into the fused
-tensor, LayerDrop and SpecAugment draw from the run's host generator. So a run draws the same
-numbers alone (K = 1, the same code) or beside any partners, and its result does not depend on
-them. The distributions are transformers': dropout rates, LayerDrop probability, SpecAugment's
-mask_time_prob / mask_time_length / mask_time_min_masks (`_compute_mask_indices`), here over each
-clip's valid frames.
+Random streams are per run (`RunStreams`, from the run's seed only): LayerDrop and SpecAugment
+draw from the run's host generator; dropout masks are counter-based, a hash of (the run's key,
+the step, the site, the element's coordinates in the run's own tensor), drawn for all K runs in
+one expression (`Noise.dropout`). So a run draws the same numbers alone (K = 1, the same code)
+or beside any partners, and its result does not depend on them. The distributions are
+transformers': dropout rates, LayerDrop probability, SpecAugment's mask_time_prob /
+mask_time_length / mask_time_min_masks (`_compute_mask_indices`), here over each clip's valid
+frames; the dropout numbers themselves are this module's, not torch's generator's.
+
+A training step is made on the host (`FusedTrainer.prepare`) and then run on the device
+(`FusedTrainer.run`) without a single read back: skip decisions, loss scales and step counts
+stay on the device, losses come back every `log_every` steps. `profile_step` counts what a
+step launches and reads (tests hold the launches flat in K and the reads at zero).
 
 Supported: HuBERT / mHuBERT-147 and wav2vec 2.0 (feat_extract_norm group or layer,
 do_stable_layer_norm either way). `unsupported` names why another model (WavLM,
@@ -1042,42 +1048,88 @@ def embed(enc: FusedEncoder, lanes: Sequence[Sequence[torch.Tensor]], device: to
 
 # --- how many runs fit -------------------------------------------------------------------------
 
-def bytes_per_run(config: PretrainedConfig, n_params: int, seconds: float = 6.0,
-                  precision: str = "fp32") -> int:
-    """A documented upper estimate of one fused run's device memory at batch 1:
+def memory_terms(config: PretrainedConfig, n_params: int, seconds: float = 6.0,
+                 precision: str = "fp32", batch: int = 1, eval_clips: int = 16
+                 ) -> dict[str, int]:
+    """The terms of one fused run's device memory, in bytes, for steps that pad to a clip of
+    `seconds` (the longest clip of the K: a fused step pads every run to it), `batch` clips a
+    step and evaluation `eval_clips` clips at a time:
 
-    - 16 bytes a parameter: fp32 weights, gradients, AdamW's two moments;
-    - activations kept for the backward pass of a clip of `seconds`: the CNN's first layer
-      dominates (conv out, norm, GELU: 3 tensors of conv_dim[0] x samples/5, 4 bytes), then
-      each CNN layer (3 tensors of C x frames) and each transformer layer (about 14 tensors of
-      T x hidden plus 3 of heads x T x T, T = samples/320); halved under fp16 / bf16;
-    - x1.5 for the allocator's fragmentation and temporaries.
+    - `state`: 16 bytes a parameter: fp32 weights, gradients, AdamW's two moments;
+    - `autocast_copies`: under fp16 / bf16 autocast keeps a 2-byte copy of every weight it
+      casts for the step (its cache), for the backward pass;
+    - `train_activations`: what the backward pass keeps of `batch` clips: the CNN's first layer
+      dominates (conv out, norm, GELU: 3 tensors of conv_dim[0] x frames0), plus the masked
+      GroupNorm's temporaries at its peak (4 more, always fp32: autocast runs norms in fp32),
+      then each CNN layer (3 tensors of C x frames) and each transformer layer (about 14
+      tensors of T x hidden, 2 of T x intermediate, 3 of heads x T x T); 2 bytes an element
+      under fp16 / bf16, 4 otherwise;
+    - `eval_activations`: evaluation keeps nothing for a backward pass, but it runs
+      `eval_clips` clips at once: its peak is the first CNN layer's output with the GroupNorm
+      temporaries (5 fp32 tensors of conv_dim[0] x frames0 a clip), or a layer's attention
+      scores, whichever is larger. Training and evaluation alternate, so the larger counts.
     """
+    half = precision in ("fp16", "bf16")
+    width = 2 if half else 4
     samples = seconds * 16_000
-    act = 3 * config.conv_dim[0] * samples / config.conv_stride[0]
     n = samples
-    for dim, kernel, stride in zip(config.conv_dim, config.conv_kernel, config.conv_stride):
+    frames = []
+    for kernel, stride in zip(config.conv_kernel, config.conv_stride):
         n = (n - kernel) // stride + 1
-        act += 3 * dim * n
-    T = n
-    act += config.num_hidden_layers * (
+        frames.append(n)
+    T = frames[-1]
+    first = config.conv_dim[0] * frames[0]
+    per_clip = 3 * first * width + 4 * first * 4
+    per_clip += sum(3 * d * f for d, f in zip(config.conv_dim, frames)) * width
+    per_clip += config.num_hidden_layers * width * (
         14 * T * config.hidden_size + 2 * T * config.intermediate_size
         + 3 * config.num_attention_heads * T * T)
-    act_bytes = act * (2 if precision in ("fp16", "bf16") else 4)
-    return int(1.5 * (16 * n_params + act_bytes))
+    eval_clip = max(5 * first * 4, 3 * config.num_attention_heads * T * T * 4)
+    return {"state": 16 * n_params,
+            "autocast_copies": 2 * n_params if half else 0,
+            "train_activations": int(batch * per_clip),
+            "eval_activations": int(eval_clips * eval_clip)}
+
+
+def eval_batch(config: PretrainedConfig, n_params: int, seconds: float, precision: str,
+               batch: int, cap: int = 16) -> int:
+    """Evaluation's clips at a time a run (at most `cap`), chunked so that its activations
+    stay within training's: evaluation then adds nothing to the memory a run needs. Pooled
+    representations do not depend on it (padding is exact); it depends on no partner."""
+    t = memory_terms(config, n_params, seconds, precision, batch, eval_clips=1)
+    return max(1, min(cap, t["train_activations"] // max(t["eval_activations"], 1)))
+
+
+def bytes_per_run(config: PretrainedConfig, n_params: int, seconds: float = 6.0,
+                  precision: str = "fp32", batch: int = 1, eval_clips: int = 16) -> int:
+    """A documented upper estimate of one fused run's device memory (`memory_terms`): state
+    and autocast copies, plus the larger of training's and evaluation's activations, x1.5 for
+    the allocator's fragmentation and temporaries."""
+    t = memory_terms(config, n_params, seconds, precision, batch, eval_clips)
+    return int(1.5 * (t["state"] + t["autocast_copies"]
+                      + max(t["train_activations"], t["eval_activations"])))
 
 
 def auto_k(config: PretrainedConfig, n_params: int, device: torch.device, precision: str,
-           seconds: float = 6.0, cap: int = 64) -> int:
-    """K from the device's free memory (CUDA), keeping 10% back; 1 on CPU."""
+           seconds: float = 6.0, cap: int = 64, batch: int = 1, eval_clips: int = 16) -> int:
+    """K from the device's free memory (CUDA), keeping 10% back; 1 on CPU. `seconds`: the
+    longest clip the runs train on (a fused step pads to the longest clip of its K);
+    evaluation chunked to fit (`eval_batch`, at most `eval_clips`)."""
     if device.type != "cuda":
         return 1
     free, _ = torch.cuda.mem_get_info(device)
-    per = bytes_per_run(config, n_params, seconds, precision)
+    eval_clips = eval_batch(config, n_params, seconds, precision, batch, eval_clips)
+    return k_that_fits(free, config, n_params, precision, seconds, cap, batch, eval_clips)
+
+
+def k_that_fits(free: int, config: PretrainedConfig, n_params: int, precision: str,
+                seconds: float = 6.0, cap: int = 64, batch: int = 1, eval_clips: int = 16) -> int:
+    """How many runs `free` bytes hold, keeping 10% back."""
+    per = bytes_per_run(config, n_params, seconds, precision, batch, eval_clips)
     k = int(0.9 * free // per)
     if k < 1:
         raise MemoryError(
             f"train.fuse: auto: one run needs about {per / 2**30:.1f} GiB (weights, gradients, "
-            f"AdamW state, activations of a {seconds:.0f} s clip) but {free / 2**30:.1f} GiB "
-            "of the device is free")
+            f"AdamW state, activations of a {seconds:.1f} s clip, evaluation of {eval_clips} "
+            f"clips) but {free / 2**30:.1f} GiB of the device is free")
     return min(k, cap)
