@@ -684,6 +684,10 @@ def per_run_norms(grads: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack(norms), dim=0)
 
 
+#: FusedAdamW's memory traffic a parameter a step, with the per-run norm for clipping.
+ADAMW_BYTES_PER_PARAM = 4 + 16 + 16
+
+
 class FusedAdamW:
     """torch.optim.AdamW (no amsgrad) run by run over stacked parameters, as torch's fused
     multi-tensor kernel (`torch._fused_adamw_`) over each run's slices of every tensor.
@@ -695,10 +699,11 @@ class FusedAdamW:
     overflow as its `found_inf`, both on the device: the kernel then leaves the run's tensors
     and moments alone and its step counts are taken back, with no read on the host.
 
-    Memory traffic a parameter a step (fp32): the norm pass reads the gradient (4 bytes); the
-    kernel reads weight, gradient and both moments and writes weight and moments (28 bytes):
-    32 bytes, against about 125 for separate unscale, finiteness, clip and AdamW passes. Launches:
-    one norm a tensor, plus one kernel launch (a few multi-tensor chunks) per run and lr group.
+    Memory traffic a parameter a step (fp32, `ADAMW_BYTES_PER_PARAM`): the norm pass reads the
+    gradient (4 bytes); the kernel reads weight, gradient and both moments (16) and writes
+    weight, both moments and the unscaled gradient (16): 36 bytes, against about 125 for
+    separate unscale, finiteness, clip and AdamW passes. Launches: one norm a tensor, plus one
+    kernel launch (a few multi-tensor chunks) per run and lr group.
     """
 
     def __init__(self, params: dict[str, nn.Parameter], lr: dict[str, float],
