@@ -165,6 +165,26 @@ def test_each_kind_of_noise_draws_from_the_runs_own_stream():
     assert set(da[0].unique().tolist()) == {0.0, 2.0}
 
 
+def test_counter_based_dropout_keeps_1_minus_p_independently_across_runs_sites_and_steps():
+    """The hash's masks behave as independent draws: the keep rate is 1 - p, and two runs, two
+    sites, two steps or two neighbouring elements agree as often as independent masks do."""
+    cfg = _encoder("hubert-group", **NOISE).config
+    frames = torch.tensor([[200] * 4] * 2)
+
+    def noise(step):
+        return fused.Noise([fused.RunStreams(1), fused.RunStreams(2)], [4, 4], frames, cfg, step)
+
+    x = torch.ones(2, 4, 200, 256)
+    p, chance = 0.1, 0.9**2 + 0.1**2
+    a, b = noise(5).dropout(x, p, "0.activation") > 0, noise(5).dropout(x, p, "hidden") > 0
+    c = noise(6).dropout(x, p, "0.activation") > 0
+    assert a.float().mean().item() == pytest.approx(1 - p, abs=0.003)
+    for u, v in ((a[0], a[1]), (a, b), (a, c), (a[..., 1:], a[..., :-1]),
+                 (a[:, :, 1:], a[:, :, :-1]), (a[:, 1:], a[:, :-1])):
+        assert (u == v).float().mean().item() == pytest.approx(chance, abs=0.005)
+    assert torch.equal(noise(5).dropout(x, p, "0.activation") > 0, a)  # a function of its key
+
+
 def test_span_mask_draws_transformers_numbers_of_spans():
     """Per clip the number of spans is transformers' (int(p*n/L + eps), at least min_masks,
     capped), each of length L inside the clip's valid frames."""
