@@ -88,7 +88,7 @@ _M32 = 0xFFFFFFFF
 _H1, _H2 = 0x21F0AAAD, 0x735A2D97
 
 
-def mix32(x):
+def mix32(x: int | torch.Tensor) -> int | torch.Tensor:
     """A 32-bit integer hash (two multiply-xorshift rounds) of x in [0, 2**32): a Python int or
     an int64 tensor, elementwise."""
     x = x ^ (x >> 16)
@@ -721,35 +721,48 @@ class FusedAdamW:
         self._views = {n: (params[n].detach().unbind(0), self.exp_avg[n].unbind(0),
                            self.exp_avg_sq[n].unbind(0), self._steps[i].unbind(0))
                        for i, n in enumerate(self.names)}
+        self._groups: dict[float, list[int]] = {}
+        for i, n in enumerate(self.names):
+            self._groups.setdefault(lr[n], []).append(i)
+        # Each run's lists of every tensor of a group, for the step in which it uses them all.
+        self._run_lists = {
+            g: [tuple([self._views[self.names[i]][j][k] for i in members] for j in range(4))
+                for k in range(self.k)]
+            for g, members in self._groups.items()}
 
     @torch.no_grad()
     def step(self, on: dict[str, Sequence[bool]], grad_scale: torch.Tensor | None = None,
              found_inf: torch.Tensor | None = None) -> None:
         """`on[name][k]`: run k steps tensor `name` (host); `grad_scale` (K,): each run's
-        gradients are divided by it; `found_inf` (K,) float, 1 where the run skips its step."""
+        gradients are divided by it; `found_inf` (K,) float, 1 where the run skips its step.
+
+        The host's work a step is about one view per run and tensor (the gradients are new
+        tensors every step); a step never waits on the device, so it overlaps the device's."""
         b1, b2 = self.betas
-        names = [n for n in self.names if self.params[n].grad is not None]
-        mask = [[bool(x) for x in on[n]] if n in on and self.params[n].grad is not None
-                else [False] * self.k for n in self.names]
+        has_grad = [self.params[n].grad is not None for n in self.names]
+        mask = [list(on[n]) if n in on and g else [False] * self.k
+                for n, g in zip(self.names, has_grad)]
         inc = torch.tensor(mask, dtype=self._steps.dtype).to(self.device, non_blocking=True)
         self._steps.add_(inc)
-        grads = {n: self.params[n].grad.unbind(0) for n in names}
-        row = {n: mask[i] for i, n in enumerate(self.names)}
+        grads = [self.params[n].grad.unbind(0) if g else None
+                 for n, g in zip(self.names, has_grad)]
         scales = [None] * self.k if grad_scale is None else grad_scale.float().unbind(0)
         infs = [None] * self.k if found_inf is None else found_inf.float().unbind(0)
-        for k in range(self.k):
-            groups: dict[float, list[str]] = {}
-            for n in names:
-                if row[n][k]:
-                    groups.setdefault(self.lr[n], []).append(n)
-            for lr, group in groups.items():
-                views = [self._views[n] for n in group]
+        for lr, members in self._groups.items():
+            for k in range(self.k):
+                chosen = [i for i in members if mask[i][k]]
+                if not chosen:
+                    continue
+                cached = self._run_lists[lr][k]
+                if len(chosen) == len(members):
+                    params, avg, avg_sq, steps = cached
+                else:
+                    views = [self._views[self.names[i]] for i in chosen]
+                    params, avg, avg_sq, steps = ([v[j][k] for v in views] for j in range(4))
                 torch._fused_adamw_(
-                    [v[0][k] for v in views], [grads[n][k] for n in group],
-                    [v[1][k] for v in views], [v[2][k] for v in views], [],
-                    [v[3][k] for v in views], lr=lr, beta1=b1, beta2=b2,
-                    weight_decay=self.wd, eps=self.eps, amsgrad=False, maximize=False,
-                    grad_scale=scales[k], found_inf=infs[k])
+                    params, [grads[i][k] for i in chosen], avg, avg_sq, [], steps, lr=lr,
+                    beta1=b1, beta2=b2, weight_decay=self.wd, eps=self.eps, amsgrad=False,
+                    maximize=False, grad_scale=scales[k], found_inf=infs[k])
         if found_inf is not None:
             self._steps.sub_(inc * found_inf.float()[None, :])
 
