@@ -7,9 +7,13 @@ batch 1, it measures training clip-steps per second and seconds per run for
 - `processes`: K such runs in K processes at once on the same device,
 - `fused`: K runs as one fused model (FusedTrainer), K in --k where it fits,
 with model FLOP/s (FlopCounterMode on one clip-step, forward + backward) and the share of the
-device's peak, peak memory, the padding share, and the GPU-hours both paper grids would take at
-that pace (gender 240 steps a run, speaker about 2,000, 19,800 runs a task; training steps only,
-evaluation not counted). One JSON line per figure.
+device's peak (looked up from the device's own name: PCIe and SXM parts differ), peak memory,
+the padding share, evaluation's seconds a run, and the GPU-hours both paper grids would take at
+that pace (gender 240 steps a run, speaker about 2,000, 19,800 runs a task; training steps and
+evaluation). Besides: aten operations, host reads and device-to-host copies in one fused step
+at each K (`fused.profile_step`), the optimiser's bytes a parameter, the padding share that
+fused steps would have under a Common Voice-like length distribution, and the serial baseline
+under torch.compile where it works. One JSON line per figure.
 
     PYTHONPATH=src python benchmarks/fused.py --k 1 4 16 32 64 --precision fp16
 
@@ -25,6 +29,7 @@ import multiprocessing as mp
 import resource
 import time
 
+import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -35,9 +40,15 @@ MHUBERT_147 = {"conv_bias": False, "feat_extract_norm": "group"}  # HubertConfig
 TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
         "intermediate_size": 64, "conv_dim": [32] * 7, "num_conv_pos_embeddings": 16,
         "num_conv_pos_embedding_groups": 4}
-PEAK_FLOPS = {"H100": {"fp32": 67e12, "bf16": 989e12, "fp16": 989e12},
+#: Dense tensor-core peaks by the device's name, most specific first (NVIDIA's data sheets).
+PEAK_FLOPS = {"H100 PCIe": {"fp32": 51e12, "bf16": 756e12, "fp16": 756e12},
+              "H100 NVL": {"fp32": 60e12, "bf16": 835e12, "fp16": 835e12},
+              "H100": {"fp32": 67e12, "bf16": 989e12, "fp16": 989e12},
               "H200": {"fp32": 67e12, "bf16": 989e12, "fp16": 989e12},
               "A100": {"fp32": 19.5e12, "bf16": 312e12, "fp16": 312e12}}
+#: Common Voice-like clip durations: log-normal around 4.7 s, within 1-10 s (the release's
+#: recordings are capped at 10 s); the speaker task's clips are not all 4-6 s.
+CV_MEDIAN_S, CV_SIGMA, CV_RANGE = 4.7, 0.35, (1.0, 10.0)
 GRIDS = {"gender": 240, "speaker": 2000}
 RUNS_PER_TASK = 19_800
 
@@ -75,9 +86,12 @@ def peak_memory(device: torch.device) -> float:
 
 
 def serial_pace(config: dict, device: torch.device, precision: str, steps: int,
-                seconds: float) -> float:
-    """Clip-steps per second of one run at a time on transformers' modules."""
+                seconds: float, compile: bool = False) -> float:
+    """Clip-steps per second of one run at a time on transformers' modules (under
+    torch.compile, dynamic shapes, with `compile`)."""
     model = build_random_encoder(config, 0).to(device)
+    if compile:
+        model = torch.compile(model, dynamic=True)
     model.train()
     run = runs(1, steps + 1, seconds)[0]
     head = loop.new_head(model.config.hidden_size, 2, "random", device)
@@ -113,8 +127,9 @@ def processes_pace(config: dict, device: torch.device, precision: str, steps: in
 
 
 def fused_pace(config: dict, device: torch.device, precision: str, steps: int, seconds: float,
-               k: int) -> tuple[float, float, float]:
-    """(clip-steps per second, peak memory GiB, padding share) of k runs fused."""
+               k: int, eval_clips: int) -> tuple[float, float, float, float, fused.StepProfile]:
+    """(clip-steps per second, peak memory GiB, padding share, evaluation seconds a run, one
+    step's profile) of k runs fused."""
     model = build_random_encoder(config, 0)
     enc = fused.FusedEncoder(model, k).to(device)
     trainer = fused.FusedTrainer(enc, runs(k, steps + 1, seconds), params(precision, steps),
@@ -129,7 +144,25 @@ def fused_pace(config: dict, device: torch.device, precision: str, steps: int, s
         trainer.step(s)
     sync(device)
     pace = k * steps / (time.perf_counter() - start)
-    return pace, peak_memory(device), trainer.stats.padding_share
+    trainer.flush()
+    profile = fused.profile_step(trainer, trainer.prepare(steps))
+    evals = runs(1, eval_clips, seconds, seed0=10_000)[0].waves
+    batch = fused.eval_batch(enc.config, sum(p[0].numel() for p in enc.params.values()),
+                             seconds * 1.2, precision, 1)
+    sync(device)
+    start = time.perf_counter()
+    fused.embed(enc, [evals] * k, device, True, precision, batch=batch)
+    sync(device)
+    eval_s = (time.perf_counter() - start) / k
+    return pace, peak_memory(device), trainer.stats.padding_share, eval_s, profile
+
+
+def cv_padding_share(k: int, steps: int = 2000, seed: int = 0) -> float:
+    """The share of a fused batch-1 step's samples that are padding when each of the K runs
+    draws its clip from a Common Voice-like length distribution (no bucketing)."""
+    gen = np.random.default_rng(seed)
+    lengths = np.clip(gen.lognormal(np.log(CV_MEDIAN_S), CV_SIGMA, (steps, k)), *CV_RANGE)
+    return float(1.0 - lengths.sum() / (k * lengths.max(axis=1)).sum())
 
 
 def flops_per_clip_step(config: dict, device: torch.device, seconds: float) -> float:
@@ -150,6 +183,8 @@ def main() -> None:
     ap.add_argument("--precision", default="fp16", choices=["fp32", "fp16", "bf16"])
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--eval-clips", type=int, default=100,
+                    help="evaluation clips a run (timed once a K, counted in seconds a run)")
     args = ap.parse_args()
     torch.manual_seed(0)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -163,14 +198,23 @@ def main() -> None:
         emit(figure="note", device="cpu", text="no GPU: a tiny configuration (2 layers, width 32, "
              "1 s clips, fp32, 1 thread) through the same code; the GPU-hour projections below "
              "are of this tiny model on this CPU, not of mHuBERT-147")
-    peak = next((v[precision] for key, v in PEAK_FLOPS.items() if key in name), None)
+    part = next((key for key in PEAK_FLOPS if key in name), None)
+    peak = PEAK_FLOPS[part][precision] if part else None
+    emit(figure="device_peak", device=name, part=part, precision=precision, flops=peak)
+    emit(figure="optimizer", bytes_per_parameter=fused.ADAMW_BYTES_PER_PARAM,
+         text="per-run norm (read grad) + torch._fused_adamw_ over each run's slices")
+    for k in (1, 4, 16, 32, 64):
+        emit(figure="padding_cv", k=k, padding_share=cv_padding_share(k),
+             distribution=f"lognormal median {CV_MEDIAN_S} s, sigma {CV_SIGMA}, {CV_RANGE} s")
     flops = flops_per_clip_step(config, device, seconds)
     emit(figure="model_flops_per_clip_step", device=name, seconds=seconds, flops=flops)
 
     def report(mode: str, k: int, pace: float, memory: float | None = None,
-               padding: float | None = None) -> None:
+               padding: float | None = None, eval_s: float = 0.0) -> None:
         row = {"figure": "pace", "mode": mode, "k": k, "device": name, "precision": precision,
                "clip_steps_per_s": pace, "s_per_run_gender": GRIDS["gender"] / pace * k,
+               "eval_s_per_run": eval_s,
+               "s_per_run_gender_with_eval": GRIDS["gender"] / pace * k + eval_s,
                "model_flops_per_s": pace * flops,
                "share_of_peak": pace * flops / peak if peak else None}
         if memory is not None:
@@ -180,19 +224,34 @@ def main() -> None:
         emit(**row)
         for task, steps in GRIDS.items():
             emit(figure="grid_projection", mode=mode, k=k, task=task, steps_per_run=steps,
-                 runs=RUNS_PER_TASK, device_hours=RUNS_PER_TASK * steps / pace / 3600)
+                 runs=RUNS_PER_TASK,
+                 device_hours=RUNS_PER_TASK * (steps / pace * k + eval_s) / k / 3600)
 
     serial = serial_pace(config, device, precision, args.steps, seconds)
     report("serial", 1, serial, peak_memory(device))
+    if device.type == "cuda":
+        try:
+            report("serial-compiled", 1,
+                   serial_pace(config, device, precision, args.steps, seconds, compile=True))
+        except Exception as exc:  # a compiler failure is a figure, not an abort
+            emit(figure="pace", mode="serial-compiled", k=1, device=name, works=False,
+                 error=f"{type(exc).__name__}: {str(exc)[:200]}")
+    else:
+        emit(figure="pace", mode="serial-compiled", k=1, device=name, works=False,
+             error="not measured on CPU: every new clip length recompiles for minutes")
     for k in procs:
         report("processes", k, processes_pace(config, device, precision, args.steps, seconds, k))
+    eval_clips = args.eval_clips if device.type == "cuda" else 8
     for k in ks:
         try:
-            pace, memory, padding = fused_pace(config, device, precision, args.steps, seconds, k)
+            pace, memory, padding, eval_s, profile = fused_pace(
+                config, device, precision, args.steps, seconds, k, eval_clips)
         except torch.OutOfMemoryError:
             emit(figure="pace", mode="fused", k=k, device=name, fits=False)
             break
-        report("fused", k, pace, memory, padding)
+        report("fused", k, pace, memory, padding, eval_s)
+        emit(figure="step_profile", k=k, device=name, aten_ops=profile.ops,
+             host_reads=profile.reads, copies_to_host=profile.copies_to_host)
         if device.type == "cuda":
             torch.cuda.empty_cache()
 

@@ -34,6 +34,10 @@ FRONT_ENDS = {
 PARAMS = loop.TrainParams(lr=1e-3, weight_decay=0.01, grad_clip=1.0, epochs=1, batch_size=1,
                            precision="fp32", head_lr_scale=3.0)
 TOL = {"atol": 1e-5, "rtol": 1e-5}
+# Weights after AdamW steps: a gradient element near AdamW's eps (1e-8) divides by
+# sqrt(v) + eps of its own size, so a rounding difference of 1e-9 there (a batched matmul
+# over K runs against one) moves that weight by up to a few percent of lr (1e-3).
+WEIGHTS_TOL = {"atol": 1e-4, "rtol": 1e-5}
 
 
 def _encoder(front: str, **extra):
@@ -133,7 +137,7 @@ def test_fused_runs_equal_runs_alone_with_dropout_layerdrop_and_specaugment(fron
         assert fused_losses[k] == pytest.approx(losses[0], abs=1e-5)
         assert len(losses[0]) == len(run.waves)
         for name, p in alone.enc.plain_state(0).items():
-            torch.testing.assert_close(fused_trainer.enc.plain_state(k)[name], p, **TOL)
+            torch.testing.assert_close(fused_trainer.enc.plain_state(k)[name], p, **WEIGHTS_TOL)
         torch.testing.assert_close(fused_emb[k], emb[0], **TOL)
         # the noise is on: the same run without it trains differently
         _, quiet_losses, _ = _train(_encoder(front, **NO_NOISE), [run])
@@ -149,16 +153,36 @@ def test_fused_runs_equal_runs_alone_with_dropout_layerdrop_and_specaugment(fron
 def test_each_kind_of_noise_draws_from_the_runs_own_stream():
     cfg = _encoder("hubert-group", **NOISE).config
     frames = torch.tensor([[30, 20], [25, 1]])
-    a = fused.Noise([fused.RunStreams(1, CPU), fused.RunStreams(2, CPU)], [2, 1], frames, cfg)
-    b = fused.Noise([fused.RunStreams(2, CPU)], [1], frames[1:, :1], cfg)
+    a = fused.Noise([fused.RunStreams(1), fused.RunStreams(2)], [2, 1], frames, cfg)
+    b = fused.Noise([fused.RunStreams(2)], [1], frames[1:, :1], cfg)
     torch.testing.assert_close(a.layer_keep[1], b.layer_keep[0])
     sa, sb = a.spec_mask(30), b.spec_mask(25)
     assert torch.equal(sa[1, 0, :25], sb[0, 0]) and not sa[1, 1].any() and not sa[1, 0, 25:].any()
     assert sa[0, 0].any() and not sa[0, 0, 30:].any() and not sa[0, 1, 20:].any()
     x = torch.ones(2, 2, 30, 4)
-    da, db = a.dropout(x, 0.5), b.dropout(torch.ones(1, 1, 25, 4), 0.5)
+    da, db = a.dropout(x, 0.5, "s"), b.dropout(torch.ones(1, 1, 25, 4), 0.5, "s")
     torch.testing.assert_close(da[1, :1, :25], db[0])
     assert set(da[0].unique().tolist()) == {0.0, 2.0}
+
+
+def test_counter_based_dropout_keeps_1_minus_p_independently_across_runs_sites_and_steps():
+    """The hash's masks behave as independent draws: the keep rate is 1 - p, and two runs, two
+    sites, two steps or two neighbouring elements agree as often as independent masks do."""
+    cfg = _encoder("hubert-group", **NOISE).config
+    frames = torch.tensor([[200] * 4] * 2)
+
+    def noise(step):
+        return fused.Noise([fused.RunStreams(1), fused.RunStreams(2)], [4, 4], frames, cfg, step)
+
+    x = torch.ones(2, 4, 200, 256)
+    p, chance = 0.1, 0.9**2 + 0.1**2
+    a, b = noise(5).dropout(x, p, "0.activation") > 0, noise(5).dropout(x, p, "hidden") > 0
+    c = noise(6).dropout(x, p, "0.activation") > 0
+    assert a.float().mean().item() == pytest.approx(1 - p, abs=0.003)
+    for u, v in ((a[0], a[1]), (a, b), (a, c), (a[..., 1:], a[..., :-1]),
+                 (a[:, :, 1:], a[:, :, :-1]), (a[:, 1:], a[:, :-1])):
+        assert (u == v).float().mean().item() == pytest.approx(chance, abs=0.005)
+    assert torch.equal(noise(5).dropout(x, p, "0.activation") > 0, a)  # a function of its key
 
 
 def test_span_mask_draws_transformers_numbers_of_spans():
@@ -180,7 +204,7 @@ def test_span_mask_draws_transformers_numbers_of_spans():
 @pytest.mark.parametrize("front", ["hubert-group", "wav2vec2-group", "wav2vec2-layer-stable"])
 def test_a_padded_fused_step_gives_each_run_what_its_clip_gets_alone(front):
     model = _encoder(front, **NOISE)
-    streams = lambda seeds: [fused.RunStreams(s, CPU) for s in seeds]  # noqa: E731
+    streams = lambda seeds: [fused.RunStreams(s) for s in seeds]  # noqa: E731
     lanes = [_waves([9000, 4000], 1), _waves([5200], 2), _waves([7000, 6100], 3)]
     enc = FusedEncoder(copy.deepcopy(model), 3)
     enc.train()
@@ -255,24 +279,100 @@ def test_loss_scale_grows_after_the_interval_per_run():
     assert s.scale.tolist() == [2.0**17, 2.0**16] and s.tracker.tolist() == [0, 6]
 
 
-def test_fused_adamw_equals_torch_adamw_per_run_with_skips():
+def test_fused_adamw_equals_torch_adamw_per_run_with_skips_overflow_and_clipping():
+    """Three runs of two tensors through unscale, clip and the multi-tensor AdamW, against
+    three plain torch.optim.AdamW runs with GradScaler's skip and clip_grad_norm_: run 1 skips
+    tensor `b` every other step (LayerDrop), run 2 overflows at step 2, and every run's
+    gradient norm is above the clip."""
     gen = torch.Generator().manual_seed(0)
-    w = torch.randn(3, 4, 5, generator=gen)
-    p = nn.Parameter(w.clone())
-    opt = fused.FusedAdamW({"w": p}, {"w": 0.01}, weight_decay=0.1)
-    plain = [nn.Parameter(w[k].clone()) for k in range(3)]
-    popt = [torch.optim.AdamW([q], lr=0.01, weight_decay=0.1) for q in plain]
+    K = 3
+    start = {"a": torch.randn(K, 4, 5, generator=gen), "b": torch.randn(K, 6, generator=gen)}
+    params = {n: nn.Parameter(w.clone()) for n, w in start.items()}
+    lr = {"a": 0.01, "b": 0.03}
+    opt = fused.FusedAdamW(params, lr, weight_decay=0.1)
+    scales = fused.LossScales(K, True, CPU)
+    plain = [{n: nn.Parameter(w[k].clone()) for n, w in start.items()} for k in range(K)]
+    popt = [torch.optim.AdamW([{"params": [q["a"]], "lr": 0.01},
+                               {"params": [q["b"]], "lr": 0.03}], weight_decay=0.1)
+            for q in plain]
     for step in range(5):
-        g = torch.randn(3, 4, 5, generator=gen)
-        used = torch.tensor([True, step % 2 == 0, True])  # run 1 skips every other step
-        p.grad = g.clone()
-        opt.step(torch.ones(3, dtype=torch.bool), {"w": used})
-        for k in range(3):
-            if used[k]:
-                plain[k].grad = g[k].clone()
-                popt[k].step()
-    for k in range(3):
-        torch.testing.assert_close(p[k], plain[k], **TOL)
+        true = {n: 5 * torch.randn(w.shape, generator=gen) for n, w in start.items()}
+        scale = scales.scale.clone()
+        for n, p in params.items():  # as backward of the scaled loss leaves them
+            p.grad = true[n] * scale.reshape(-1, *([1] * (p.dim() - 1)))
+        used = {"b": [True, step % 2 == 0, True]}
+        if not used["b"][1]:
+            params["b"].grad[1] = 0.0  # a skipped layer's slice has no gradient in the model
+        if step == 2:
+            params["a"].grad[2, 0, 0] = float("inf")
+        overflow, norms = fused.unscale_clip_step(opt, scales, [True] * K, used, 1.0)
+        assert overflow.tolist() == [False, False, step == 2]
+        assert (norms[:2] > 1.0).all()  # clipping is on
+        for k in range(K):
+            if step == 2 and k == 2:
+                continue  # GradScaler skips optimizer.step()
+            plain[k]["a"].grad = true["a"][k].clone()
+            plain[k]["b"].grad = true["b"][k].clone() if used["b"][k] else None
+            torch.nn.utils.clip_grad_norm_([q for q in plain[k].values() if q.grad is not None],
+                                           1.0)
+            popt[k].step()
+    assert scales.scale.tolist() == [2.0**16, 2.0**16, 2.0**15]
+    assert opt.steps["a"].tolist() == [5, 5, 4] and opt.steps["b"].tolist() == [5, 3, 4]
+    for k in range(K):
+        for n in params:
+            torch.testing.assert_close(params[n][k], plain[k][n], **TOL, msg=f"{n}[{k}]")
+
+
+# --- a step that never waits on the device, launches independent of K --------------------------
+
+def _trainer(k, **noise):
+    model = _encoder("hubert-group", **noise)
+    runs = [_run(seed=s, n_clips=3, classes=2, lengths_seed=s) for s in range(k)]
+    trainer = FusedTrainer(FusedEncoder(copy.deepcopy(model), k), runs, PARAMS, CPU, True)
+    trainer.enc.train()
+    return trainer
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16-scales"])
+def test_a_fused_step_reads_nothing_back_from_the_device(monkeypatch, precision):
+    """The CPU proxy of "no host-device sync in a step": nothing in the step's device part
+    reads a tensor's value into Python (item / bool / int / float reach
+    aten::_local_scalar_dense, which the profiler sees; tolist, numpy and cpu, which on CUDA
+    would copy to the host, are counted by hand). It proves that the code asks the device
+    for no value mid-step; it cannot see a blocking host-to-device copy (on CPU there is none),
+    which is why every such copy in the step is non_blocking."""
+    trainer = _trainer(3, **NOISE)
+    if precision == "fp16-scales":  # the loss scales and their skip decisions on the device
+        trainer.scales = fused.LossScales(3, True, CPU)
+    trainer.step(0)
+    inputs = trainer.prepare(1)
+    calls = []
+    for name in ("tolist", "numpy", "cpu"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *a, _name=name, _original=original, **kw):
+            calls.append(_name)
+            return _original(self, *a, **kw)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    profile = fused.profile_step(trainer, inputs)
+    assert profile.reads == 0 and calls == []
+    monkeypatch.undo()
+    assert len(trainer.losses[0]) == 0 and len(trainer._pending) == 2  # not read back yet
+    trainer.flush()
+    assert [len(x) for x in trainer.losses] == [2, 2, 2]
+
+
+def test_a_fused_step_launches_as_many_operations_at_k_1_4_and_16():
+    """Launches per step do not grow with K (LayerDrop off: at K = 1 a layer its draw skips
+    is not computed at all, which is a saving, not a launch). What grows is one optimiser
+    launch per run and learning-rate group."""
+    counts = {}
+    for k in (1, 4, 16):
+        trainer = _trainer(k, **{**NOISE, "layerdrop": 0.0})
+        counts[k] = fused.profile_step(trainer, trainer.prepare(0)).ops
+    assert counts[16] <= 1.05 * counts[1], counts
+    assert counts[4] <= 1.02 * counts[1], counts
 
 
 def test_unsupported_encoders_are_named():
@@ -296,7 +396,66 @@ def test_auto_k_is_one_on_cpu_and_the_estimate_grows_with_the_clip():
     cfg = _encoder("hubert-group").config
     assert fused.auto_k(cfg, 10_000, CPU, "fp32") == 1
     assert fused.bytes_per_run(cfg, 10_000, 10.0) > fused.bytes_per_run(cfg, 10_000, 2.0)
-    assert fused.bytes_per_run(cfg, 10_000, 5.0, "fp16") < fused.bytes_per_run(cfg, 10_000, 5.0)
+    half, full = (fused.memory_terms(cfg, 10_000, 5.0, p)["train_activations"]
+                  for p in ("fp16", "fp32"))
+    assert half < full
+
+
+def test_the_memory_estimate_has_every_term():
+    from transformers import HubertConfig
+
+    cfg, n = HubertConfig(), 94_000_000  # HuBERT-base / mHuBERT-147
+    t32 = fused.memory_terms(cfg, n, 5.0, "fp32")
+    t16 = fused.memory_terms(cfg, n, 5.0, "fp16")
+    assert t32["state"] == 16 * n and t32["autocast_copies"] == 0
+    assert t16["autocast_copies"] == 2 * n  # autocast's fp16 copy of every weight
+    # padding to the longest clip of the K: the activations of a step follow the longest clip
+    assert fused.memory_terms(cfg, n, 10.0)["train_activations"] > 1.9 * t32["train_activations"]
+    assert fused.memory_terms(cfg, n, 5.0, batch=4)["train_activations"] == pytest.approx(
+        4 * t32["train_activations"], rel=1e-6)
+    # evaluation, 16 clips a run with the GroupNorm's fp32 temporaries: about 48 GB at K = 26
+    # and 5 s clips by the issue's count
+    assert 1.5e9 < t32["eval_activations"] < 3e9
+    assert fused.memory_terms(cfg, n, 5.0, eval_clips=8)["eval_activations"] == (
+        t32["eval_activations"] // 2)
+    per = fused.bytes_per_run(cfg, n, 5.0, "fp16")
+    assert per >= 1.5 * (t16["state"] + t16["autocast_copies"] + t16["eval_activations"])
+    assert fused.k_that_fits(80 * 10**9, cfg, n, "fp16", 5.0) == int(0.9 * 80 * 10**9 // per)
+    with pytest.raises(MemoryError, match="evaluation of 16 clips"):
+        fused.k_that_fits(10**9, cfg, n, "fp16", 5.0)
+
+
+def _peak_bytes(fn) -> int:
+    """The peak of memory allocated on the CPU while `fn` runs, from torch's memory profiler
+    (each allocation and free, in order)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                profile_memory=True) as prof:
+        fn()
+    current = peak = 0
+    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
+        current += event.self_cpu_memory_usage
+        peak = max(peak, current)
+    return peak
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_the_memory_estimate_bounds_the_measured_peak_of_training_and_evaluation(k):
+    model = _encoder("hubert-group", **NOISE)
+    n_params = sum(p.numel() for p in model.parameters())
+    runs = [_run(seed=s, n_clips=3, classes=2, lengths_seed=s) for s in range(k)]
+    longest = max(w.numel() for r in runs for w in r.waves) / 16_000
+    evals = _waves([9000] * 16, seed=4)
+
+    def train_and_evaluate():
+        trainer = FusedTrainer(FusedEncoder(copy.deepcopy(model), k), runs, PARAMS, CPU, True)
+        trainer.train()
+        fused.embed(trainer.enc, [evals] * k, CPU, True, "fp32", batch=16)
+
+    peak = _peak_bytes(train_and_evaluate)
+    assert peak > 0
+    estimate = k * fused.bytes_per_run(model.config, n_params, max(longest, 9000 / 16_000),
+                                       "fp32", PARAMS.batch_size, 16)
+    assert peak < estimate, (peak, estimate)
 
 
 # --- the grid at another K ----------------------------------------------------------------------

@@ -15,6 +15,10 @@ ENCODER_TYPES = ("hubert", "wav2vec2", "wavlm", "data2vec-audio")
 #: Inside a subsets folder (subsets@TASK, and a learning curve's data).
 MANIFEST = "manifest.csv"
 TRIALS = "trials.csv"
+#: The manifest's `draw` of the rows every draw shares (evaluation). Here rather than in
+#: data/subsets.py, which writes it: the grid reads it too, and importing subsets for one
+#: constant put 879 lines into every run's hash.
+ALL_DRAWS = -1
 
 #: Inside a run store (grid@TASK, curve@TASK): one JSON record a line, and the embedding
 #: probes, one .npz per run hash.

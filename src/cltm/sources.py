@@ -2,7 +2,12 @@
 
 One answer serves two questions that must never disagree: which files a stage's `deps` in
 `dvc.yaml` must list (a test holds them equal), and which files a run's hash covers, so that
-editing any of them marks the stored runs stale.
+editing what any of them computes marks the stored runs stale.
+
+The run hash (`digest`) covers each file's syntax tree, not its bytes: comments, docstrings and
+formatting decide no result, and on the paper's grid a typo in a docstring would otherwise cost
+hundreds of GPU-hours of retraining. DVC's deps stay on the bytes (DVC hashes files); a stage
+that reruns on a comment finds every run in the store and trains nothing.
 """
 
 from __future__ import annotations
@@ -70,10 +75,35 @@ def files(modules: Iterable[str]) -> list[Path]:
     return sorted(module_file(m) for m in modules)
 
 
+def _strip_docstrings(tree: ast.AST) -> ast.AST:
+    """`tree` without its statement-level string constants (docstrings, and strings used as
+    comments): evaluating them computes nothing. A body left empty gets a `pass`, so that the
+    tree stays one that `ast.unparse` can render."""
+    for node in ast.walk(tree):
+        for name in ("body", "orelse", "finalbody"):
+            body = getattr(node, name, None)
+            if not isinstance(body, list) or not body or not isinstance(body[0], ast.stmt):
+                continue
+            kept = [s for s in body if not (isinstance(s, ast.Expr)
+                                            and isinstance(s.value, ast.Constant)
+                                            and isinstance(s.value.value, str))]
+            setattr(node, name, kept or [ast.Pass()])
+    return tree
+
+
+def code_of(path: Path) -> str:
+    """What the file at `path` computes: its syntax tree without docstrings, with no positions
+    (so comments, blank lines, line breaks and quotes do not enter)."""
+    tree = _strip_docstrings(ast.parse(path.read_text(), filename=str(path)))
+    return ast.dump(tree, annotate_fields=False, include_attributes=False)
+
+
 def digest(modules: Iterable[str]) -> str:
-    """A hash of the contents of `modules`' files and of everything they import."""
+    """A hash of what `modules` and everything they import compute (`code_of` each file)."""
     h = hashlib.sha256()
     for path in files(closure(modules)):
         h.update(str(path.relative_to(ROOT)).encode())
-        h.update(path.read_bytes())
+        h.update(b"\0")
+        h.update(code_of(path).encode())
+        h.update(b"\0")
     return h.hexdigest()[:16]

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from cltm.errors import CltmError
+from cltm.layout import ALL_DRAWS
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,6 @@ CAPACITY_COLUMNS: tuple[str, ...] = (
     "speaker_needs",
 )
 ROLES: tuple[str, ...] = ("D", "D_prime", "eval")
-ALL_DRAWS = -1  # the `draw` of rows every draw shares (evaluation)
 GENDERS: tuple[str, ...] = ("male", "female")
 POOLS: tuple[str, ...] = ("validated", "train")
 _TABLE_COLUMNS: tuple[str, ...] = ("language", "split", "clip", "speaker", "gender")

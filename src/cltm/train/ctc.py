@@ -38,7 +38,7 @@ class CTCHead(nn.Module):
     def __init__(self, hidden_size: int, vocab_size: int, init: str = "random") -> None:
         super().__init__()
         # Built the same way under either init, so the seed's generator ends at the same place
-        # (as tasks.new_head does for the pooled heads).
+        # (as loop.new_head does for the pooled heads).
         self.linear = nn.Linear(hidden_size, vocab_size)
         if init == "zero":
             nn.init.zeros_(self.linear.weight)

@@ -15,9 +15,8 @@ from typing import Any
 
 import pandas as pd
 
-from cltm.data.subsets import ALL_DRAWS
 from cltm.errors import CltmError
-from cltm.layout import MANIFEST, TRIALS
+from cltm.layout import ALL_DRAWS, MANIFEST, TRIALS
 
 CONDITIONS = ("base", "self", "cross")
 

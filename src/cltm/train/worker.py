@@ -129,12 +129,17 @@ class Worker:
             log.warning("train.fuse: %s", reason)
             return PlainRecipe(self)
         k = self.s.fuse
+        n_params = sum(p.numel() for p in self.encoder.parameters())
+        # A fused step pads to the longest clip of its K: the longest clip of the data bounds it.
+        longest = max(w.numel() for w in self.waves.values()) / 16_000
+        t, cap = self.s.train, loop.EVAL_BATCH.get(self.device.type, 16)
+        eval_batch = fused.eval_batch(self.encoder.config, n_params, longest, t.precision,
+                                      t.batch_size, cap)
         if k == "auto":
-            n_params = sum(p.numel() for p in self.encoder.parameters())
-            k = fused.auto_k(self.encoder.config, n_params, self.device,
-                             self.s.train.precision)
+            k = fused.auto_k(self.encoder.config, n_params, self.device, t.precision,
+                             seconds=longest, batch=t.batch_size, eval_clips=cap)
             log.info("train.fuse: auto: %d runs fused on %s", k, self.device_name)
-        return FusedRecipe(self, int(k))
+        return FusedRecipe(self, int(k), eval_batch)
 
     def reset(self) -> None:
         self.encoder.load_state_dict(self.initial)
@@ -284,9 +289,9 @@ class Recipe:
 class FusedRecipe(Recipe):
     """Fine-tune K runs at once as one fused model (train/fused.py)."""
 
-    def __init__(self, worker: Worker, k: int) -> None:
+    def __init__(self, worker: Worker, k: int, eval_batch: int) -> None:
         super().__init__(worker)
-        self.k = k
+        self.k, self.eval_batch = k, eval_batch
         self.enc: fused.FusedEncoder | None = None
 
     def train(self, group: list[Prepared]) -> list[list[float]]:
@@ -304,7 +309,7 @@ class FusedRecipe(Recipe):
         w = self.w
         return fused.embed(self.enc, [[w.waves[c] for c in lane] for lane in lanes], w.device,
                            w.do_normalize, w.s.train.precision, last_layers=layers,
-                           batch=loop.EVAL_BATCH.get(w.device.type, 16))
+                           batch=self.eval_batch)
 
     def classify(self, k: int, emb: torch.Tensor) -> np.ndarray:
         return loop.classify(self.enc.head(k), emb, self.w.device)
