@@ -271,3 +271,21 @@ def test_batch_bounds_never_leave_one_clip_alone():
     assert _batch_bounds(24, 128) == [(0, 24)]
     with pytest.raises(ValueError, match="at least 2"):
         _batch_bounds(1, 4)
+
+
+def test_a_long_run_passes_through_every_shorter_one(threads):
+    """The learning check's premise: after_step at step k sees the weights of a k-step run."""
+    waves, speakers = _speakers(3, 3, seed=2, seconds=0.8)
+    s = paper_settings(32, se_channels=8, attention_channels=8, mfa_channels=None, crop_s=0.5,
+                       batch_size=4, steps=5, lr_cycle_steps=3)
+    seen = {}
+
+    def keep(run):
+        seen[len(run.losses)] = {k: v.clone() for k, v in run.model.state_dict().items()}
+        embed(run, waves[:2])  # evaluating on the way must not change the run
+
+    long = train_ecapa(waves, speakers, s, seed=0, after_step=keep)
+    short = train_ecapa(waves, speakers, replace_steps(s, 3), seed=0)
+    assert long.losses[:3] == short.losses
+    for name, value in short.model.state_dict().items():
+        assert torch.equal(seen[3][name], value), name

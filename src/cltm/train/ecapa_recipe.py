@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -193,11 +193,14 @@ class TrainedEcapa:
 
 
 def train_ecapa(waves: Sequence[torch.Tensor], speakers: Sequence[Any], s: EcapaSettings,
-                seed: int, features: Sequence[torch.Tensor] | None = None) -> TrainedEcapa:
+                seed: int, features: Sequence[torch.Tensor] | None = None,
+                after_step: Callable[[TrainedEcapa], None] | None = None) -> TrainedEcapa:
     """Train a new network on `waves` labelled by `speakers` (any hashable ids) from `seed`.
 
     `features`: each clip's `clip_features`, when the caller keeps them (a worker computes a
-    clip's once for every run that trains on it).
+    clip's once for every run that trains on it). `after_step`: called with the run so far
+    after every step (a learning check: no step depends on the total, so the state after
+    step k is that of a run of k steps, and one long run measures every shorter one).
     """
     if len(waves) != len(speakers):
         raise ValueError(f"{len(waves)} clips but {len(speakers)} speaker labels")
@@ -244,6 +247,9 @@ def train_ecapa(waves: Sequence[torch.Tensor], speakers: Sequence[Any], s: Ecapa
         opt.step()
         losses.append(float(loss.detach()))
         step += 1
+        if after_step is not None:
+            after_step(TrainedEcapa(model, head, s, losses))
+            model.train()
     return TrainedEcapa(model, head, s, losses)
 
 
