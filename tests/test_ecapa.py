@@ -258,8 +258,15 @@ def test_run_speaker_reads_the_speaker_subsets(synthetic_subsets, threads):
     assert record["eval_trials"] == int((trials["language"] == "aa").sum())
     assert 0.0 <= record["score"] <= 1.0 and 0.0 <= record["eer"] <= 1.0
     assert record["run_id"] == "speaker/aa/cross-bb/0"
-    again = run_speaker(spec, manifest, trials, waves, s)
+    from cltm.train.ecapa_recipe import all_features
+    from cltm.train.grid import probe_clips
+
+    probes = probe_clips(manifest, 3, seed=0)
+    again = run_speaker(spec, manifest, trials, waves, s, features=all_features(waves, s),
+                        probes=probes)
     assert (again["score"], again["eer"]) == (record["score"], record["eer"])
+    assert again["probes"]["target"].shape == (3, 192)
+    assert again["probes"]["donor"].dtype == np.float16
 
 
 def test_batch_bounds_never_leave_one_clip_alone():

@@ -273,14 +273,24 @@ def embed(trained: TrainedEcapa, waves: Sequence[torch.Tensor],
     return out
 
 
+def all_features(waves: Mapping[str, torch.Tensor], s: EcapaSettings) -> dict[str,
+                                                                            torch.Tensor]:
+    """Every clip's `clip_features`, for a worker to compute once and pass to each run."""
+    return {c: clip_features(w, s) for c, w in waves.items()}
+
+
 def run_speaker(spec: RunSpec, manifest: pd.DataFrame, trials: pd.DataFrame,
                 waves: Mapping[str, torch.Tensor], s: EcapaSettings,
-                features: Mapping[str, torch.Tensor] | None = None) -> dict[str, Any]:
+                features: Mapping[str, torch.Tensor] | None = None,
+                probes: Mapping[str, Sequence[str]] | None = None) -> dict[str, Any]:
     """One run of the speaker task with ECAPA: train on the spec's clips of the speaker
     subsets (`training_clips`: D_i, with D'_i or the donor's D_j), score the target's trials.
 
     Returns a plain record in the worker's shape (score = AUC, eer, eval_trials, losses,
     steps, train_clips, wall_s). `features`: clip -> `clip_features`, if the caller caches them.
+    `probes`: language -> probe clips (`grid.probe_clips`); the record then holds the run's
+    float16 embeddings of the target's probes and, for a cross run, of the donor's, as the
+    worker's `probes` entry.
     """
     start = time.perf_counter()
     rows = training_clips(manifest, spec)
@@ -298,6 +308,14 @@ def run_speaker(spec: RunSpec, manifest: pd.DataFrame, trials: pd.DataFrame,
     scores = tasks.cosine_scores(emb, {c: i for i, c in enumerate(eval_clips)},
                                  t["a"].tolist(), t["b"].tolist())
     auc, eer = tasks.auc_eer(scores, t["label"].to_numpy())
+    extra: dict[str, Any] = {}
+    if probes:
+        position = {c: i for i, c in enumerate(eval_clips)}
+        found = {"target": emb[[position[c] for c in probes[spec.target]]]}
+        if spec.condition == "cross" and probes.get(spec.donor):
+            donor = list(probes[spec.donor])
+            found["donor"] = embed(trained, [waves[c] for c in donor], feats_of(donor))
+        extra["probes"] = {k: v.numpy().astype(np.float16) for k, v in found.items()}
     return {
         **spec.as_dict(),
         "run_id": spec.run_id,
@@ -309,4 +327,5 @@ def run_speaker(spec: RunSpec, manifest: pd.DataFrame, trials: pd.DataFrame,
         "steps": len(trained.losses),
         "train_clips": len(rows),
         "wall_s": time.perf_counter() - start,
+        **extra,
     }
