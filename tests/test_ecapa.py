@@ -231,6 +231,10 @@ def test_settings_validate():
         EcapaSettings(variant="xvector")
     with pytest.raises(ValueError, match="schedule"):
         EcapaSettings(schedule="cosine")
+    with pytest.raises(ValueError, match="window"):
+        EcapaSettings(window="hann")
+    with pytest.raises(ValueError, match="batch_size"):
+        EcapaSettings(batch_size=1)
 
 
 def test_triangular_schedule_is_speechbrains():

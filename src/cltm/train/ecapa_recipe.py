@@ -84,6 +84,11 @@ class EcapaSettings:
             raise ValueError(f"unknown schedule {self.schedule!r} ({' | '.join(SCHEDULES)})")
         if self.optimizer not in ("adam", "adamw"):
             raise ValueError(f"unknown optimizer {self.optimizer!r} (adam | adamw)")
+        if self.window not in ("povey", "hamming"):
+            raise ValueError(f"unknown window {self.window!r} (povey | hamming)")
+        if self.batch_size < 2 or (self.steps is not None and self.steps < 0):
+            raise ValueError(f"batch_size must be >= 2 (BN) and steps >= 0, got "
+                             f"{self.batch_size} and {self.steps}")
 
     @property
     def fbank(self) -> FbankSettings:
