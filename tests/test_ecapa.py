@@ -300,3 +300,23 @@ def test_a_long_run_passes_through_every_shorter_one(threads):
     assert long.losses[:3] == short.losses
     for name, value in short.model.state_dict().items():
         assert torch.equal(seen[3][name], value), name
+
+
+def test_learning_check_benchmark_runs(synthetic_subsets, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "check.csv"
+    proc = subprocess.run(
+        [sys.executable, str(repo / "benchmarks" / "ecapa_learning.py"),
+         str(synthetic_subsets["speaker"]), "--steps", "1", "2", "--out", str(out), "--set",
+         "channels=8", "se_channels=8", "attention_channels=8", "crop_s=0.5"],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(repo / "src")})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    df = pd.read_csv(out)
+    assert sorted(df["steps"].unique()) == [0, 1, 2]
+    assert set(df["condition"]) == {"base", "self", "cross"}
+    assert len(df) == 3 * 3 * 3  # languages x conditions x step counts
