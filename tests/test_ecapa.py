@@ -240,9 +240,11 @@ def test_settings_validate():
 def test_triangular_schedule_is_speechbrains():
     from cltm.train.ecapa_recipe import _lr_factor
 
-    s = paper_settings(512, lr_cycle_steps=10)
+    s = paper_settings(512, steps=20)
+    assert (s.schedule, s.lr_cycle_steps) == ("triangular", 10)  # one cycle over the run
     lrs = [s.lr * _lr_factor(s, step, 0) for step in (0, 5, 10, 15, 20)]
     assert lrs == pytest.approx([1e-8, 0.5e-3 + 0.5e-8, 1e-3, 0.5e-3 + 0.5e-8, 1e-8])
+    assert paper_settings(512).schedule == "constant"
 
 
 def test_run_speaker_reads_the_speaker_subsets(synthetic_subsets, threads):
@@ -287,8 +289,8 @@ def test_batch_bounds_never_leave_one_clip_alone():
 def test_a_long_run_passes_through_every_shorter_one(threads):
     """The learning check's premise: after_step at step k sees the weights of a k-step run."""
     waves, speakers = _speakers(3, 3, seed=2, seconds=0.8)
-    s = paper_settings(32, se_channels=8, attention_channels=8, mfa_channels=None, crop_s=0.5,
-                       batch_size=4, steps=5, lr_cycle_steps=3)
+    s = paper_settings(32, steps=5, se_channels=8, attention_channels=8, mfa_channels=None,
+                       crop_s=0.5, batch_size=4)
     seen = {}
 
     def keep(run):

@@ -96,16 +96,21 @@ class EcapaSettings:
 
     @property
     def crop_frames(self) -> int:
-        return round(self.crop_s * 100)
+        return round(self.crop_s * 1000 / self.fbank.frame_shift_ms)
 
 
-def paper_settings(channels: int = 1024, **overrides: Any) -> EcapaSettings:
+def paper_settings(channels: int = 1024, steps: int | None = None,
+                   **overrides: Any) -> EcapaSettings:
     """The paper's network (MFA at 1536 channels, 14.7M parameters at C 1024, 6.2M at 512)
     with SpeechBrain's VoxCeleb recipe: Adam at 1e-3, weight decay 2e-6, batch 32, 3 s random
-    crops, a triangular cyclic schedule from 1e-8 up to 1e-3 over 65,000 steps (the recipe's;
-    a short run should shorten lr_cycle_steps to its own length or take constant)."""
-    return replace(EcapaSettings(channels=channels, mfa_channels=1536,
-                                 schedule="triangular"), **overrides)
+    crops, gradient norm clipped at 5, and its triangular cyclic schedule (1e-8 up to 1e-3
+    and down) fitted to the run: one cycle over `steps`. The recipe's own half-cycle of 65,000
+    steps would leave a run of a few hundred steps at lr ~1e-8, untrained. Without `steps`
+    (epochs decide the length) the lr is constant."""
+    base = EcapaSettings(channels=channels, mfa_channels=1536, steps=steps)
+    if steps:
+        base = replace(base, schedule="triangular", lr_cycle_steps=max(1, steps // 2))
+    return replace(base, **overrides)
 
 
 def reference_settings(**overrides: Any) -> EcapaSettings:
@@ -169,7 +174,8 @@ def _crop(feats: torch.Tensor, frames: int, gen: torch.Generator) -> torch.Tenso
 
 def _lr_factor(s: EcapaSettings, step: int, epoch: int) -> float:
     if s.schedule == "triangular":
-        # SpeechBrain's CyclicLRScheduler, triangular mode: lr_min -> lr -> lr_min in 2 cycles
+        # SpeechBrain's CyclicLRScheduler, triangular mode: lr_min up to lr over
+        # lr_cycle_steps, back down over as many, and again
         cycle = math.floor(1 + step / (2 * s.lr_cycle_steps))
         x = abs(step / s.lr_cycle_steps - 2 * cycle + 1)
         return (s.lr_min + (s.lr - s.lr_min) * max(0.0, 1 - x)) / s.lr
