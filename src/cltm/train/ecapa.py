@@ -8,14 +8,14 @@ reference for each detail the paper leaves open:
   conv, squeeze-excitation with a 128-unit bottleneck, residual), each conv followed by ReLU
   then BN, as SpeechBrain orders them;
 - multi-layer feature aggregation: the three blocks' outputs concatenated, a 1x1 conv + ReLU +
-  BN to `mfa_channels` (SpeechBrain: 3C; the paper: 1536 at either C, see below);
+  BN to `mfa_channels` (SpeechBrain: 3C; the paper's counts: 1536 at either C, see below);
 - attentive statistics pooling with global context (each frame's attention sees the
   utterance's mean and SD), 128 attention channels;
 - BN, then a linear layer to the 192-dim embedding.
 Convolutions pad "same" by reflection, as SpeechBrain's Conv1d does.
 
 Parameter counts (`count_parameters`): C 512 with mfa 1536 gives 6.19M, the paper's 6.2M. At
-C 1024 the paper's 14.7M is reached with the aggregation kept at 1536 channels (14.65M); with
+C 1024 the paper's 14.7M is reached with the aggregation kept at 1536 channels (14.66M); with
 SpeechBrain's VoxCeleb recipe (channels [1024]*4 + [3072]) the network has 20.8M.
 
 `ReferenceEcapa` reproduces Pol-Buitrago/cltm-framework `src/ECAPA/sv_ECAPA.py`: a two-layer 2-D
