@@ -110,8 +110,8 @@ def variant_summary(metrics: Path, runs: Path, families_csv: Path | None, name: 
             if (metrics / t / "cltm.csv").is_file():
                 out[t]["communities"] = planted_agreement(
                     metrics / t, out["families"],
-                    permutations=int(settings.get("permutations", 2000)),
-                    stats_seed=int(settings.get("stats_seed", 0)))
+                    permutations=int(settings["permutations"]),
+                    stats_seed=int(settings["stats_seed"]))
     info = _json(metrics / "gender" / "stats_info.json")
     stores = [runs / t / STORE_NAME for t in TASKS]
     if all(s.is_file() for s in stores) and info:
@@ -119,8 +119,8 @@ def variant_summary(metrics: Path, runs: Path, families_csv: Path | None, name: 
         diff = difference_summary(
             cells["speaker"], cells["gender"],
             labels=("speaker", "gender"), keys=HEADLINE,
-            replicates=int(info.get("bootstrap") or 0), ci_level=float(info.get("ci_level", 0.95)),
-            stats_seed=int(info.get("stats_seed", 0)),
+            replicates=int(info["bootstrap"]), ci_level=float(info["ci_level"]),
+            stats_seed=int(info["stats_seed"]),
             pair_seeds=info.get("seed_design") == PAIRED_DESIGN)
         out["gender_minus_speaker"] = diff["diagnostics"]
     return out

@@ -610,7 +610,7 @@ def _partner_line(task_dir: Path, task: str) -> list[str]:
     if not path.is_file():
         return [f"- {task}: donors.csv is missing: no donor ranking to read"]
     info = _read_json(task_dir / "stats_info.json") or {}
-    level = float(info.get("ci_level", 0.95))
+    level = float(info["ci_level"])
     table = partner_first(pd.read_csv(path), level)
     if table.empty:
         return [f"- {task}: no target has a planted family partner among its donors"]
