@@ -89,7 +89,8 @@ def write_synthetic_subsets(out: Path, task: str, languages=("aa", "bb", "cc"),
     manifest["n_samples"] = [slots[c].n_samples for c in manifest["clip"]]
     manifest.to_csv(out / "manifest.csv", index=False)
     if task == "speaker":
-        trials = make_trials(manifest[manifest["role"] == "eval"], seed=0)
+        trials = make_trials(manifest[manifest["role"] == "eval"], seed=0,
+                             max_pairs_per_speaker=200)
         trials.to_csv(out / "trials.csv", index=False)
     return manifest
 
