@@ -32,12 +32,13 @@ FRONT_ENDS = {
     "wav2vec2-layer": {"model_type": "wav2vec2", "feat_extract_norm": "layer"},
 }
 PARAMS = loop.TrainParams(lr=1e-3, weight_decay=0.01, grad_clip=1.0, epochs=1, batch_size=1,
-                           precision="fp32", head_lr_scale=3.0)
+                           precision="fp32", head_init="random", head_lr_scale=3.0,
+                           encoder="finetune")
 TOL = {"atol": 1e-5, "rtol": 1e-5}
 
 
 def _encoder(front: str, **extra):
-    model, _ = load_encoder("unused", {**TINY_HUBERT, **FRONT_ENDS[front], **extra})
+    model, _ = load_encoder("unused", {**TINY_HUBERT, **FRONT_ENDS[front], **extra}, init_seed=0)
     return model
 
 
@@ -278,7 +279,7 @@ def test_fused_adamw_equals_torch_adamw_per_run_with_skips():
 def test_unsupported_encoders_are_named():
     cfg = _encoder("hubert-group").config
     assert fused.unsupported(cfg) is None
-    wavlm, _ = load_encoder("unused", {**TINY_HUBERT, "model_type": "wavlm"})
+    wavlm, _ = load_encoder("unused", {**TINY_HUBERT, "model_type": "wavlm"}, init_seed=0)
     assert "wavlm" in fused.unsupported(wavlm.config)
     with pytest.raises(ValueError, match="wavlm"):
         FusedEncoder(wavlm, 2)
@@ -295,8 +296,10 @@ def replace_config(cfg, **kw):
 def test_auto_k_is_one_on_cpu_and_the_estimate_grows_with_the_clip():
     cfg = _encoder("hubert-group").config
     assert fused.auto_k(cfg, 10_000, CPU, "fp32") == 1
-    assert fused.bytes_per_run(cfg, 10_000, 10.0) > fused.bytes_per_run(cfg, 10_000, 2.0)
-    assert fused.bytes_per_run(cfg, 10_000, 5.0, "fp16") < fused.bytes_per_run(cfg, 10_000, 5.0)
+    assert fused.bytes_per_run(cfg, 10_000, 10.0, precision="fp32") > fused.bytes_per_run(
+        cfg, 10_000, 2.0, precision="fp32")
+    assert fused.bytes_per_run(cfg, 10_000, 5.0, precision="fp16") < fused.bytes_per_run(
+        cfg, 10_000, 5.0, precision="fp32")
 
 
 # --- the grid at another K ----------------------------------------------------------------------

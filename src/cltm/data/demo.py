@@ -164,26 +164,27 @@ _README_MARK = "cltm demo corpus"
 class DemoSpec:
     """What to generate. Per language: ``speakers_per_language`` speakers (half male, half
     female), each with ``clips_per_speaker`` clips; ``dev_speakers`` and ``test_speakers`` of
-    them go to dev and test, the rest to train (speaker-disjoint, gender-balanced)."""
+    them go to dev and test, the rest to train (speaker-disjoint, gender-balanced). Every field
+    is params' (the demo block; `null` is demo.null_control)."""
 
     languages: tuple[str, ...]
-    speakers_per_language: int = 40
-    clips_per_speaker: int = 5
-    dev_speakers: int = 4
-    test_speakers: int = 10
-    family_trait_strength: float = 1.0
-    null: bool = False
-    seed: int = 0
-    clip_seconds: float = 3.0
+    speakers_per_language: int
+    clips_per_speaker: int
+    dev_speakers: int
+    test_speakers: int
+    family_trait_strength: float
+    null: bool
+    seed: int
+    clip_seconds: float
     # The planting the tasks use, all scaled by family_trait_strength (see the module doc).
-    gender_shift_semitones: float = 0.0
-    gender_pitch_offset: float = 0.0
-    speaker_axes_db: float = 0.0
-    speaker_axes_focus: float = 0.0
+    gender_shift_semitones: float
+    gender_pitch_offset: float
+    speaker_axes_db: float
+    speaker_axes_focus: float
     # Not a planting: each speaker's own frequency warp, N(0, this²) semitones, at every
     # strength and in the null control alike, so that the genders' pitch and formant ranges
     # overlap as real voices do and gender recognition is not solved by any one clip.
-    speaker_warp_semitones: float = 0.0
+    speaker_warp_semitones: float
 
     def __post_init__(self) -> None:
         # Accept any sequence (a list from a config file) but keep the spec hashable.
@@ -969,7 +970,7 @@ def _prepare_destination(out: Path) -> None:
         )
 
 
-def write_demo_corpus(out: Path, spec: DemoSpec, workers: int = 2, progress: bool = True) -> None:
+def write_demo_corpus(out: Path, spec: DemoSpec, workers: int, progress: bool = True) -> None:
     """Write the demo corpus for ``spec`` under ``out`` in Common Voice's layout.
 
     The corpus is built in a sibling temporary folder and moved into place at the end, so an

@@ -822,8 +822,8 @@ def embed(enc: FusedEncoder, lanes: Sequence[Sequence[torch.Tensor]], device: to
 
 # --- how many runs fit -------------------------------------------------------------------------
 
-def bytes_per_run(config: PretrainedConfig, n_params: int, seconds: float = 6.0,
-                  precision: str = "fp32") -> int:
+def bytes_per_run(config: PretrainedConfig, n_params: int, seconds: float = 6.0, *,
+                  precision: str) -> int:
     """A documented upper estimate of one fused run's device memory at batch 1:
 
     - 16 bytes a parameter: fp32 weights, gradients, AdamW's two moments;
@@ -853,7 +853,7 @@ def auto_k(config: PretrainedConfig, n_params: int, device: torch.device, precis
     if device.type != "cuda":
         return 1
     free, _ = torch.cuda.mem_get_info(device)
-    per = bytes_per_run(config, n_params, seconds, precision)
+    per = bytes_per_run(config, n_params, seconds, precision=precision)
     k = int(0.9 * free // per)
     if k < 1:
         raise MemoryError(
