@@ -21,7 +21,7 @@ from cltm.train import loop
 from cltm.train.grid import RunSpec, curve_specs, probe_clips, training_clips
 from cltm.train.store import RunStore
 from cltm.train.worker import SPEAKER_LAYERS, Worker
-from tests.test_subsets import GENDER_OPEN as OPEN
+from tests.test_subsets import CURVE_OPEN as OPEN
 from tests.test_subsets import LANGS as SUB_LANGS
 from tests.test_subsets import make_table
 from tests.test_train import settings

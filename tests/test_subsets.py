@@ -27,8 +27,11 @@ LANGS = ("aa", "bb", "cc")
 GENDERS = ("male", "female")
 # The data settings the selections take from params: every clip of the pool, no duration bounds.
 OPEN = {"pool": "validated", "min_duration_s": None, "max_duration_s": None}
-GENDER_OPEN = {**OPEN, "eval_max_per_language": None}
-SETTINGS = {select_gender: GENDER_OPEN, select_speaker: OPEN}
+CURVE_OPEN = {**OPEN, "eval_max_per_language": None}
+# ... and no language dropped, each language's D and D' from its own speakers.
+SPEAKER_OPEN = {**OPEN, "drop_short": False, "shared_pool": False}
+GENDER_OPEN = {**SPEAKER_OPEN, "eval_max_per_language": None}
+SETTINGS = {select_gender: GENDER_OPEN, select_speaker: SPEAKER_OPEN}
 
 
 def add_speaker(rows: list[dict], lang: str, speaker: str, gender: str, n: int, splits) -> None:
@@ -124,13 +127,13 @@ def test_gender_eval_is_the_labelled_test_split(table: pd.DataFrame) -> None:
 
 
 def test_gender_eval_cap_is_balanced(table: pd.DataFrame) -> None:
-    manifest = select_gender(table, LANGS, 4, 2, seed=1, eval_max_per_language=6,
-                             pool="validated", min_duration_s=None, max_duration_s=None)
+    manifest = select_gender(table, LANGS, 4, 2, seed=1,
+                             **{**GENDER_OPEN, "eval_max_per_language": 6})
     for lang in LANGS:
         ev = role(manifest, lang, "eval")
         assert ev["gender"].value_counts().to_dict() == {"male": 3, "female": 3}
-    again = select_gender(table, LANGS, 4, 2, seed=1, eval_max_per_language=6, pool="validated",
-                          min_duration_s=None, max_duration_s=None)
+    again = select_gender(table, LANGS, 4, 2, seed=1,
+                          **{**GENDER_OPEN, "eval_max_per_language": 6})
     pd.testing.assert_frame_equal(manifest, again)
 
 
@@ -224,28 +227,25 @@ def test_excluded_clips_leave_evaluation_too(table: pd.DataFrame) -> None:
 
 
 def test_train_pool_option(table: pd.DataFrame) -> None:
-    manifest = select_gender(table, LANGS, 4, 2, seed=1, pool="train", eval_max_per_language=None,
-                             min_duration_s=None, max_duration_s=None)
+    manifest = select_gender(table, LANGS, 4, 2, seed=1, **{**GENDER_OPEN, "pool": "train"})
     train_clips = set(table.loc[table["split"] == "train", "clip"])
     chosen = manifest[manifest["role"] != "eval"]
     assert set(chosen["clip"]) <= train_clips
     check_disjoint(manifest, table)
     with pytest.raises(CltmError, match="Unknown training pool"):
-        select_gender(table, LANGS, 4, 2, seed=1, pool="other", eval_max_per_language=None,
-                      min_duration_s=None, max_duration_s=None)
+        select_gender(table, LANGS, 4, 2, seed=1, **{**GENDER_OPEN, "pool": "other"})
 
 
 def test_duration_filter(table: pd.DataFrame) -> None:
     unknown = table.assign(
         duration_s=table["duration_s"].where(table["clip"] != "aa-male-t0_2.mp3")
     )
-    manifest = select_gender(unknown, LANGS, 2, 1, seed=1, max_duration_s=2.0,
-                             eval_max_per_language=None, pool="validated", min_duration_s=None)
+    manifest = select_gender(unknown, LANGS, 2, 1, seed=1,
+                             **{**GENDER_OPEN, "max_duration_s": 2.0})
     assert (manifest["duration_s"].dropna() <= 2.0).all()
     # An unknown duration passes here; the subsets stage measures it (test_old_release.py).
     assert "aa-male-t0_2.mp3" in set(manifest["clip"])
-    long = select_gender(table, LANGS, 2, 1, seed=1, min_duration_s=2.0,
-                         eval_max_per_language=None, pool="validated", max_duration_s=None)
+    long = select_gender(table, LANGS, 2, 1, seed=1, **{**GENDER_OPEN, "min_duration_s": 2.0})
     assert (long["duration_s"] >= 2.0).all()
 
 
@@ -253,9 +253,9 @@ def test_n_not_multiple_of_clips_per_speaker(table: pd.DataFrame) -> None:
     with pytest.raises(CltmError, match=r"tasks\.gender\.N \(5\).*clips_per_speaker \(2\)"):
         select_gender(table, LANGS, 5, 2, seed=1, **GENDER_OPEN)
     with pytest.raises(CltmError, match=r"tasks\.speaker\.N \(7\).*clips_per_speaker \(2\)"):
-        select_speaker(table, LANGS, 7, 2, seed=1, **OPEN)
+        select_speaker(table, LANGS, 7, 2, seed=1, **SPEAKER_OPEN)
     with pytest.raises(CltmError, match="even"):
-        select_speaker(table, LANGS, 6, 2, seed=1, **OPEN)
+        select_speaker(table, LANGS, 6, 2, seed=1, **SPEAKER_OPEN)
 
 
 def short_table() -> pd.DataFrame:
@@ -286,7 +286,8 @@ def test_short_languages_are_all_listed() -> None:
 
 def test_drop_short_languages(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="cltm.data.subsets"):
-        manifest = select_gender(short_table(), LANGS, 4, 2, seed=1, drop_short=True, **GENDER_OPEN)
+        manifest = select_gender(short_table(), LANGS, 4, 2, seed=1,
+                                 **{**GENDER_OPEN, "drop_short": True})
     assert set(manifest["language"]) == {"aa"}
     warning = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warning) == 1
@@ -299,13 +300,14 @@ def test_drop_short_languages(caplog: pytest.LogCaptureFixture) -> None:
 
 def test_all_languages_short_raises_even_when_dropping() -> None:
     with pytest.raises(ShortLanguagesError, match="leaves none") as info:
-        select_gender(short_table(), ["bb", "cc"], 4, 2, seed=1, drop_short=True, **GENDER_OPEN)
+        select_gender(short_table(), ["bb", "cc"], 4, 2, seed=1,
+                      **{**GENDER_OPEN, "drop_short": True})
     assert len(info.value.short) == 2
 
 
 def test_short_languages_in_the_speaker_task() -> None:
     with pytest.raises(ShortLanguagesError, match=r"bb: speaker: 4 male") as info:
-        select_speaker(short_table(), LANGS, 8, 2, seed=1, **OPEN)
+        select_speaker(short_table(), LANGS, 8, 2, seed=1, **SPEAKER_OPEN)
     assert [s.language for s in info.value.short] == ["bb", "cc"]
     assert "tasks.speaker.N" in str(info.value)
 
@@ -314,7 +316,7 @@ def test_short_languages_in_the_speaker_task() -> None:
 
 
 def test_speaker_sizes_and_gender_balance(table: pd.DataFrame) -> None:
-    manifest = select_speaker(table, LANGS, 8, 2, seed=1, **OPEN)
+    manifest = select_speaker(table, LANGS, 8, 2, seed=1, **SPEAKER_OPEN)
     assert tuple(manifest.columns) == MANIFEST_COLUMNS
     for lang in LANGS:
         for name in ("D", "D_prime"):
@@ -332,16 +334,16 @@ def test_speaker_sizes_and_gender_balance(table: pd.DataFrame) -> None:
 
 def test_speaker_and_gender_tasks_choose_independently(table: pd.DataFrame) -> None:
     gender = select_gender(table, LANGS, 4, 2, seed=1, **GENDER_OPEN)
-    speaker = select_speaker(table, LANGS, 8, 2, seed=1, **OPEN)
+    speaker = select_speaker(table, LANGS, 8, 2, seed=1, **SPEAKER_OPEN)
     assert set(gender.loc[gender["role"] == "D", "clip"]) != set(
         speaker.loc[speaker["role"] == "D", "clip"]
     )
 
 
 def test_speaker_selection_is_deterministic(table: pd.DataFrame) -> None:
-    first = select_speaker(table, LANGS, 8, 2, seed=3, **OPEN)
-    pd.testing.assert_frame_equal(first, select_speaker(table, LANGS, 8, 2, seed=3, **OPEN))
-    assert not first.equals(select_speaker(table, LANGS, 8, 2, seed=4, **OPEN))
+    first = select_speaker(table, LANGS, 8, 2, seed=3, **SPEAKER_OPEN)
+    pd.testing.assert_frame_equal(first, select_speaker(table, LANGS, 8, 2, seed=3, **SPEAKER_OPEN))
+    assert not first.equals(select_speaker(table, LANGS, 8, 2, seed=4, **SPEAKER_OPEN))
 
 
 def test_language_capacity_agrees_with_selection() -> None:
@@ -453,7 +455,7 @@ def test_trials_take_every_negative_when_few_exist() -> None:
 
 
 def test_trials_from_a_selected_manifest(table: pd.DataFrame) -> None:
-    manifest = select_speaker(table, LANGS, 8, 2, seed=1, **OPEN)
+    manifest = select_speaker(table, LANGS, 8, 2, seed=1, **SPEAKER_OPEN)
     trials = make_trials(manifest, seed=0, max_pairs_per_speaker=200)
     for (_, _), group in trials.groupby(["language", "gender"]):
         assert (group["label"] == 1).sum() == (group["label"] == 0).sum() == 12
@@ -492,8 +494,7 @@ def test_negative_pairs_are_uniform_over_pairs() -> None:
 
 def test_eval_cap_below_two(table: pd.DataFrame) -> None:
     with pytest.raises(CltmError, match=r"tasks\.gender\.eval_max_per_language is 1"):
-        select_gender(table, LANGS, 4, 2, seed=1, eval_max_per_language=1, pool="validated",
-                      min_duration_s=None, max_duration_s=None)
+        select_gender(table, LANGS, 4, 2, seed=1, **{**GENDER_OPEN, "eval_max_per_language": 1})
 
 
 # --------------------------------------------------------------------------- one draw per seed
@@ -538,8 +539,8 @@ def test_per_seed_draws_each_satisfy_the_design_and_share_the_evaluation(
 @pytest.mark.parametrize("select", [select_gender, select_speaker])
 def test_shared_pool_deals_every_language_from_one_pool(table: pd.DataFrame, select) -> None:
     per_language = select(table, LANGS, 4, 2, seed=0, draws=[0, 1], **SETTINGS[select])
-    shared = select(table, LANGS, 4, 2, seed=0, draws=[0, 1], shared_pool=True,
-                    **SETTINGS[select])
+    shared = select(table, LANGS, 4, 2, seed=0, draws=[0, 1],
+                    **{**SETTINGS[select], "shared_pool": True})
     assert list(shared.columns) == [*MANIFEST_COLUMNS, "draw", "locale"]
     # evaluation stays each language's own test split
     ev = shared[shared["role"] == "eval"]
@@ -566,6 +567,6 @@ def test_shared_pool_deals_every_language_from_one_pool(table: pd.DataFrame, sel
     # dealt from the union, a subset mostly holds other languages' speakers (2 of 3 expected)
     assert served_elsewhere > len(shared[shared["role"] != "eval"]) / 3
     pd.testing.assert_frame_equal(
-        shared, select(table, LANGS, 4, 2, seed=0, draws=[0, 1], shared_pool=True,
-                       **SETTINGS[select]))
+        shared, select(table, LANGS, 4, 2, seed=0, draws=[0, 1],
+                       **{**SETTINGS[select], "shared_pool": True}))
 

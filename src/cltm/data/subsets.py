@@ -127,11 +127,11 @@ def select_gender(
     eval_max_per_language: int | None,
     pool: str,
     exclude: Collection[str] = frozenset(),
-    drop_short: bool = False,
+    drop_short: bool,
     min_duration_s: float | None,
     max_duration_s: float | None,
     draws: Sequence[int] | None = None,
-    shared_pool: bool = False,
+    shared_pool: bool,
 ) -> pd.DataFrame:
     """Gender-recognition manifest: per language N male + N female clips in D and in D'.
 
@@ -164,11 +164,11 @@ def select_speaker(
     seed: int,
     pool: str,
     exclude: Collection[str] = frozenset(),
-    drop_short: bool = False,
+    drop_short: bool,
     min_duration_s: float | None,
     max_duration_s: float | None,
     draws: Sequence[int] | None = None,
-    shared_pool: bool = False,
+    shared_pool: bool,
 ) -> pd.DataFrame:
     """Speaker manifest: per language N clips in D and in D' (new speakers), half per gender.
 
