@@ -43,11 +43,11 @@ from cltm.train.model import resolve_device
 from cltm.train.worker import SPEAKER_LAYERS, Worker, WorkerSettings
 
 # mHuBERT-147's encoder is HuBERT-base: transformers' HubertConfig defaults are that shape.
-MHUBERT_147: dict = {}
+MHUBERT_147: dict = {"model_type": "hubert"}
 #: The CPU fallback: small enough for a test, the same code path.
-TINY: dict = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-              "intermediate_size": 64, "conv_dim": [32] * 7, "num_conv_pos_embeddings": 16,
-              "num_conv_pos_embedding_groups": 4}
+TINY: dict = {"model_type": "hubert", "hidden_size": 32, "num_hidden_layers": 2,
+              "num_attention_heads": 2, "intermediate_size": 64, "conv_dim": [32] * 7,
+              "num_conv_pos_embeddings": 16, "num_conv_pos_embedding_groups": 4}
 #: Dense peak FLOP/s by device name fragment and precision (vendor data sheets; fp32 without
 #: tensor cores). Unknown devices report no share of peak.
 PEAK_FLOPS = {
@@ -259,9 +259,12 @@ def main() -> None:
         manifest = pd.read_csv(subsets / "manifest.csv")
         setup_s = time.perf_counter() - t0
         train = TrainParams(lr=1e-5, weight_decay=0.0, grad_clip=1.0, epochs=1,
-                            batch_size=args.batch_size, precision="fp32")
+                            batch_size=args.batch_size, precision="fp32", head_init="random",
+                            head_lr_scale=1.0, encoder="finetune")
         base = WorkerSettings(task=args.task, subsets_dir=str(subsets), name_or_path="unused",
-                              random_init=config, init_seed=0, device=device, train=train)
+                              random_init=config, init_seed=0, device=device, train=train,
+                              threads=None, checkpoints="none", first_seed=0, probe_clips=0,
+                              probe_seed=0, fuse=1)
         specs = []
         for target in languages[: args.targets]:
             donor = next(lang for lang in languages if lang != target)

@@ -36,8 +36,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from cltm.train import fused, loop
 from cltm.train.model import build_random_encoder
 
-MHUBERT_147 = {"conv_bias": False, "feat_extract_norm": "group"}  # HubertConfig's defaults else
-TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+MHUBERT_147 = {"model_type": "hubert", "conv_bias": False,  # HubertConfig's defaults else
+               "feat_extract_norm": "group"}
+TINY = {"model_type": "hubert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
         "intermediate_size": 64, "conv_dim": [32] * 7, "num_conv_pos_embeddings": 16,
         "num_conv_pos_embedding_groups": 4}
 #: Dense tensor-core peaks by the device's name, most specific first (NVIDIA's data sheets).
@@ -71,7 +72,8 @@ def runs(k: int, steps: int, seconds: float, seed0: int = 0) -> list[fused.RunDa
 
 def params(precision: str, steps: int) -> loop.TrainParams:
     return loop.TrainParams(lr=1e-5, weight_decay=0.0, grad_clip=1.0, epochs=1, batch_size=1,
-                             precision=precision)
+                             precision=precision, head_init="random", head_lr_scale=1.0,
+                             encoder="finetune")
 
 
 def sync(device: torch.device) -> None:

@@ -45,7 +45,7 @@ def encoder_features(model: str, clips: list[np.ndarray]) -> dict[str, torch.Ten
         keep = {k: v for k, v in config.items() if k not in meta}
         encoder, do_normalize = load_encoder("", keep, init_seed=0)
     else:
-        encoder, do_normalize = load_encoder(model, None)
+        encoder, do_normalize = load_encoder(model, None, init_seed=0)
     encoder.eval()
     per_layer: list[list[torch.Tensor]] = []
     with torch.no_grad():

@@ -43,6 +43,7 @@ def stages_run(output: str) -> set[str]:
 
 
 TINY_HUBERT = {
+    "model_type": "hubert",
     "hidden_size": 16,
     "num_hidden_layers": 2,
     "num_attention_heads": 2,
@@ -89,7 +90,8 @@ def write_synthetic_subsets(out: Path, task: str, languages=("aa", "bb", "cc"),
     manifest["n_samples"] = [slots[c].n_samples for c in manifest["clip"]]
     manifest.to_csv(out / "manifest.csv", index=False)
     if task == "speaker":
-        trials = make_trials(manifest[manifest["role"] == "eval"], seed=0)
+        trials = make_trials(manifest[manifest["role"] == "eval"], seed=0,
+                             max_pairs_per_speaker=200)
         trials.to_csv(out / "trials.csv", index=False)
     return manifest
 
@@ -165,6 +167,21 @@ def run_hermetic(root: Path, pipeline_dir: Path, corpus_roots: Sequence[str], st
 def lock_stages(pipeline_dir: Path) -> list[str]:
     """The stages dvc.lock holds (every stage a reproduced pipeline ran), in its order."""
     return list(yaml.safe_load((pipeline_dir / "dvc.lock").read_text())["stages"])
+
+
+#: The tests' demo corpus before their overrides: nothing planted (the pipeline's values are
+#: params.yaml's demo block).
+PLAIN_DEMO = {"speakers_per_language": 40, "clips_per_speaker": 5, "dev_speakers": 4,
+              "test_speakers": 10, "family_trait_strength": 1.0, "null": False, "seed": 0,
+              "clip_seconds": 3.0, "gender_shift_semitones": 0.0, "gender_pitch_offset": 0.0,
+              "speaker_axes_db": 0.0, "speaker_axes_focus": 0.0, "speaker_warp_semitones": 0.0}
+
+
+def demo_spec(languages: Sequence[str], **overrides: object):
+    """A demo.DemoSpec of `languages`: PLAIN_DEMO with `overrides`."""
+    from cltm.data.demo import DemoSpec
+
+    return DemoSpec(languages=tuple(languages), **{**PLAIN_DEMO, **overrides})
 
 
 def analysis_config(**overrides: object) -> AnalysisConfig:

@@ -27,6 +27,9 @@ PAPER_LOCALES = (
     "zh-HK zh-TW ltg"
 ).split()
 
+# run_diagnostics without the family permutation test (as `cltm diagnostics` runs it).
+NO_FAMILY_TEST = {"permutations": 0, "stats_seed": 0}
+
 
 def _records(scores: dict[tuple[str, str, str], list[float]], task: str = "gender") -> list[dict]:
     out = []
@@ -156,7 +159,7 @@ def test_cltm_from_runs_matches_hand_ratios():
         ("de", "base", "de"): [0.5, 0.5], ("de", "self", "de"): [0.5, 0.4],
         ("de", "cross", "es"): [0.6, 0.6], ("de", "cross", "it"): [0.6, 0.6],
     }  # fmt: skip
-    result = compute_cltm(pd.DataFrame(_records(scores)))
+    result = compute_cltm(pd.DataFrame(_records(scores)), pair_seeds=False)
     m = result.matrix
     # es: base 0.6, self 0.8 -> gain 0.2; it: base 0.4, self 0.8 -> gain 0.4
     assert m.at["es", "it"] == pytest.approx(0.1 / 0.2)
@@ -201,14 +204,14 @@ def test_incomplete_store_is_an_error():
     scores = _random_scores(["es", "it"])
     del scores[("es", "cross", "it")]
     with pytest.raises(CltmError, match="incomplete"):
-        compute_cltm(pd.DataFrame(_records(scores)))
+        compute_cltm(pd.DataFrame(_records(scores)), pair_seeds=False)
 
 
 def test_repeated_seed_is_an_error():
     records = _records(_random_scores(["es", "it"]))
     records.append({**records[0], "hash": "another", "score": 0.1})
     with pytest.raises(CltmError, match="repeat"):
-        compute_cltm(pd.DataFrame(records))
+        compute_cltm(pd.DataFrame(records), pair_seeds=False)
 
 
 def test_store_reader_skips_torn_line_and_keeps_last_record(tmp_path):
@@ -261,7 +264,7 @@ def test_run_diagnostics_equals_stage(gender_stage, tmp_path):
     root, diag = gender_stage
     out = tmp_path / "d.json"
     again = run_diagnostics(root / "gender" / "cltm.csv", root / "gender" / "cltm_se.csv",
-                            "genus", out)
+                            "genus", out, **NO_FAMILY_TEST)
     assert again == diag
     assert json.loads(out.read_text()) == diag
 
@@ -271,7 +274,7 @@ def test_run_diagnostics_reorders_columns(gender_stage, tmp_path):
     m = pd.read_csv(root / "gender" / "cltm.csv", index_col="target")
     path = tmp_path / "cltm.csv"
     m[list(reversed(m.columns))].to_csv(path, index_label="target")
-    again = run_diagnostics(path, root / "gender" / "cltm_se.csv", "genus", None)
+    again = run_diagnostics(path, root / "gender" / "cltm_se.csv", "genus", None, **NO_FAMILY_TEST)
     assert {k: again[k] for k in ("rfd1", "asym_rel", "cos_rows", "se_median")} == \
         {k: diag[k] for k in ("rfd1", "asym_rel", "cos_rows", "se_median")}
 
@@ -287,32 +290,32 @@ def test_run_diagnostics_bad_inputs(tmp_path):
     not_square = pd.DataFrame([[1.0, 0.5, 0.2], [0.3, 1.0, 0.1]], index=locs,
                               columns=[*locs, "de"])
     with pytest.raises(CltmError, match="not square"):
-        run_diagnostics(_bad_csv(tmp_path, not_square), None, "genus", None)
+        run_diagnostics(_bad_csv(tmp_path, not_square), None, "genus", None, **NO_FAMILY_TEST)
     mismatch = pd.DataFrame([[1.0, 0.5], [0.3, 1.0]], index=locs, columns=["es", "de"])
     with pytest.raises(CltmError, match="differ"):
-        run_diagnostics(_bad_csv(tmp_path, mismatch), None, "genus", None)
+        run_diagnostics(_bad_csv(tmp_path, mismatch), None, "genus", None, **NO_FAMILY_TEST)
     diagonal = pd.DataFrame([[1.0, 0.5], [0.3, 0.9]], index=locs, columns=locs)
     with pytest.raises(CltmError, match="diagonal"):
-        run_diagnostics(_bad_csv(tmp_path, diagonal), None, "genus", None)
+        run_diagnostics(_bad_csv(tmp_path, diagonal), None, "genus", None, **NO_FAMILY_TEST)
     no_target = tmp_path / "no_target.csv"
     pd.DataFrame([[1.0, 0.5], [0.3, 1.0]], index=locs, columns=locs).to_csv(no_target)
     with pytest.raises(CltmError, match="'target'"):
-        run_diagnostics(no_target, None, "genus", None)
+        run_diagnostics(no_target, None, "genus", None, **NO_FAMILY_TEST)
     ok = _bad_csv(tmp_path, pd.DataFrame([[1.0, 0.5], [0.3, 1.0]], index=locs, columns=locs))
     with pytest.raises(CltmError, match="family level"):
-        run_diagnostics(ok, None, "branch", None)
+        run_diagnostics(ok, None, "branch", None, **NO_FAMILY_TEST)
     with pytest.raises(CltmError, match="does not exist"):
-        run_diagnostics(tmp_path / "missing.csv", None, "genus", None)
+        run_diagnostics(tmp_path / "missing.csv", None, "genus", None, **NO_FAMILY_TEST)
 
 
 def test_families_csv_overrides_metadata(tmp_path):
     locs = ["es", "de"]
     path = _bad_csv(tmp_path, pd.DataFrame([[1.0, 0.5], [0.3, 1.0]], index=locs, columns=locs))
-    assert run_diagnostics(path, None, "family", None)["intra_family_pos"] == 1.0
-    assert run_diagnostics(path, None, "genus", None)["intra_family_pos"] == 0.0
+    assert run_diagnostics(path, None, "family", None, **NO_FAMILY_TEST)["intra_family_pos"] == 1.0
+    assert run_diagnostics(path, None, "genus", None, **NO_FAMILY_TEST)["intra_family_pos"] == 0.0
     families = tmp_path / "families.csv"
     families.write_text("locale,family\nes,Planted\nde,Planted\n")
-    d = run_diagnostics(path, None, "genus", None, families_csv=families)
+    d = run_diagnostics(path, None, "genus", None, families_csv=families, **NO_FAMILY_TEST)
     assert d["intra_family_pos"] == 1.0
 
 
@@ -325,7 +328,7 @@ def test_highlight_without_any_language_writes_a_note(tmp_path):
 def test_report_has_table_and_links(gender_stage):
     root, _ = gender_stage
     report = root / "report.md"
-    run_report(root, report)
+    run_report(root, report, null_control=False, planted=False)
     text = report.read_text()
     assert "| metric | gender | gender (paper) |" in text
     assert "speaker" not in text.split("##")[0].split("| metric")[1].split("\n")[0]

@@ -21,6 +21,7 @@ from cltm.train import loop
 from cltm.train.grid import RunSpec, curve_specs, probe_clips, training_clips
 from cltm.train.store import RunStore
 from cltm.train.worker import SPEAKER_LAYERS, Worker
+from tests.test_subsets import CURVE_OPEN as OPEN
 from tests.test_subsets import LANGS as SUB_LANGS
 from tests.test_subsets import make_table
 from tests.test_train import settings
@@ -44,7 +45,7 @@ def _config(**over) -> object:
 @pytest.mark.parametrize("task,grid,cps", [("gender", [1, 2, 4], 1), ("speaker", [4, 8], 2)])
 def test_curve_training_sets_are_nested_and_sized(task, grid, cps):
     table = make_table(pool_speakers=12)
-    m = select_curve(table, list(SUB_LANGS), task, grid, cps, seed=0)
+    m = select_curve(table, list(SUB_LANGS), task, grid, cps, seed=0, **OPEN)
     previous: set[str] = set()
     for n in grid:
         rows = training_clips(m, RunSpec(task, SUB_LANGS[0], "base", SUB_LANGS[0], 0, n))
@@ -60,7 +61,8 @@ def test_curve_training_sets_are_nested_and_sized(task, grid, cps):
 
 def test_curve_asks_for_more_speakers_than_there_are():
     with pytest.raises(CltmError, match=r"curve\.N_grid\.gender"):
-        select_curve(make_table(pool_speakers=4), [SUB_LANGS[0]], "gender", [2, 4, 64], 1, seed=0)
+        select_curve(make_table(pool_speakers=4), [SUB_LANGS[0]], "gender", [2, 4, 64], 1, seed=0,
+                     **OPEN)
 
 
 def test_curve_specs_and_run_ids():

@@ -12,8 +12,9 @@ import yaml
 from cltm.config import config_from_dict
 from cltm.data.build import build_subsets
 from cltm.data.commonvoice import write_metadata
-from cltm.data.demo import DemoSpec, write_demo_corpus
+from cltm.data.demo import write_demo_corpus
 from cltm.data.pack import PackedAudio
+from tests.conftest import demo_spec
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -21,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("cv") / "demo"
-    spec = DemoSpec(languages=("es", "de"), speakers_per_language=16, clips_per_speaker=3,
+    spec = demo_spec(languages=("es", "de"), speakers_per_language=16, clips_per_speaker=3,
                     dev_speakers=2, test_speakers=4, clip_seconds=1.5, seed=3)
     write_demo_corpus(out, spec, workers=1, progress=False)
     return out

@@ -43,7 +43,8 @@ def test_planted_difference_is_found_with_its_sign():
     runs_a = make_runs(rng, LANGS, GAINS, np.outer(GAINS, np.full(6, 0.3)), seeds=k)
     runs_b = make_runs(rng, LANGS, GAINS, np.outer(GAINS, np.full(6, 0.9)), seeds=k)
     out = cp.compare_runs(runs_a, runs_b, labels=("far", "near"), families=FAMILIES,
-                          bootstrap=reps, ci_level=0.95, fdr=0.05, stats_seed=seed)
+                          settings=analysis_config(bootstrap=reps, ci_level=0.95, fdr=0.05,
+                                                   stats_seed=seed, pair_seeds=True))
     diag = out.summary["diagnostics"]
     assert list(diag) == list(st.NUMERIC_KEYS)
     direct = [_diag(runs_a), _diag(runs_b)]
@@ -63,8 +64,8 @@ def test_planted_difference_is_found_with_its_sign():
 
     # The same draws as the report's contrast (difference_intervals, contrast_stream).
     same = st.difference_intervals(st.seed_cells(runs_a), st.seed_cells(runs_b), FAMILIES,
-                                   replicates=reps, ci_level=0.95,
-                                   rng=st.contrast_stream(seed))
+                                   keys=st.NUMERIC_KEYS, replicates=reps, ci_level=0.95,
+                                   rng=st.contrast_stream(seed), pair_seeds=True)
     for key, d in same.items():
         for field in ("low", "high", "replicates_used", "replicates_dropped"):
             assert diag[key][field] == d[field], (key, field)
@@ -91,7 +92,7 @@ def test_planted_difference_is_found_with_its_sign():
     assert row["high"] == pytest.approx(high, rel=1e-9)
     p = min(1.0, 2 * min(1 + (d <= 0).sum(), 1 + (d >= 0).sum()) / (1 + reps))
     assert row["p"] == pytest.approx(p)
-    matrices = [compute_cltm(r).matrix for r in (runs_a, runs_b)]
+    matrices = [compute_cltm(r, pair_seeds=False).matrix for r in (runs_a, runs_b)]
     assert row["difference"] == pytest.approx(matrices[1].at["l2", "l4"]
                                               - matrices[0].at["l2", "l4"], abs=1e-12)
     assert out.difference.at["l2", "l4"] == pytest.approx(row["difference"], abs=1e-12)
@@ -103,7 +104,8 @@ def test_a_result_against_itself_covers_zero_everywhere():
     rng = np.random.default_rng(42)
     cross = GAINS[:, None] * rng.uniform(0.3, 1.3, (6, 6))
     runs = make_runs(rng, LANGS, GAINS, cross, seeds=8)
-    out = cp.compare_runs(runs, runs, families=FAMILIES, bootstrap=300, stats_seed=5)
+    out = cp.compare_runs(runs, runs, families=FAMILIES,
+                          settings=analysis_config(bootstrap=300, stats_seed=5))
     diag = out.summary["diagnostics"]
     checked = [k for k, d in diag.items() if d["low"] is not None]
     assert {"rfd1", "asym_rel", "cos_rows", "rms", "intra_family_pos", "se_median"} <= set(checked)
@@ -128,7 +130,8 @@ def test_two_draws_of_one_truth_cover_zero():
     reps, covers, found = 10, {}, 0
     for r in range(reps):
         a, b = (make_runs(rng, LANGS, GAINS, cross, seeds=8) for _ in range(2))
-        out = cp.compare_runs(a, b, families=FAMILIES, bootstrap=200, stats_seed=r)
+        out = cp.compare_runs(a, b, families=FAMILIES,
+                              settings=analysis_config(bootstrap=200, stats_seed=r))
         for key, d in out.summary["diagnostics"].items():
             if d["low"] is not None:
                 assert d["excludes_zero"] is not _covers(d)
@@ -168,7 +171,7 @@ def test_languages_in_one_result_are_named_and_left_out(tmp_path):
     cells = pd.read_csv(tmp_path / "out" / cp.CELLS_FILE)
     assert set(cells["target"]) == set(cells["donor"]) == set(common) and len(cells) == 12
     # A cell depends on its own target's runs alone: the restriction leaves it as it was.
-    full_a = compute_cltm(runs_a).matrix
+    full_a = compute_cltm(runs_a, pair_seeds=False).matrix
     for row in cells.itertuples():
         assert row.a == pytest.approx(full_a.at[row.target, row.donor], abs=1e-12)
 
@@ -178,7 +181,8 @@ def test_languages_in_one_result_are_named_and_left_out(tmp_path):
     assert default_labels([a / "runs.jsonl", b]) == ("a", "b")
     assert default_labels([a, a]) == ("A", "B")
     with pytest.raises(CltmError, match="share 1 language"):
-        cp.compare_runs(runs_a, make_runs(rng, ["l0", "zz"], GAINS[:2], seeds=4))
+        cp.compare_runs(runs_a, make_runs(rng, ["l0", "zz"], GAINS[:2], seeds=4),
+                        settings=analysis_config())
 
 
 def test_cli_writes_the_files_and_names_a_missing_store(tmp_path, monkeypatch, capsys):
@@ -230,7 +234,7 @@ def test_cli_writes_the_files_and_names_a_missing_store(tmp_path, monkeypatch, c
 def test_no_bootstrap_gives_points_only(tmp_path):
     rng = np.random.default_rng(45)
     runs = make_runs(rng, LANGS[:3], GAINS[:3], seeds=3)
-    out = cp.compare_runs(runs, runs, bootstrap=0)
+    out = cp.compare_runs(runs, runs, settings=analysis_config(bootstrap=0))
     d = out.summary["diagnostics"]["rfd1"]
     assert d["difference"] == 0.0 and d["low"] is None and d["a_low"] is None
     assert out.summary["cells"]["tested"] == 0 and out.cells["p"].isna().all()

@@ -1,11 +1,13 @@
 """The config is validated once: every bad value gets one message naming the key."""
 
 import copy
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
+from cltm.cli import main
 from cltm.config import config_from_dict, load_config
 from cltm.errors import CltmError
 
@@ -69,8 +71,6 @@ _DELETE = object()
         ("tasks.gender.N", 7, r"tasks\.gender\.N \(7\) must be a multiple of"),
         ("tasks.speaker.N", 9, r"speakers per subset must be even"),
         ("tasks.speaker.N", _DELETE, r"missing key tasks\.speaker\.N"),
-        ("demo.family_trait_strength", 3.5, r"demo\.family_trait_strength must lie in \[0, 3\]"),
-        ("demo.family_trait_strength", -1, r"demo\.family_trait_strength must lie in \[0, 3\]"),
         ("train.head_lr_scale", 0, r"train\.head_lr_scale must be positive"),
         ("train.head_init", "xavier", r"train\.head_init must be one of 'random', 'zero'"),
         ("tasks.gender.head_lr_scale", -2.0, r"tasks\.gender\.head_lr_scale must be positive"),
@@ -114,9 +114,23 @@ def test_invalid_yaml(tmp_path):
         load_config(p)
 
 
-def test_demo_language_without_espeak_voice_lists_the_supported(raw):
-    with pytest.raises(CltmError, match=r"ckb.*es"):
-        config_from_dict(_set(raw, "data.languages", ["es", "ckb"]))
+@pytest.mark.parametrize("key,value,message", [
+    ("data.languages", ["es", "ckb"], r"cannot speak: ckb.*Supported.* es"),
+    ("demo.family_trait_strength", 3.5, r"family_trait_strength must lie in \[0, 3\]"),
+    ("demo.family_trait_strength", -1, r"family_trait_strength must lie in \[0, 3\]"),
+    ("demo.test_speakers", -1, r"test_speakers cannot be negative"),
+])
+def test_the_demo_corpus_stage_checks_the_demo_settings(raw, tmp_path, capsys, key, value,
+                                                         message):
+    """The demo's own settings are the demo-corpus stage's to check (config.py does not import
+    the corpus generator): the stage stops before writing anything, naming the setting."""
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(_set(raw, key, value)))
+    config_from_dict(_set(raw, key, value))  # a valid params file for every other stage
+    assert main(["--params", str(params), "--no-progress", "demo-corpus", "--out",
+                 str(tmp_path / "corpus")]) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "corpus").exists()
 
 
 def test_exponent_floats_that_yaml_reads_as_strings_are_numbers(tmp_path, raw):

@@ -13,7 +13,8 @@ from cltm.analysis.curves import choose_n, curve_table, interval_scores
 from cltm.errors import CltmError
 
 GRID = [2, 4, 8, 16, 32, 64, 128]
-TAU, Z, EPS = 0.05, 1.3, 0.05
+TAU, Z, EPS, BANDWIDTH = 0.05, 1.3, 0.05, 0.5
+SETTINGS = {"tau": TAU, "z": Z, "eps": EPS}
 
 
 def truth(n: float) -> float:
@@ -70,7 +71,7 @@ def test_interval_terms_hand_computed():
 
 def test_se_delta_is_a_standard_error():
     base = cell_runs()
-    one = interval_scores(base).iloc[0]
+    one = interval_scores(base, **SETTINGS).iloc[0]
     # The seed SDs alone would give sqrt(0.02² + 0.03²); the SE divides each variance by k = 3.
     assert one["se_delta"] == pytest.approx(math.sqrt(0.0013 / 3))
     assert one["se_delta"] < math.sqrt(0.0013) / 1.7
@@ -78,7 +79,7 @@ def test_se_delta_is_a_standard_error():
     # sqrt((k − 1) / (r·k − 1)), i.e. about 1/sqrt(r).
     r, k = 4, 3
     reps = pd.concat([base.assign(seed=base["seed"] + k * j) for j in range(r)])
-    many = interval_scores(reps).iloc[0]
+    many = interval_scores(reps, **SETTINGS).iloc[0]
     assert many["delta"] == pytest.approx(one["delta"])
     assert many["se_delta"] / one["se_delta"] == pytest.approx(math.sqrt((k - 1) / (r * k - 1)))
     # Put differently: at a fixed seed SD, r times the seeds is sqrt(r) times less SE.
@@ -90,7 +91,8 @@ def test_se_delta_is_a_standard_error():
 
 def test_zero_denominators_and_falling_curves():
     rows = [("xx", 4, 0, 0.0), ("xx", 8, 0, 0.2), ("yy", 4, 0, 0.6), ("yy", 8, 0, 0.5)]
-    scores = interval_scores(pd.DataFrame(rows, columns=["target", "n", "seed", "score"]))
+    scores = interval_scores(pd.DataFrame(rows, columns=["target", "n", "seed", "score"]),
+                             **SETTINGS)
     xx, yy = scores.iloc[0], scores.iloc[1]
     # One seed: no SE, so the noise term drops out; P(n) = 0: the level term drops out too.
     assert math.isnan(xx["se_delta"]) and math.isnan(xx["snr_term"])
@@ -148,12 +150,12 @@ def test_choose_n_with_gaussian_seed_noise():
     rows = [(t, n, s, truth(n) + rng.normal(0, 0.002)) for t in ["aa", "bb", "cc", "dd", "ee"]
             for n in GRID for s in range(5)]
     runs = pd.DataFrame(rows, columns=["target", "n", "seed", "score"])
-    assert choose_n(interval_scores(runs))[0] == 8
+    assert choose_n(interval_scores(runs, **SETTINGS), bandwidth=BANDWIDTH)[0] == 8
 
 
 def test_choose_n_ties_pick_the_smaller_n():
     scores = pd.DataFrame({"target": ["a", "a"], "n": [10, 20], "score": [1.0, 1.0]})
-    chosen, table = choose_n(scores)
+    chosen, table = choose_n(scores, bandwidth=BANDWIDTH)
     assert chosen == 10
     assert table["smoothed"].tolist() == pytest.approx([1.0, 1.0])
 
@@ -171,16 +173,16 @@ def test_nan_medians_are_ignored():
 
 def test_grid_without_doubling_raises():
     runs = offset_runs(OFFSETS, grid=[10, 15, 25, 45])
-    scores = interval_scores(runs)
+    scores = interval_scores(runs, **SETTINGS)
     assert scores.empty
     with pytest.raises(CltmError, match="double"):
-        choose_n(scores)
+        choose_n(scores, bandwidth=BANDWIDTH)
 
 
 def test_curve_plots_write_png(tmp_path):
     runs = offset_runs(OFFSETS)
-    scores = interval_scores(runs)
-    chosen, table = choose_n(scores)
+    scores = interval_scores(runs, **SETTINGS)
+    chosen, table = choose_n(scores, bandwidth=BANDWIDTH)
     curves_png, scores_png = tmp_path / "curves.png", tmp_path / "scores.png"
     plot_curves(curve_table(runs), chosen, curves_png, "gender")
     plot_interval_scores(scores, table, scores_png)

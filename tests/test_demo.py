@@ -24,16 +24,16 @@ from cltm.data.demo import (
     FAMILIES,
     SUPPORTED,
     TSV_COLUMNS,
-    DemoSpec,
     check_languages,
     family_filter,
     family_trait,
     write_demo_corpus,
 )
 from cltm.errors import CltmError
+from tests.conftest import demo_spec
 
 LANGS = ("es", "de")  # Romance and Germanic
-SPEC = DemoSpec(
+SPEC = demo_spec(
     languages=LANGS,
     speakers_per_language=4,
     clips_per_speaker=2,
@@ -172,7 +172,7 @@ def test_same_spec_gives_identical_files(corpus: Path, tmp_path: Path) -> None:
 
 
 def test_rewrites_an_earlier_demo_but_refuses_other_folders(tmp_path: Path) -> None:
-    spec = DemoSpec(("it",), speakers_per_language=2, clips_per_speaker=1, dev_speakers=0,
+    spec = demo_spec(("it",), speakers_per_language=2, clips_per_speaker=1, dev_speakers=0,
                     test_speakers=0)  # fmt: skip
     out = tmp_path / "cv"
     write_demo_corpus(out, spec, workers=1, progress=False)
@@ -227,7 +227,7 @@ def test_family_trait_strength_zero_is_an_exact_no_op() -> None:
 def test_null_corpus_gives_every_locale_the_same_mixture_of_voices(tmp_path: Path) -> None:
     # The demo's shape: each locale's train speakers of a gender speak each language once.
     langs = ("es", "it", "de", "nl", "ru", "pl", "fi", "et")
-    big = DemoSpec(langs, speakers_per_language=28, dev_speakers=2, test_speakers=10, null=True)
+    big = demo_spec(langs, speakers_per_language=28, dev_speakers=2, test_speakers=10, null=True)
     genders, splits = demo.speaker_roles(big)
     train = [i for i, s in enumerate(splits) if s == "train"]
     orders = set()
@@ -240,7 +240,7 @@ def test_null_corpus_gives_every_locale_the_same_mixture_of_voices(tmp_path: Pat
     planted = dataclasses.replace(big, null=False)
     assert [demo.voice_locale(planted, "ru", i) for i in range(6)] == ["ru"] * 6
 
-    spec = DemoSpec(("es", "ru"), speakers_per_language=4, clips_per_speaker=1,
+    spec = demo_spec(("es", "ru"), speakers_per_language=4, clips_per_speaker=1,
                     dev_speakers=0, test_speakers=0, null=True)  # fmt: skip
     drawn = {lang: [demo.voice_locale(spec, lang, i) for i in range(4)] for lang in spec.languages}
     write_demo_corpus(tmp_path / "null", spec, workers=1, progress=False)
@@ -266,13 +266,14 @@ def test_check_languages_names_the_unsupported_and_lists_the_supported() -> None
     for locale in ["ckb", "gl", "fy-NL", "dv", "mn", "lg", "rw", "mhr", "ab", "kab", "cnh"]:
         assert locale not in SUPPORTED
     with pytest.raises(CltmError, match="fy-NL"):
-        write_demo_corpus(Path("unused"), DemoSpec(("es", "fy-NL")), progress=False)
+        write_demo_corpus(Path("unused"), demo_spec(("es", "fy-NL")), progress=False, workers=1)
 
 
 def test_bad_spec_is_refused() -> None:
     with pytest.raises(CltmError, match="train"):
-        write_demo_corpus(Path("unused"), DemoSpec(("es",), speakers_per_language=4,
-                                                   dev_speakers=2, test_speakers=2))  # fmt: skip
+        write_demo_corpus(Path("unused"), demo_spec(("es",), speakers_per_language=4,
+                                                   dev_speakers=2, test_speakers=2),
+                          workers=1)
 
 
 def test_tables_cover_every_supported_locale_and_every_voice_exists() -> None:
@@ -344,7 +345,7 @@ def test_warp_moves_every_frequency_by_the_semitones() -> None:
 
 
 def test_speaker_axes_concentrate_on_the_family_bands_with_strength() -> None:
-    base = DemoSpec(("es", "de"), speaker_axes_db=6.0, speaker_axes_focus=3.0,
+    base = demo_spec(("es", "de"), speaker_axes_db=6.0, speaker_axes_focus=3.0,
                     family_trait_strength=0.0)
     strong = dataclasses.replace(base, family_trait_strength=2.0)
     _, romance = demo.family_cues(base.languages)["Romance"]
@@ -378,7 +379,7 @@ def test_gender_shift_raises_the_pitch_of_a_family_and_is_off_at_strength_zero(
     plain, up = render(0.0), render(4.0)
     assert mean_f0(up) / mean_f0(plain) == pytest.approx(2 ** (4 / 12), rel=0.06)
     # strength 0 turns the shift off exactly, whatever gender_shift_semitones says
-    spec = DemoSpec(("es", "de"), family_trait_strength=0.0, speakers_per_language=2,
+    spec = demo_spec(("es", "de"), family_trait_strength=0.0, speakers_per_language=2,
                     clips_per_speaker=1, dev_speakers=0, test_speakers=0)
     shifted = dataclasses.replace(spec, gender_shift_semitones=3.0, gender_pitch_offset=20.0)
     for name, s in (("plain", spec), ("shifted", shifted)):
@@ -391,7 +392,7 @@ def test_gender_shift_raises_the_pitch_of_a_family_and_is_off_at_strength_zero(
 def test_gender_pitch_offset_moves_a_family_s_f0_its_own_way(tmp_path: Path) -> None:
     # two families: Romance on the corner (+1, +1), Germanic on (-1, -1)
     assert demo.family_cues(["es", "de"])["Romance"][0] == (1.0, 1.0)
-    spec = DemoSpec(("es", "de"), family_trait_strength=1.0, speakers_per_language=2,
+    spec = demo_spec(("es", "de"), family_trait_strength=1.0, speakers_per_language=2,
                     clips_per_speaker=1, dev_speakers=0, test_speakers=0)
     moved = dataclasses.replace(spec, gender_pitch_offset=20.0)
     f0 = {}
@@ -409,7 +410,7 @@ def test_gender_pitch_offset_moves_a_family_s_f0_its_own_way(tmp_path: Path) -> 
 
 
 def test_family_pitch_offset_grows_with_strength_only_up_to_the_room_every_speaker_keeps() -> None:
-    spec = DemoSpec(("es", "de"), gender_pitch_offset=20.0)
+    spec = demo_spec(("es", "de"), gender_pitch_offset=20.0)
 
     def offset(strength: float, cue: float) -> int:
         return demo.family_pitch_offset(
@@ -428,11 +429,12 @@ def test_family_pitch_offset_grows_with_strength_only_up_to_the_room_every_speak
             assert 0 <= min(moved) and max(moved) <= 100
             assert len(set(moved)) == len(set(pitches))
     with pytest.raises(CltmError, match="gender_pitch_offset must lie in \\[0, 20\\]"):
-        write_demo_corpus(Path("unused"), dataclasses.replace(spec, gender_pitch_offset=25.0))
+        write_demo_corpus(Path("unused"), dataclasses.replace(spec, gender_pitch_offset=25.0),
+                          workers=1)
 
 
 def test_each_speaker_has_its_own_warp_at_every_strength() -> None:
-    spec = DemoSpec(("es", "de"), speaker_warp_semitones=2.0)
+    spec = demo_spec(("es", "de"), speaker_warp_semitones=2.0)
     warps = np.array([demo.speaker_warp(spec, "es", i) for i in range(400)])
     assert abs(warps.mean()) < 0.3 and warps.std() == pytest.approx(2.0, rel=0.12)
     assert len(set(np.round(warps, 9))) == 400  # a warp of its own per speaker
@@ -451,4 +453,4 @@ def test_planting_params_are_checked() -> None:
                 {"gender_shift_semitones": 13.0}, {"speaker_warp_semitones": -1.0},
                 {"speaker_warp_semitones": 7.0}):
         with pytest.raises(CltmError):
-            demo._check_spec(DemoSpec(("es",), **bad))
+            demo.check_spec(demo_spec(("es",), **bad))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 import pytest
@@ -45,7 +46,7 @@ def _waves() -> list[torch.Tensor]:
 
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_a_padded_batch_gives_each_clip_what_it_gets_alone(name):
-    encoder, _ = load_encoder("unused", _config(name))
+    encoder, _ = load_encoder("unused", _config(name), init_seed=0)
     encoder.eval()
     waves = _waves()
     with torch.no_grad():
@@ -58,7 +59,7 @@ def test_a_padded_batch_gives_each_clip_what_it_gets_alone(name):
 
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_a_padded_training_loss_is_the_mean_of_the_clips_losses(name):
-    encoder, _ = load_encoder("unused", {**_config(name), **NO_NOISE})
+    encoder, _ = load_encoder("unused", {**_config(name), **NO_NOISE}, init_seed=0)
     encoder.train()
     head = torch.nn.Linear(16, 2)
     waves, labels = _waves()[:3], torch.tensor([0, 1, 1])
@@ -71,10 +72,10 @@ def test_a_padded_training_loss_is_the_mean_of_the_clips_losses(name):
 
 @pytest.mark.parametrize("name", ["wav2vec2-layer", "wavlm-group", "data2vec-audio"])
 def test_saved_encoder_loads_by_path_and_runs_a_grid_run(name, tmp_path, synthetic_subsets):
-    built, _ = load_encoder("unused", _config(name))
+    built, _ = load_encoder("unused", _config(name), init_seed=0)
     built.save_pretrained(tmp_path)
     Wav2Vec2FeatureExtractor(do_normalize=False).save_pretrained(tmp_path)
-    loaded, do_normalize = load_encoder(str(tmp_path), None)
+    loaded, do_normalize = load_encoder(str(tmp_path), None, init_seed=0)
     assert type(loaded) is type(built) and not do_normalize
     assert all(torch.equal(a, b) for a, b in zip(built.state_dict().values(),
                                                  loaded.state_dict().values(), strict=True))
@@ -91,17 +92,17 @@ def test_unsupported_models_get_one_error_naming_the_supported(tmp_path):
                          encoder_ffn_dim=16, decoder_ffn_dim=16).save_pretrained(tmp_path)
     with pytest.raises(CltmError, match=r"'whisper' model.*hubert, wav2vec2, wavlm, "
                                         r"data2vec-audio"):
-        load_encoder(str(tmp_path), None)
+        load_encoder(str(tmp_path), None, init_seed=0)
     with pytest.raises(CltmError, match=r"model.random_init is a 'bert' model.*wav2vec 2.0"):
-        load_encoder("unused", {"model_type": "bert"})
+        load_encoder("unused", {"model_type": "bert"}, init_seed=0)
 
 
 def test_a_checkpoint_at_another_sampling_rate_is_refused(tmp_path):
-    built, _ = load_encoder("unused", _config("wavlm-group"))
+    built, _ = load_encoder("unused", _config("wavlm-group"), init_seed=0)
     built.save_pretrained(tmp_path)
     Wav2Vec2FeatureExtractor(sampling_rate=8000).save_pretrained(tmp_path)
     with pytest.raises(CltmError, match=r"expects audio at 8000 Hz.*16000 Hz"):
-        load_encoder(str(tmp_path), None)
+        load_encoder(str(tmp_path), None, init_seed=0)
 
 
 def test_the_run_hash_and_mlflow_params_carry_the_architecture(tmp_path):
@@ -118,4 +119,21 @@ def test_the_run_hash_and_mlflow_params_carry_the_architecture(tmp_path):
     assert settings_of(config_from_dict(raw), "gender")["architecture"] == "wavlm"
     raw["model"]["random_init"] = {**TINY_HUBERT, "model_type": "whisper"}
     with pytest.raises(CltmError, match=r"model\.random_init\.model_type is 'whisper'"):
+        config_from_dict(raw)
+
+
+@pytest.mark.parametrize("key", ["model.random_init", "pretrain.architecture"])
+def test_model_type_is_required_where_config_overrides_are_given(key):
+    """No encoder family is assumed: overrides without model_type fail at config validation,
+    naming the key and the families there are."""
+    import yaml
+
+    from cltm.config import config_from_dict
+    from tests.test_config import REPO
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["pretrain"]["enabled"] = False
+    section, name = key.split(".")
+    raw[section][name] = {k: v for k, v in TINY_HUBERT.items() if k != "model_type"}
+    with pytest.raises(CltmError, match=rf"{re.escape(key)} needs model_type.*hubert, wav2vec2"):
         config_from_dict(raw)

@@ -28,12 +28,13 @@ def test_a_full_size_encoder_fine_tunes_scores_and_its_checkpoint_loads(tmp_path
     assert sum(v.numel() for v in initial.values()) > 90e6  # about 95M parameters
 
     train = loop.TrainParams(lr=1e-5, weight_decay=0.0, grad_clip=1.0, epochs=1, batch_size=1,
-                              precision="fp32", encoder="finetune")
+                              precision="fp32", head_init="random", head_lr_scale=1.0,
+                              encoder="finetune")
     worker = Worker(WorkerSettings(
         task="gender", subsets_dir=str(synthetic_subsets["gender"]),
         name_or_path=str(tmp_path / "mhubert"), random_init=None, init_seed=0, train=train,
         device="cpu", threads=2, checkpoints="self", checkpoints_dir=str(tmp_path / "models"),
-        first_seed=0, fuse=1))
+        first_seed=0, probe_clips=0, probe_seed=0, fuse=1))
     record = worker.run(RunSpec("gender", "aa", "self", "aa", 0), "h")
     assert record["steps"] > 0 and np.isfinite(record["loss_final"])
     assert 0.0 <= record["score"] <= 1.0

@@ -32,7 +32,8 @@ FRONT_ENDS = {
     "wav2vec2-layer": {"model_type": "wav2vec2", "feat_extract_norm": "layer"},
 }
 PARAMS = loop.TrainParams(lr=1e-3, weight_decay=0.01, grad_clip=1.0, epochs=1, batch_size=1,
-                           precision="fp32", head_lr_scale=3.0)
+                           precision="fp32", head_init="random", head_lr_scale=3.0,
+                           encoder="finetune")
 TOL = {"atol": 1e-5, "rtol": 1e-5}
 # Weights after AdamW steps: a gradient element near AdamW's eps (1e-8) divides by
 # sqrt(v) + eps of its own size, so a rounding difference of 1e-9 there (a batched matmul
@@ -41,7 +42,7 @@ WEIGHTS_TOL = {"atol": 1e-4, "rtol": 1e-5}
 
 
 def _encoder(front: str, **extra):
-    model, _ = load_encoder("unused", {**TINY_HUBERT, **FRONT_ENDS[front], **extra})
+    model, _ = load_encoder("unused", {**TINY_HUBERT, **FRONT_ENDS[front], **extra}, init_seed=0)
     return model
 
 
@@ -378,7 +379,7 @@ def test_a_fused_step_launches_as_many_operations_at_k_1_4_and_16():
 def test_unsupported_encoders_are_named():
     cfg = _encoder("hubert-group").config
     assert fused.unsupported(cfg) is None
-    wavlm, _ = load_encoder("unused", {**TINY_HUBERT, "model_type": "wavlm"})
+    wavlm, _ = load_encoder("unused", {**TINY_HUBERT, "model_type": "wavlm"}, init_seed=0)
     assert "wavlm" in fused.unsupported(wavlm.config)
     with pytest.raises(ValueError, match="wavlm"):
         FusedEncoder(wavlm, 2)
@@ -395,7 +396,8 @@ def replace_config(cfg, **kw):
 def test_auto_k_is_one_on_cpu_and_the_estimate_grows_with_the_clip():
     cfg = _encoder("hubert-group").config
     assert fused.auto_k(cfg, 10_000, CPU, "fp32") == 1
-    assert fused.bytes_per_run(cfg, 10_000, 10.0) > fused.bytes_per_run(cfg, 10_000, 2.0)
+    assert fused.bytes_per_run(cfg, 10_000, 10.0, "fp32") > fused.bytes_per_run(cfg, 10_000, 2.0,
+                                                                            "fp32")
     half, full = (fused.memory_terms(cfg, 10_000, 5.0, p)["train_activations"]
                   for p in ("fp16", "fp32"))
     assert half < full
@@ -410,13 +412,14 @@ def test_the_memory_estimate_has_every_term():
     assert t32["state"] == 16 * n and t32["autocast_copies"] == 0
     assert t16["autocast_copies"] == 2 * n  # autocast's fp16 copy of every weight
     # padding to the longest clip of the K: the activations of a step follow the longest clip
-    assert fused.memory_terms(cfg, n, 10.0)["train_activations"] > 1.9 * t32["train_activations"]
-    assert fused.memory_terms(cfg, n, 5.0, batch=4)["train_activations"] == pytest.approx(
+    longer = fused.memory_terms(cfg, n, 10.0, "fp32")["train_activations"]
+    assert longer > 1.9 * t32["train_activations"]
+    assert fused.memory_terms(cfg, n, 5.0, "fp32", batch=4)["train_activations"] == pytest.approx(
         4 * t32["train_activations"], rel=1e-6)
     # evaluation, 16 clips a run with the GroupNorm's fp32 temporaries: about 48 GB at K = 26
     # and 5 s clips by the count
     assert 1.5e9 < t32["eval_activations"] < 3e9
-    assert fused.memory_terms(cfg, n, 5.0, eval_clips=8)["eval_activations"] == (
+    assert fused.memory_terms(cfg, n, 5.0, "fp32", eval_clips=8)["eval_activations"] == (
         t32["eval_activations"] // 2)
     per = fused.bytes_per_run(cfg, n, 5.0, "fp16")
     assert per >= 1.5 * (t16["state"] + t16["autocast_copies"] + t16["eval_activations"])

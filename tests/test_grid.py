@@ -215,7 +215,7 @@ def test_ray_executor_gives_inline_results(uninterrupted, monkeypatch, tmp_path)
     monkeypatch.chdir(uninterrupted)
     config = load_config("params.yaml")
     settings = worker_settings(config, "gender", Path("data/subsets/gender"),
-                               Path("models/gender"))
+                               Path("models/gender"), checkpoints=None)
     specs = _some_jobs(config)
     inline = {r["run_id"]: r for r in executors.run_inline(settings, specs)}
     died = tmp_path / "died"

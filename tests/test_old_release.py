@@ -26,6 +26,8 @@ from tests.test_commonvoice import write_tsv
 REPO = Path(__file__).resolve().parents[1]
 LOCALES = ("es", "de")
 BOUNDS = {"min_duration_s": 1.0, "max_duration_s": 3.0}
+SELECT = {"pool": "validated", **BOUNDS}  # the selections' data settings
+TRAINING = {"drop_short": False, "shared_pool": False}  # and D, D' of every language its own
 
 
 def _write_release(root: Path) -> None:
@@ -74,18 +76,22 @@ def releases(tmp_path_factory) -> tuple[Path, Path]:
 
 Choose = Callable[[pd.DataFrame, frozenset[str]], pd.DataFrame]
 SELECTIONS: dict[str, Choose] = {
-    "gender": lambda t, ex: select_gender(t, LOCALES, 4, 2, seed=1, exclude=ex, **BOUNDS),
+    "gender": lambda t, ex: select_gender(t, LOCALES, 4, 2, seed=1, exclude=ex,
+                                         eval_max_per_language=None, **SELECT, **TRAINING),
     "gender, capped eval, per seed": lambda t, ex: select_gender(
         t, LOCALES, 2, 1, seed=2, eval_max_per_language=4, draws=[0, 1, 2], exclude=ex,
-        **BOUNDS),
-    "gender, min only": lambda t, ex: select_gender(t, LOCALES, 2, 1, seed=5, exclude=ex,
-                                                    min_duration_s=2.0),
-    "speaker, max only": lambda t, ex: select_speaker(t, LOCALES, 4, 2, seed=6, exclude=ex,
-                                                      max_duration_s=2.5),
+        **SELECT, **TRAINING),
+    "gender, min only": lambda t, ex: select_gender(
+        t, LOCALES, 2, 1, seed=5, exclude=ex, eval_max_per_language=None, pool="validated",
+        min_duration_s=2.0, max_duration_s=None, **TRAINING),
+    "speaker, max only": lambda t, ex: select_speaker(
+        t, LOCALES, 4, 2, seed=6, exclude=ex, pool="validated", min_duration_s=None,
+        max_duration_s=2.5, **TRAINING),
     "speaker, shared pool": lambda t, ex: select_speaker(
-        t, LOCALES, 4, 2, seed=3, draws=[0, 1], shared_pool=True, exclude=ex, **BOUNDS),
+        t, LOCALES, 4, 2, seed=3, draws=[0, 1], drop_short=False, shared_pool=True, exclude=ex,
+        **SELECT),
     "curve": lambda t, ex: select_curve(t, LOCALES, "gender", [2, 4], 1, seed=4,
-                                        eval_max_per_language=4, exclude=ex, **BOUNDS),
+                                        eval_max_per_language=4, exclude=ex, **SELECT),
 }
 
 

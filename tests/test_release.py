@@ -8,9 +8,9 @@ import pytest
 import yaml
 
 from cltm.data import commonvoice
-from cltm.data.demo import DemoSpec, write_demo_corpus
+from cltm.data.demo import write_demo_corpus
 from cltm.errors import CltmError
-from tests.conftest import copy_pipeline, run_cmd, stages_run
+from tests.conftest import copy_pipeline, demo_spec, run_cmd, stages_run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 def release(tmp_path_factory) -> Path:
     """A three-locale release in Common Voice layout (the demo's generator, used as a release)."""
     root = tmp_path_factory.mktemp("release") / "cv-corpus"
-    spec = DemoSpec(languages=("es", "de", "it"), speakers_per_language=16, clips_per_speaker=2,
+    spec = demo_spec(languages=("es", "de", "it"), speakers_per_language=16, clips_per_speaker=2,
                     dev_speakers=2, test_speakers=4, clip_seconds=1.0, seed=5)
     write_demo_corpus(root, spec, workers=1, progress=False)
     return root

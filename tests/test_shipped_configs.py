@@ -20,8 +20,8 @@ import soxr
 import yaml
 
 from cltm.data.commonvoice import read_tsv
-from cltm.data.demo import DemoSpec, write_demo_corpus
-from tests.conftest import TINY_HUBERT, copy_pipeline, run_cmd, stages_run
+from cltm.data.demo import write_demo_corpus
+from tests.conftest import TINY_HUBERT, copy_pipeline, demo_spec, run_cmd, stages_run
 
 REPO = Path(__file__).resolve().parents[1]
 LANGS = ["es", "de", "it"]
@@ -34,7 +34,7 @@ def _write_tsv(path: Path, table: pd.DataFrame) -> None:
 
 
 def _release(root: Path) -> Path:
-    spec = DemoSpec(languages=tuple(LANGS), speakers_per_language=16, clips_per_speaker=3,
+    spec = demo_spec(languages=tuple(LANGS), speakers_per_language=16, clips_per_speaker=3,
                     dev_speakers=2, test_speakers=4, clip_seconds=1.0, seed=7)
     write_demo_corpus(root, spec, workers=1, progress=False)
     # it: an old release's locale (male/female, no durations file), recorded at 32 kHz

@@ -17,6 +17,7 @@ from cltm import layout
 from cltm.analysis import stats as st
 from cltm.analysis.cltm import compute_cltm, shared_seeds
 from cltm.analysis.diagnostics import KEYS, diagnostics
+from cltm.analysis.headline import HEADLINE_KEYS
 from cltm.analysis.plots import plot_heatmap, plot_highlight
 from cltm.errors import CltmError
 from cltm.stages import report as report_mod
@@ -99,7 +100,7 @@ def test_cell_tests_against_scipy():
     runs = pd.DataFrame([(t, c, d, s, v) for (t, c, d), vals in scores.items()
                          for s, v in enumerate(vals)],
                         columns=["target", "condition", "donor", "seed", "score"])
-    result = compute_cltm(runs)
+    result = compute_cltm(runs, pair_seeds=False)
     tests = st.cell_tests(st.seed_cells(runs), 0.05, result).set_index(["target", "donor"])
     assert list(tests.reset_index().columns) == list(st.SIGNIFICANCE_COLUMNS)
     cross, base, self_ = (scores[("a", c, d)] for c, d in (("cross", "b"), ("base", "a"),
@@ -140,7 +141,7 @@ def test_paired_tests_against_scipy():
         diff = self_ - base
         assert result.self_gain_se[t] == pytest.approx(diff.std(ddof=1) / 2.0)
     # Unpaired, the shared seed effect (SD 0.2 against 0.03 within a seed) swamps the gains.
-    unpaired = compute_cltm(runs)
+    unpaired = compute_cltm(runs, pair_seeds=False)
     assert (unpaired.self_gain_se > 2 * result.self_gain_se).all()
     assert result.self_gain_se_paired and not unpaired.self_gain_se_paired
 
@@ -176,7 +177,7 @@ def test_seeds_that_differ_between_cells_are_not_paired(store, tmp_path):
 def test_one_seed_gives_nan_tests_and_null_se_intervals():
     rng = np.random.default_rng(2)
     runs = make_runs(rng, LANGS[:3], np.array([0.2, 0.25, 0.3]), seeds=1)
-    result = compute_cltm(runs)
+    result = compute_cltm(runs, pair_seeds=False)
     cells = st.seed_cells(runs)
     tests = st.cell_tests(cells, 0.05, result)
     assert tests[["p_vs0", "p_vs1", "q_vs0", "q_vs1"]].isna().all().all()
@@ -199,7 +200,7 @@ def test_replicate_diagnostics_equal_diagnostics():
     rng = np.random.default_rng(4)
     gains = np.array([0.2, 0.3, -0.05, 0.25, 0.15, 0.2])  # l2 undefined
     runs = make_runs(rng, LANGS, gains, rng.uniform(-0.2, 0.4, (6, 6)), seeds=3)
-    result = compute_cltm(runs)
+    result = compute_cltm(runs, pair_seeds=False)
     cells = st.seed_cells(runs)
     rep = st.point_estimate(cells)
     np.testing.assert_allclose(rep.cltm[0], result.matrix.to_numpy(), equal_nan=True)
@@ -282,7 +283,7 @@ def test_bootstrap_follows_a_target_that_becomes_undefined():
     l2 = runs["target"] == "l2"
     runs.loc[l2 & (runs["condition"] == "base"), "score"] = [0.50, 0.52, 0.48, 0.51]
     runs.loc[l2 & (runs["condition"] == "self"), "score"] = [0.53, 0.49, 0.51, 0.50]
-    result = compute_cltm(runs)
+    result = compute_cltm(runs, pair_seeds=False)
     assert result.self_gain["l2"] == pytest.approx(0.005)
     point = diagnostics(result.matrix, result.se, FAMILIES, self_gain=result.self_gain)
     ci, info = st.diagnostic_intervals(st.seed_cells(runs), FAMILIES, point, replicates=400,
@@ -532,7 +533,7 @@ def test_report_has_the_trust_section(store, tmp_path):
     root = tmp_path / "metrics"
     run_cltm("gender", store, root / "gender", families_csv=_families_csv(tmp_path),
              bootstrap=100, permutations=100)
-    run_report(root, root / "report.md")
+    run_report(root, root / "report.md", null_control=False, planted=False)
     text = (root / "report.md").read_text()
     assert "### Can these numbers be trusted?" in text
     assert "| target | self-gain | SE | gain / SE | defined |" in text
@@ -546,7 +547,7 @@ def test_report_has_the_trust_section(store, tmp_path):
     ci = {k: {"low": d[k] - 1, "high": d[k] + 1} for k in ci if d.get(k) is not None}
     ci["rfd1"] = {"low": d["rfd1"] + 1, "high": d["rfd1"] + 2}
     (root / "gender" / "diagnostics_ci.json").write_text(json.dumps(ci))
-    run_report(root, root / "report.md")
+    run_report(root, root / "report.md", null_control=False, planted=False)
     text = (root / "report.md").read_text()
     assert "| `rfd1` † |" in text and "† The value lies outside its own interval" in text
     assert "| `cos_rows` |" in text and text.count(" † |") == 1
@@ -557,7 +558,8 @@ def _report(root: Path, name: str, runs_dir: Path | None = None, planted: bool =
     figure in `root`); returns the report's text."""
     run_contrast(root, runs_dir or root / "no-runs-here", root / CONTRAST_FILE,
                  root / "contrast.png")
-    run_report(root, root / name, planted=planted, contrast=root / CONTRAST_FILE,
+    run_report(root, root / name, null_control=False, planted=planted,
+               contrast=root / CONTRAST_FILE,
                contrast_figure=root / "contrast.png")
     return (root / name).read_text()
 
@@ -660,10 +662,10 @@ def test_run_diagnostics_family_test_only(store, tmp_path):
     fam = _families_csv(tmp_path)
     run_cltm("gender", store, out, families_csv=fam, bootstrap=0, permutations=300)
     plain = run_diagnostics(out / "cltm.csv", out / "cltm_se.csv", "genus", None,
-                            families_csv=fam)
+                            families_csv=fam, permutations=0, stats_seed=0)
     with_test = run_diagnostics(out / "cltm.csv", out / "cltm_se.csv", "genus", None,
                                 families_csv=fam, permutations=300,
-                                family_json=tmp_path / "fs.json")
+                                family_json=tmp_path / "fs.json", stats_seed=0)
     assert with_test == plain
     # Same matrix, seed and permutations: the same result as the stage's.
     assert (tmp_path / "fs.json").read_text() == (out / "family_structure.json").read_text()
@@ -795,7 +797,7 @@ def test_difference_of_two_results_of_one_truth_covers_zero():
     for _ in range(reps):
         a, b = (st.seed_cells(make_runs(rng, LANGS, gains, cross, seeds=8)) for _ in range(2))
         diff = st.difference_intervals(a, b, None, keys=tuple(covers), replicates=200,
-                                       ci_level=0.95,
+                                       ci_level=0.95, pair_seeds=True,
                                        rng=np.random.default_rng(int(rng.integers(2**32))))
         for key, d in diff.items():
             inside = d["low"] <= 0 <= d["high"]
@@ -815,11 +817,11 @@ def test_difference_without_a_defined_point_has_no_interval():
     cells_b = st.seed_cells(runs_b)
     keys = ("rfd1", "cos_rows", "intra_family_pos")
     diff = st.difference_intervals(cells_a, cells_b, None, keys=keys, replicates=50,
-                                   ci_level=0.95, rng=np.random.default_rng(0))
+                                   ci_level=0.95, rng=np.random.default_rng(0), pair_seeds=True)
     cos = diff["cos_rows"]
     assert cos["a"] is None and cos["difference"] is None
     assert cos["low"] is None and cos["high"] is None and cos["excludes_zero"] is None
-    result = compute_cltm(runs_b)
+    result = compute_cltm(runs_b, pair_seeds=False)
     assert cos["b"] == pytest.approx(diagnostics(result.matrix, result.se)["cos_rows"])
     # No families: intra_family_pos undefined in both results and in every replicate.
     fam = diff["intra_family_pos"]
@@ -828,12 +830,13 @@ def test_difference_without_a_defined_point_has_no_interval():
     assert diff["rfd1"]["a"] == 0.0 and diff["rfd1"]["low"] is not None
     # No bootstrap: the point difference alone.
     off = st.difference_intervals(cells_a, cells_b, None, keys=keys, replicates=0,
-                                  ci_level=0.95, rng=np.random.default_rng(0))
+                                  ci_level=0.95, rng=np.random.default_rng(0), pair_seeds=True)
     assert off["rfd1"]["difference"] == diff["rfd1"]["difference"]
     assert off["rfd1"]["low"] is None and off["rfd1"]["replicates_used"] == 0
     with pytest.raises(CltmError, match="no bootstrap of"):
         st.difference_intervals(cells_a, cells_b, None, keys=("undefined_targets",),
-                                replicates=5, ci_level=0.95, rng=np.random.default_rng(0))
+                                replicates=5, ci_level=0.95, rng=np.random.default_rng(0),
+                                pair_seeds=True)
 
 
 def test_difference_drops_and_counts_undefined_replicates():
@@ -849,7 +852,8 @@ def test_difference_drops_and_counts_undefined_replicates():
     cells_b = st.seed_cells(make_runs(rng, langs, np.full(2, 0.3), seeds=4, sd=0.01))
     reps, boot = 100, np.random.default_rng(8)
     diff = st.difference_intervals(st.seed_cells(runs_a), cells_b, None, keys=("cos_rows",),
-                                   replicates=reps, ci_level=0.9, rng=copy.deepcopy(boot))
+                                   replicates=reps, ci_level=0.9, rng=copy.deepcopy(boot),
+                                   pair_seeds=True)
     pick = (boot.random((reps, 1, 4)) * 4).astype(int)[:, 0]
     base, self_, _ = _seed_table(runs_a, langs)
     gain = self_[1][pick].mean(1) - base[1][pick].mean(1)
@@ -866,8 +870,9 @@ def test_difference_summary_is_reproducible_and_json_ready():
             for _ in range(2))
     written = []
     for seed in (3, 3, 4):
-        out = st.difference_summary(a, b, labels=("gender", "speaker"), replicates=50,
-                                    stats_seed=seed)
+        out = st.difference_summary(a, b, labels=("gender", "speaker"), keys=HEADLINE_KEYS,
+                                    replicates=50, ci_level=0.95, stats_seed=seed,
+                                    pair_seeds=True)
         assert json.loads(json.dumps(out)) == out
         written.append(json.dumps(out))
     assert written[0] == written[1] and written[0] != written[2]
@@ -875,7 +880,7 @@ def test_difference_summary_is_reproducible_and_json_ready():
     assert out["seed_design"] == {"gender": st.PAIRED_DESIGN, "speaker": st.PAIRED_DESIGN}
     assert list(out["diagnostics"]) == ["rfd1", "cos_rows"]
     direct = st.difference_intervals(a, b, None, keys=("rfd1", "cos_rows"), replicates=50,
-                                     ci_level=0.95, rng=st.contrast_stream(4))
+                                     ci_level=0.95, rng=st.contrast_stream(4), pair_seeds=True)
     for key, d in out["diagnostics"].items():
         assert set(d) == {"a", "b", "difference", "low", "high", "excludes_zero",
                           "replicates_used", "replicates_dropped"}

@@ -25,6 +25,13 @@ from cltm.errors import CltmError
 
 LANGS = ("aa", "bb", "cc")
 GENDERS = ("male", "female")
+# The data settings the selections take from params: every clip of the pool, no duration bounds.
+OPEN = {"pool": "validated", "min_duration_s": None, "max_duration_s": None}
+CURVE_OPEN = {**OPEN, "eval_max_per_language": None}
+# ... and no language dropped, each language's D and D' from its own speakers.
+SPEAKER_OPEN = {**OPEN, "drop_short": False, "shared_pool": False}
+GENDER_OPEN = {**SPEAKER_OPEN, "eval_max_per_language": None}
+SETTINGS = {select_gender: GENDER_OPEN, select_speaker: SPEAKER_OPEN}
 
 
 def add_speaker(rows: list[dict], lang: str, speaker: str, gender: str, n: int, splits) -> None:
@@ -88,7 +95,7 @@ def check_disjoint(manifest: pd.DataFrame, table: pd.DataFrame) -> None:
 
 
 def test_gender_sizes_balance_and_columns(table: pd.DataFrame) -> None:
-    manifest = select_gender(table, LANGS, 4, 2, seed=1)
+    manifest = select_gender(table, LANGS, 4, 2, seed=1, **GENDER_OPEN)
     assert tuple(manifest.columns) == MANIFEST_COLUMNS
     assert set(manifest["language"]) == set(LANGS)
     for lang in LANGS:
@@ -104,7 +111,7 @@ def test_gender_sizes_balance_and_columns(table: pd.DataFrame) -> None:
 
 
 def test_gender_manifest_is_sorted_and_labelled(table: pd.DataFrame) -> None:
-    manifest = select_gender(table, LANGS, 4, 2, seed=1)
+    manifest = select_gender(table, LANGS, 4, 2, seed=1, **GENDER_OPEN)
     keys = ["language", "role", "speaker", "clip"]
     pd.testing.assert_frame_equal(manifest, manifest.sort_values(keys).reset_index(drop=True))
     assert set(manifest["role"]) == {"D", "D_prime", "eval"}
@@ -112,7 +119,7 @@ def test_gender_manifest_is_sorted_and_labelled(table: pd.DataFrame) -> None:
 
 
 def test_gender_eval_is_the_labelled_test_split(table: pd.DataFrame) -> None:
-    manifest = select_gender(table, LANGS, 4, 2, seed=1)
+    manifest = select_gender(table, LANGS, 4, 2, seed=1, **GENDER_OPEN)
     for lang in LANGS:
         test = table[(table["language"] == lang) & (table["split"] == "test")]
         labelled = set(test.loc[test["gender"] != "", "clip"])
@@ -120,19 +127,22 @@ def test_gender_eval_is_the_labelled_test_split(table: pd.DataFrame) -> None:
 
 
 def test_gender_eval_cap_is_balanced(table: pd.DataFrame) -> None:
-    manifest = select_gender(table, LANGS, 4, 2, seed=1, eval_max_per_language=6)
+    manifest = select_gender(table, LANGS, 4, 2, seed=1,
+                             **{**GENDER_OPEN, "eval_max_per_language": 6})
     for lang in LANGS:
         ev = role(manifest, lang, "eval")
         assert ev["gender"].value_counts().to_dict() == {"male": 3, "female": 3}
-    again = select_gender(table, LANGS, 4, 2, seed=1, eval_max_per_language=6)
+    again = select_gender(table, LANGS, 4, 2, seed=1,
+                          **{**GENDER_OPEN, "eval_max_per_language": 6})
     pd.testing.assert_frame_equal(manifest, again)
 
 
 def test_same_seed_same_manifest_other_seed_other(table: pd.DataFrame) -> None:
-    first = select_gender(table, LANGS, 4, 2, seed=7)
+    first = select_gender(table, LANGS, 4, 2, seed=7, **GENDER_OPEN)
     shuffled = table.sample(frac=1.0, random_state=3)  # row order must not matter
-    pd.testing.assert_frame_equal(first, select_gender(shuffled, LANGS, 4, 2, seed=7))
-    other = select_gender(table, LANGS, 4, 2, seed=8)
+    pd.testing.assert_frame_equal(first, select_gender(shuffled, LANGS, 4, 2, seed=7,
+                                                       **GENDER_OPEN))
+    other = select_gender(table, LANGS, 4, 2, seed=8, **GENDER_OPEN)
     assert not first.equals(other)
 
 
@@ -148,13 +158,13 @@ def test_speaker_in_two_languages_is_excluded_everywhere(
     add_speaker(rows, "cc", "both-eval", "female", 3, ("validated",))
     table = pd.concat([make_table(), pd.DataFrame(rows)], ignore_index=True)
     with caplog.at_level(logging.INFO, logger="cltm.data.subsets"):
-        manifest = select_gender(table, LANGS, 4, 2, seed=1)
+        manifest = select_gender(table, LANGS, 4, 2, seed=1, **GENDER_OPEN)
     assert not {"both", "both-eval"} & set(manifest["speaker"])
     assert "more than one selected language" in caplog.text
     assert "aa 2, bb 1, cc 1" in caplog.text
     check_disjoint(manifest, table)
     # With bb and cc not selected, both speakers are usable in aa again.
-    alone = select_gender(table, ["aa"], 4, 2, seed=1)
+    alone = select_gender(table, ["aa"], 4, 2, seed=1, **GENDER_OPEN)
     assert "both-eval" in set(alone["speaker"])
 
 
@@ -164,17 +174,17 @@ def test_conflicting_gender_speaker_is_dropped(caplog: pytest.LogCaptureFixture)
     rows[0] = {**rows[0], "gender": "female"}
     table = pd.concat([make_table(), pd.DataFrame(rows)], ignore_index=True)
     with caplog.at_level(logging.INFO, logger="cltm.data.subsets"):
-        manifest = select_gender(table, LANGS, 4, 2, seed=1)
+        manifest = select_gender(table, LANGS, 4, 2, seed=1, **GENDER_OPEN)
     assert "mixed" not in set(manifest["speaker"])
     assert "labelled both male and female" in caplog.text
 
 
 def test_excluding_a_clip_of_a_speaker_with_spare_clips(table: pd.DataFrame) -> None:
-    before = select_gender(table, LANGS, 4, 2, seed=1)
+    before = select_gender(table, LANGS, 4, 2, seed=1, **GENDER_OPEN)
     pool_sizes = table[table["split"] == "validated"].groupby("speaker").size()
     train = before[before["role"] != "eval"]
     spare = train[train["speaker"].map(pool_sizes) > 2].iloc[0]
-    after = select_gender(table, LANGS, 4, 2, seed=1, exclude={spare["clip"]})
+    after = select_gender(table, LANGS, 4, 2, seed=1, exclude={spare["clip"]}, **GENDER_OPEN)
     assert spare["clip"] not in set(after["clip"])
     others_before = before[before["speaker"] != spare["speaker"]].reset_index(drop=True)
     others_after = after[after["speaker"] != spare["speaker"]].reset_index(drop=True)
@@ -187,13 +197,13 @@ def test_excluding_a_clip_of_a_speaker_with_spare_clips(table: pd.DataFrame) -> 
 def test_excluding_a_clip_of_a_speaker_without_spare_clips(table: pd.DataFrame) -> None:
     pool_sizes = table[table["split"] == "validated"].groupby("speaker").size()
     for seed in range(50):
-        before = select_gender(table, LANGS, 4, 2, seed=seed)
+        before = select_gender(table, LANGS, 4, 2, seed=seed, **GENDER_OPEN)
         train = before[before["role"] != "eval"]
         tight = train[train["speaker"].map(pool_sizes) == 2]
         if len(tight):
             break
     victim = tight.iloc[0]
-    after = select_gender(table, LANGS, 4, 2, seed=seed, exclude={victim["clip"]})
+    after = select_gender(table, LANGS, 4, 2, seed=seed, exclude={victim["clip"]}, **GENDER_OPEN)
     gone = set(before["speaker"]) - set(after["speaker"])
     new = set(after["speaker"]) - set(before["speaker"])
     assert gone == {victim["speaker"]}
@@ -209,42 +219,43 @@ def test_excluding_a_clip_of_a_speaker_without_spare_clips(table: pd.DataFrame) 
 
 
 def test_excluded_clips_leave_evaluation_too(table: pd.DataFrame) -> None:
-    before = select_gender(table, LANGS, 4, 2, seed=1)
+    before = select_gender(table, LANGS, 4, 2, seed=1, **GENDER_OPEN)
     clip = role(before, "aa", "eval")["clip"].iloc[0]
-    after = select_gender(table, LANGS, 4, 2, seed=1, exclude=frozenset({clip}))
+    after = select_gender(table, LANGS, 4, 2, seed=1, exclude=frozenset({clip}), **GENDER_OPEN)
     assert clip not in set(after["clip"])
     assert len(after) == len(before) - 1
 
 
 def test_train_pool_option(table: pd.DataFrame) -> None:
-    manifest = select_gender(table, LANGS, 4, 2, seed=1, pool="train")
+    manifest = select_gender(table, LANGS, 4, 2, seed=1, **{**GENDER_OPEN, "pool": "train"})
     train_clips = set(table.loc[table["split"] == "train", "clip"])
     chosen = manifest[manifest["role"] != "eval"]
     assert set(chosen["clip"]) <= train_clips
     check_disjoint(manifest, table)
     with pytest.raises(CltmError, match="Unknown training pool"):
-        select_gender(table, LANGS, 4, 2, seed=1, pool="other")
+        select_gender(table, LANGS, 4, 2, seed=1, **{**GENDER_OPEN, "pool": "other"})
 
 
 def test_duration_filter(table: pd.DataFrame) -> None:
     unknown = table.assign(
         duration_s=table["duration_s"].where(table["clip"] != "aa-male-t0_2.mp3")
     )
-    manifest = select_gender(unknown, LANGS, 2, 1, seed=1, max_duration_s=2.0)
+    manifest = select_gender(unknown, LANGS, 2, 1, seed=1,
+                             **{**GENDER_OPEN, "max_duration_s": 2.0})
     assert (manifest["duration_s"].dropna() <= 2.0).all()
     # An unknown duration passes here; the subsets stage measures it (test_old_release.py).
     assert "aa-male-t0_2.mp3" in set(manifest["clip"])
-    long = select_gender(table, LANGS, 2, 1, seed=1, min_duration_s=2.0)
+    long = select_gender(table, LANGS, 2, 1, seed=1, **{**GENDER_OPEN, "min_duration_s": 2.0})
     assert (long["duration_s"] >= 2.0).all()
 
 
 def test_n_not_multiple_of_clips_per_speaker(table: pd.DataFrame) -> None:
     with pytest.raises(CltmError, match=r"tasks\.gender\.N \(5\).*clips_per_speaker \(2\)"):
-        select_gender(table, LANGS, 5, 2, seed=1)
+        select_gender(table, LANGS, 5, 2, seed=1, **GENDER_OPEN)
     with pytest.raises(CltmError, match=r"tasks\.speaker\.N \(7\).*clips_per_speaker \(2\)"):
-        select_speaker(table, LANGS, 7, 2, seed=1)
+        select_speaker(table, LANGS, 7, 2, seed=1, **SPEAKER_OPEN)
     with pytest.raises(CltmError, match="even"):
-        select_speaker(table, LANGS, 6, 2, seed=1)
+        select_speaker(table, LANGS, 6, 2, seed=1, **SPEAKER_OPEN)
 
 
 def short_table() -> pd.DataFrame:
@@ -258,7 +269,7 @@ def short_table() -> pd.DataFrame:
 
 def test_short_languages_are_all_listed() -> None:
     with pytest.raises(ShortLanguagesError) as info:
-        select_gender(short_table(), LANGS, 4, 2, seed=1)
+        select_gender(short_table(), LANGS, 4, 2, seed=1, **GENDER_OPEN)
     error = info.value
     assert isinstance(error, CltmError)
     assert [s.language for s in error.short] == ["bb", "cc"]
@@ -275,26 +286,28 @@ def test_short_languages_are_all_listed() -> None:
 
 def test_drop_short_languages(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="cltm.data.subsets"):
-        manifest = select_gender(short_table(), LANGS, 4, 2, seed=1, drop_short=True)
+        manifest = select_gender(short_table(), LANGS, 4, 2, seed=1,
+                                 **{**GENDER_OPEN, "drop_short": True})
     assert set(manifest["language"]) == {"aa"}
     warning = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warning) == 1
     assert "bb (" in warning[0]
     assert "cc (" in warning[0]
     # The kept language's subsets are those it gets when every language is fine.
-    alone = select_gender(short_table(), ["aa"], 4, 2, seed=1)
+    alone = select_gender(short_table(), ["aa"], 4, 2, seed=1, **GENDER_OPEN)
     pd.testing.assert_frame_equal(manifest, alone)
 
 
 def test_all_languages_short_raises_even_when_dropping() -> None:
     with pytest.raises(ShortLanguagesError, match="leaves none") as info:
-        select_gender(short_table(), ["bb", "cc"], 4, 2, seed=1, drop_short=True)
+        select_gender(short_table(), ["bb", "cc"], 4, 2, seed=1,
+                      **{**GENDER_OPEN, "drop_short": True})
     assert len(info.value.short) == 2
 
 
 def test_short_languages_in_the_speaker_task() -> None:
     with pytest.raises(ShortLanguagesError, match=r"bb: speaker: 4 male") as info:
-        select_speaker(short_table(), LANGS, 8, 2, seed=1)
+        select_speaker(short_table(), LANGS, 8, 2, seed=1, **SPEAKER_OPEN)
     assert [s.language for s in info.value.short] == ["bb", "cc"]
     assert "tasks.speaker.N" in str(info.value)
 
@@ -303,7 +316,7 @@ def test_short_languages_in_the_speaker_task() -> None:
 
 
 def test_speaker_sizes_and_gender_balance(table: pd.DataFrame) -> None:
-    manifest = select_speaker(table, LANGS, 8, 2, seed=1)
+    manifest = select_speaker(table, LANGS, 8, 2, seed=1, **SPEAKER_OPEN)
     assert tuple(manifest.columns) == MANIFEST_COLUMNS
     for lang in LANGS:
         for name in ("D", "D_prime"):
@@ -320,22 +333,22 @@ def test_speaker_sizes_and_gender_balance(table: pd.DataFrame) -> None:
 
 
 def test_speaker_and_gender_tasks_choose_independently(table: pd.DataFrame) -> None:
-    gender = select_gender(table, LANGS, 4, 2, seed=1)
-    speaker = select_speaker(table, LANGS, 8, 2, seed=1)
+    gender = select_gender(table, LANGS, 4, 2, seed=1, **GENDER_OPEN)
+    speaker = select_speaker(table, LANGS, 8, 2, seed=1, **SPEAKER_OPEN)
     assert set(gender.loc[gender["role"] == "D", "clip"]) != set(
         speaker.loc[speaker["role"] == "D", "clip"]
     )
 
 
 def test_speaker_selection_is_deterministic(table: pd.DataFrame) -> None:
-    first = select_speaker(table, LANGS, 8, 2, seed=3)
-    pd.testing.assert_frame_equal(first, select_speaker(table, LANGS, 8, 2, seed=3))
-    assert not first.equals(select_speaker(table, LANGS, 8, 2, seed=4))
+    first = select_speaker(table, LANGS, 8, 2, seed=3, **SPEAKER_OPEN)
+    pd.testing.assert_frame_equal(first, select_speaker(table, LANGS, 8, 2, seed=3, **SPEAKER_OPEN))
+    assert not first.equals(select_speaker(table, LANGS, 8, 2, seed=4, **SPEAKER_OPEN))
 
 
 def test_language_capacity_agrees_with_selection() -> None:
     capacity = language_capacity(
-        short_table(), LANGS, gender_N=4, gender_cps=2, speaker_N=8, speaker_cps=2
+        short_table(), LANGS, gender_N=4, gender_cps=2, speaker_N=8, speaker_cps=2, **OPEN
     )
     assert tuple(capacity.columns) == CAPACITY_COLUMNS
     assert capacity["language"].tolist() == list(LANGS)
@@ -436,14 +449,14 @@ def test_trials_take_every_negative_when_few_exist() -> None:
         for s, n in (("x", 4), ("y", 1))
         for k in range(n)
     ]
-    trials = make_trials(pd.DataFrame(rows), seed=0)
+    trials = make_trials(pd.DataFrame(rows), seed=0, max_pairs_per_speaker=200)
     assert (trials["label"] == 1).sum() == 6
     assert (trials["label"] == 0).sum() == 4  # x_k with y_0, all of them
 
 
 def test_trials_from_a_selected_manifest(table: pd.DataFrame) -> None:
-    manifest = select_speaker(table, LANGS, 8, 2, seed=1)
-    trials = make_trials(manifest, seed=0)
+    manifest = select_speaker(table, LANGS, 8, 2, seed=1, **SPEAKER_OPEN)
+    trials = make_trials(manifest, seed=0, max_pairs_per_speaker=200)
     for (_, _), group in trials.groupby(["language", "gender"]):
         assert (group["label"] == 1).sum() == (group["label"] == 0).sum() == 12
     assert np.array_equal(trials["label"].unique(), [1, 0])
@@ -481,7 +494,7 @@ def test_negative_pairs_are_uniform_over_pairs() -> None:
 
 def test_eval_cap_below_two(table: pd.DataFrame) -> None:
     with pytest.raises(CltmError, match=r"tasks\.gender\.eval_max_per_language is 1"):
-        select_gender(table, LANGS, 4, 2, seed=1, eval_max_per_language=1)
+        select_gender(table, LANGS, 4, 2, seed=1, **{**GENDER_OPEN, "eval_max_per_language": 1})
 
 
 # --------------------------------------------------------------------------- one draw per seed
@@ -491,8 +504,8 @@ def test_eval_cap_below_two(table: pd.DataFrame) -> None:
 def test_per_seed_draws_each_satisfy_the_design_and_share_the_evaluation(
     table: pd.DataFrame, select
 ) -> None:
-    fixed = select(table, LANGS, 4, 2, seed=0)
-    drawn = select(table, LANGS, 4, 2, seed=0, draws=[0, 1, 2])
+    fixed = select(table, LANGS, 4, 2, seed=0, **SETTINGS[select])
+    drawn = select(table, LANGS, 4, 2, seed=0, draws=[0, 1, 2], **SETTINGS[select])
     assert "draw" not in fixed.columns and list(drawn.columns) == [*MANIFEST_COLUMNS, "draw"]
     # evaluation is drawn once, the same as the fixed selection's, marked as every draw's
     ev = drawn[drawn["role"] == "eval"]
@@ -511,9 +524,10 @@ def test_per_seed_draws_each_satisfy_the_design_and_share_the_evaluation(
         speakers[draw] = frozenset(one.loc[one["role"] != "eval", "speaker"])
     # the draws differ (each seed trains on other speakers) and are reproducible
     assert len(set(speakers.values())) == 3
-    pd.testing.assert_frame_equal(drawn, select(table, LANGS, 4, 2, seed=0, draws=[0, 1, 2]))
+    pd.testing.assert_frame_equal(drawn, select(table, LANGS, 4, 2, seed=0, draws=[0, 1, 2],
+                                                **SETTINGS[select]))
     # a draw does not depend on which other draws are made
-    alone = select(table, LANGS, 4, 2, seed=0, draws=[1])
+    alone = select(table, LANGS, 4, 2, seed=0, draws=[1], **SETTINGS[select])
     pd.testing.assert_frame_equal(
         alone[alone["draw"] == 1].reset_index(drop=True),
         drawn[drawn["draw"] == 1].reset_index(drop=True))
@@ -524,8 +538,9 @@ def test_per_seed_draws_each_satisfy_the_design_and_share_the_evaluation(
 
 @pytest.mark.parametrize("select", [select_gender, select_speaker])
 def test_shared_pool_deals_every_language_from_one_pool(table: pd.DataFrame, select) -> None:
-    per_language = select(table, LANGS, 4, 2, seed=0, draws=[0, 1])
-    shared = select(table, LANGS, 4, 2, seed=0, draws=[0, 1], shared_pool=True)
+    per_language = select(table, LANGS, 4, 2, seed=0, draws=[0, 1], **SETTINGS[select])
+    shared = select(table, LANGS, 4, 2, seed=0, draws=[0, 1],
+                    **{**SETTINGS[select], "shared_pool": True})
     assert list(shared.columns) == [*MANIFEST_COLUMNS, "draw", "locale"]
     # evaluation stays each language's own test split
     ev = shared[shared["role"] == "eval"]
@@ -552,5 +567,6 @@ def test_shared_pool_deals_every_language_from_one_pool(table: pd.DataFrame, sel
     # dealt from the union, a subset mostly holds other languages' speakers (2 of 3 expected)
     assert served_elsewhere > len(shared[shared["role"] != "eval"]) / 3
     pd.testing.assert_frame_equal(
-        shared, select(table, LANGS, 4, 2, seed=0, draws=[0, 1], shared_pool=True))
+        shared, select(table, LANGS, 4, 2, seed=0, draws=[0, 1],
+                       **{**SETTINGS[select], "shared_pool": True}))
 

@@ -20,13 +20,15 @@ from cltm.train.worker import Worker, WorkerSettings
 from tests.conftest import TINY_HUBERT
 
 PARAMS = loop.TrainParams(lr=1e-3, weight_decay=0.0, grad_clip=1.0, epochs=1, batch_size=1,
-                           precision="fp32")
+                           precision="fp32", head_init="random", head_lr_scale=1.0,
+                           encoder="finetune")
 
 
 def settings(task: str, subsets, **kw) -> WorkerSettings:
     base = WorkerSettings(task=task, subsets_dir=str(subsets[task]), name_or_path="unused",
                           random_init=TINY_HUBERT, init_seed=0, train=PARAMS, device="cpu",
-                          threads=1)
+                          threads=1, checkpoints="none", first_seed=0, probe_clips=0,
+                          probe_seed=0, fuse=1)
     return replace(base, **kw)
 
 
@@ -71,7 +73,7 @@ def test_macro_f1_matches_sklearn():
 # --- padding-exact batching --------------------------------------------------------------------
 
 def test_padded_batches_equal_one_by_one():
-    encoder, _ = load_encoder("unused", TINY_HUBERT)
+    encoder, _ = load_encoder("unused", TINY_HUBERT, init_seed=0)
     encoder.eval()
     gen = torch.Generator().manual_seed(0)
     waves = [torch.randn(n, generator=gen) for n in (16_000, 23_456, 9_000, 12_345)]
@@ -106,7 +108,7 @@ def test_training_loss_with_padding_equals_one_by_one():
     """With SpecAugment and dropout off, a padded batch's loss is the mean of per-clip losses."""
     cfg = {**TINY_HUBERT, "mask_time_prob": 0.0, "layerdrop": 0.0, "hidden_dropout": 0.0,
            "attention_dropout": 0.0, "activation_dropout": 0.0, "feat_proj_dropout": 0.0}
-    encoder, _ = load_encoder("unused", cfg)
+    encoder, _ = load_encoder("unused", cfg, init_seed=0)
     encoder.train()
     head = torch.nn.Linear(16, 2)
     gen = torch.Generator().manual_seed(0)
@@ -217,12 +219,12 @@ def test_model_dir_without_weights_says_how_to_get_them(tmp_path):
 
     HubertConfig(**TINY_HUBERT).save_pretrained(tmp_path)  # config.json, no weights
     with pytest.raises(CltmError, match=r"could not load the encoder.*huggingface-cli download"):
-        load_encoder(str(tmp_path), None)
+        load_encoder(str(tmp_path), None, init_seed=0)
 
 
 def test_missing_local_model_dir_says_how_to_get_it(tmp_path):
     with pytest.raises(CltmError, match=r"not a directory.*huggingface-cli download"):
-        load_encoder(str(tmp_path / "mHuBERT-147"), None)
+        load_encoder(str(tmp_path / "mHuBERT-147"), None, init_seed=0)
 
 
 # --- the recipe: the head's initialisation and learning rate ----------------------------------
@@ -246,7 +248,7 @@ def test_head_lr_scale_moves_the_head_that_many_times_faster():
     """One AdamW step moves each parameter by about lr (the first step's update is lr·sign):
     the head's by lr·head_lr_scale, the encoder's by lr."""
     encoder, _ = load_encoder("unused", {**TINY_HUBERT, "layerdrop": 0.0,
-                                         "mask_time_prob": 0.0})
+                                         "mask_time_prob": 0.0}, init_seed=0)
     head = loop.new_head(16, 2, "random", torch.device("cpu"))
     before_head = head.weight.detach().clone()
     before_enc = encoder.encoder.layers[0].feed_forward.output_dense.weight.detach().clone()

@@ -177,7 +177,10 @@ def _diagnostics(args: argparse.Namespace) -> None:
 
     result = run_diagnostics(Path(args.matrix), Path(args.se) if args.se else None,
                              args.family_level, Path(args.json) if args.json else None,
-                             families_csv=Path(args.families) if args.families else None)
+                             families_csv=Path(args.families) if args.families else None,
+                             # Any CLTM, no params read: the family permutation test is the
+                             # cltm stage's, so none here.
+                             permutations=0, stats_seed=0)
     print(format_table(result))
 
 

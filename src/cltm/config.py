@@ -117,7 +117,7 @@ class ModelConfig:
     # A Hugging Face model id or a local directory holding config.json and the weights.
     name_or_path: str
     # Config overrides for a randomly initialised encoder (demo and tests: no weights needed),
-    # `model_type` one of ENCODER_TYPES (default hubert). When set, name_or_path is not read.
+    # `model_type` (required) one of ENCODER_TYPES. When set, name_or_path is not read.
     random_init: dict[str, Any] | None
     init_seed: int
 
@@ -129,7 +129,7 @@ class PretrainConfig:
     pretrain stage), the model that fine-tuning loads."""
 
     enabled: bool
-    # Config overrides of the small encoder; `model_type` one of ENCODER_TYPES (default hubert).
+    # Config overrides of the small encoder; `model_type` (required) one of ENCODER_TYPES.
     architecture: dict[str, Any]
     clusters: int
     epochs: int
@@ -457,7 +457,12 @@ def _check_values(c: Config, source: str) -> None:
         fail(f"data.min_duration_s ({lo}) must be below data.max_duration_s ({hi})")
     for key, overrides in (("model.random_init", c.model.random_init),
                            ("pretrain.architecture", c.pretrain.architecture)):
-        model_type = (overrides or {}).get("model_type", "hubert")
+        if overrides is None:
+            continue  # model.random_init: null loads name_or_path, whose config names its type
+        if "model_type" not in overrides:
+            fail(f"{key} needs model_type, the encoder family it overrides the config of: one "
+                 f"of {', '.join(ENCODER_TYPES)}")
+        model_type = overrides["model_type"]
         if model_type not in ENCODER_TYPES:
             fail(f"{key}.model_type is {model_type!r}; the pipeline supports the speech encoders "
                  f"of the wav2vec 2.0 family: {', '.join(ENCODER_TYPES)}")

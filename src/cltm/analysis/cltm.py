@@ -132,7 +132,7 @@ def _paired_gain_se(runs: pd.DataFrame) -> pd.Series:
     return diff.std(ddof=1) / np.sqrt(diff.count())
 
 
-def compute_cltm(runs: pd.DataFrame, pair_seeds: bool = False) -> CltmResult:
+def compute_cltm(runs: pd.DataFrame, *, pair_seeds: bool) -> CltmResult:
     """The CLTM, its SEs and the self-gains from a run table (one row per run).
 
     The cell SEs are PROTOCOL.md's delta-method SEs, which treat the conditions' seeds as

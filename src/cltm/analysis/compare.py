@@ -72,6 +72,7 @@ from cltm.analysis.stats import (
     replicate_diagnostics,
     seed_cells,
 )
+from cltm.config import AnalysisConfig
 from cltm.errors import CltmError
 from cltm.layout import STORE_NAME
 
@@ -194,19 +195,17 @@ def compare_runs(
     labels: tuple[str, str] = ("A", "B"),
     stores: tuple[str, str] = ("", ""),
     families: Mapping[str, str] | None = None,
-    fdr: float = 0.05,
-    bootstrap: int = 1000,
-    ci_level: float = 0.95,
-    stats_seed: int = 0,
-    pair_seeds: bool = True,
+    settings: AnalysisConfig,
 ) -> Comparison:
     """Compare two run tables (one row per run, as compute_cltm takes them): B − A.
 
-    `families` (locale -> group) gives intra_family_pos; `fdr`, `bootstrap` (resamples of each
-    result; 0: no intervals and no cell tests), `ci_level`, `stats_seed` and `pair_seeds` are
-    the analysis params the cltm stage uses. Raises CltmError when the results share fewer
-    than 2 languages or a store is incomplete over the common languages.
+    `families` (locale -> group) gives intra_family_pos; of `settings`, the analysis params the
+    cltm stage uses, this reads fdr, bootstrap (resamples of each result; 0: no intervals and
+    no cell tests), ci_level, stats_seed and pair_seeds. Raises CltmError when the results
+    share fewer than 2 languages or a store is incomplete over the common languages.
     """
+    fdr, bootstrap, ci_level = settings.fdr, settings.bootstrap, settings.ci_level
+    stats_seed, pair_seeds = settings.stats_seed, settings.pair_seeds
     if not 0 < fdr < 1 or not 0 < ci_level < 1:
         raise CltmError(f"fdr and ci_level must lie strictly between 0 and 1, not {fdr} and "
                         f"{ci_level}")

@@ -54,8 +54,7 @@ def _ratio(num: float, den: float) -> float:
     return num / den
 
 
-def interval_scores(runs: pd.DataFrame, tau: float = 0.05, z: float = 1.3,
-                    eps: float = 0.05) -> pd.DataFrame:
+def interval_scores(runs: pd.DataFrame, *, tau: float, z: float, eps: float) -> pd.DataFrame:
     """The dynamic-interval score of every (target, n) whose 2n is also on that target's grid.
 
     Terms with a zero or non-finite denominator (one seed, P(n) = 0) are left out of the min;
@@ -92,7 +91,7 @@ def _smooth_log(ns: np.ndarray, values: np.ndarray, bandwidth: float) -> np.ndar
     return smoothed
 
 
-def choose_n(scores: pd.DataFrame, bandwidth: float = 0.5) -> tuple[int, pd.DataFrame]:
+def choose_n(scores: pd.DataFrame, *, bandwidth: float) -> tuple[int, pd.DataFrame]:
     """The N at the peak of the smoothed median score (ties: the smaller N).
 
     Returns (N, table) with table columns n, median (over targets), smoothed (Gaussian kernel over

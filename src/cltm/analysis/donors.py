@@ -53,8 +53,6 @@ from cltm.errors import CltmError
 
 log = logging.getLogger(__name__)
 
-#: analysis.top_k's default: the donors a user would add first.
-TOP_K = 3
 DONOR_COLUMNS = ("target", "rank", "donor", "same_family", "cltm", "low", "high", "se", "p_vs0",
                  "q_vs0", "p_vs1", "q_vs1", "differs_from_0", "differs_from_1", "direction",
                  "rank_low", "rank_high", "top_k_share", "first_share")
@@ -120,7 +118,7 @@ def _share(hit: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
 def donor_rankings(td: TransferDraws, tests: pd.DataFrame,
                    families: Mapping[str, str] | None = None, *,
-                   top_k: int = TOP_K) -> pd.DataFrame:
+                   top_k: int) -> pd.DataFrame:
     """DONOR_COLUMNS, one row per (defined target, donor), each target's donors by rank.
 
     `tests` is stats.cell_tests' table over the same languages (its CLTM column is the ranked
@@ -196,7 +194,7 @@ def transfer_profiles(td: TransferDraws, tests: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(PROFILE_COLUMNS))
 
 
-def partner_first(donors: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
+def partner_first(donors: pd.DataFrame, level: float) -> pd.DataFrame:
     """Per target with a same-family donor: does a family partner rank first, and how sure?
 
     From donors.csv's table (its `same_family` column; on a demo corpus the planted family):

@@ -496,11 +496,11 @@ def difference_intervals(
     cells_b: SeedCells,
     families: Mapping[str, str] | None,
     *,
-    keys: Sequence[str] = NUMERIC_KEYS,
+    keys: Sequence[str],
     replicates: int,
     ci_level: float,
     rng: np.random.Generator,
-    pair_seeds: bool = True,
+    pair_seeds: bool,
 ) -> dict[str, dict[str, object]]:
     """Per diagnostic key, the difference B − A between two results and its bootstrap interval.
 
@@ -894,11 +894,11 @@ def difference_summary(
     *,
     labels: tuple[str, str] = ("a", "b"),
     families: Mapping[str, str] | None = None,
-    keys: Sequence[str] = ("rfd1", "cos_rows"),
-    replicates: int = 1000,
-    ci_level: float = 0.95,
-    stats_seed: int = 0,
-    pair_seeds: bool = True,
+    keys: Sequence[str],
+    replicates: int,
+    ci_level: float,
+    stats_seed: int,
+    pair_seeds: bool,
 ) -> dict[str, object]:
     """difference_intervals of B − A with the settings that made them, as JSON-ready values.
 

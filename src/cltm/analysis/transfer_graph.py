@@ -263,7 +263,7 @@ def transfer_graph(td: TransferDraws, families: Mapping[str, str] | None, *,
 
 
 def community_agreement(matrix: pd.DataFrame, families: Mapping[str, str], *,
-                        permutations: int = 2000, stats_seed: int = 0) -> dict[str, object]:
+                        permutations: int, stats_seed: int) -> dict[str, object]:
     """The communities of a CLTM (defined rows or not) against `families`: ARI, its
     permutation p and chance value, the communities and their count. What the calibration
     summary reports per corpus against the planted families (a figure, not a check)."""
@@ -278,7 +278,7 @@ def community_agreement(matrix: pd.DataFrame, families: Mapping[str, str], *,
 
 
 def planted_agreement(task_dir: Path, families: Mapping[str, str] | Path, *,
-                      permutations: int = 2000, stats_seed: int = 0) -> dict[str, object]:
+                      permutations: int, stats_seed: int) -> dict[str, object]:
     """community_agreement of the `cltm.csv` in `task_dir` (a cltm stage's output folder, as
     `calibration/work/<variant>/metrics/<task>`) against `families` (a map, or the demo
     corpus's families.csv): it needs no rerun of the corpus, only the matrix it wrote."""

@@ -55,7 +55,7 @@ def _decode_job(path: str) -> tuple[np.ndarray | None, str]:
 
 
 def decode_many(
-    paths: Sequence[str | Path], workers: int = 2, progress: bool = True, desc: str = "decoding"
+    paths: Sequence[str | Path], workers: int, progress: bool = True, desc: str = "decoding"
 ) -> Iterator[tuple[int, np.ndarray | None, str]]:
     """Yield (index, int16 samples or None, error message) in input order, decoding in parallel."""
     jobs = [str(p) for p in paths]

@@ -124,14 +124,14 @@ def select_gender(
     clips_per_speaker: int,
     *,
     seed: int,
-    eval_max_per_language: int | None = None,
-    pool: str = "validated",
+    eval_max_per_language: int | None,
+    pool: str,
     exclude: Collection[str] = frozenset(),
-    drop_short: bool = False,
-    min_duration_s: float | None = None,
-    max_duration_s: float | None = None,
+    drop_short: bool,
+    min_duration_s: float | None,
+    max_duration_s: float | None,
     draws: Sequence[int] | None = None,
-    shared_pool: bool = False,
+    shared_pool: bool,
 ) -> pd.DataFrame:
     """Gender-recognition manifest: per language N male + N female clips in D and in D'.
 
@@ -162,13 +162,13 @@ def select_speaker(
     clips_per_speaker: int,
     *,
     seed: int,
-    pool: str = "validated",
+    pool: str,
     exclude: Collection[str] = frozenset(),
-    drop_short: bool = False,
-    min_duration_s: float | None = None,
-    max_duration_s: float | None = None,
+    drop_short: bool,
+    min_duration_s: float | None,
+    max_duration_s: float | None,
     draws: Sequence[int] | None = None,
-    shared_pool: bool = False,
+    shared_pool: bool,
 ) -> pd.DataFrame:
     """Speaker manifest: per language N clips in D and in D' (new speakers), half per gender.
 
@@ -230,11 +230,11 @@ def select_curve(
     clips_per_speaker: int,
     *,
     seed: int,
-    eval_max_per_language: int | None = None,
-    pool: str = "validated",
+    eval_max_per_language: int | None,
+    pool: str,
     exclude: Collection[str] = frozenset(),
-    min_duration_s: float | None = None,
-    max_duration_s: float | None = None,
+    min_duration_s: float | None,
+    max_duration_s: float | None,
 ) -> pd.DataFrame:
     """Learning-curve manifest: nested training sets for every N of the grid, and the eval set.
 
@@ -301,7 +301,7 @@ def _curve_needs(pools: _Pools, language: str, task: str, per_gender: int, cps: 
 
 
 def make_trials(
-    manifest_eval: pd.DataFrame, *, seed: int, max_pairs_per_speaker: int = 200
+    manifest_eval: pd.DataFrame, *, seed: int, max_pairs_per_speaker: int
 ) -> pd.DataFrame:
     """Verification trials (TRIAL_COLUMNS) from the speaker manifest's eval rows.
 
@@ -334,10 +334,10 @@ def language_capacity(
     gender_cps: int,
     speaker_N: int,
     speaker_cps: int,
-    pool: str = "validated",
+    pool: str,
     exclude: Collection[str] = frozenset(),
-    min_duration_s: float | None = None,
-    max_duration_s: float | None = None,
+    min_duration_s: float | None,
+    max_duration_s: float | None,
 ) -> pd.DataFrame:
     """Per language: what the training pool and test split hold, and whether each task fits.
 

@@ -50,8 +50,7 @@ def run_compare(store_a: Path, store_b: Path, out_dir: Path,
         raise CltmError(f"both results are labelled {chosen[0]!r}; give --label-a and --label-b")
     comparison = compare_runs(runs[0], runs[1], labels=chosen,  # type: ignore[arg-type]
                               stores=(str(stores[0]), str(stores[1])), families=families,
-                              fdr=a.fdr, bootstrap=a.bootstrap, ci_level=a.ci_level,
-                              stats_seed=a.stats_seed, pair_seeds=a.pair_seeds)
+                              settings=a)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = json_ready(comparison.summary)

@@ -47,8 +47,8 @@ def _settings(metrics_dir: Path) -> tuple[dict | None, str | None]:
         if g.get(key) != s.get(key):
             log.warning("the tasks' stats_info.json differ in %s (%s, %s): the difference "
                         "uses gender's", key, g.get(key), s.get(key))
-    return {"replicates": int(g["bootstrap"]), "ci_level": float(g.get("ci_level", 0.95)),
-            "stats_seed": int(g.get("stats_seed", 0)),
+    return {"replicates": int(g["bootstrap"]), "ci_level": float(g["ci_level"]),
+            "stats_seed": int(g["stats_seed"]),
             # Each task pairs by seed where the cltm stage did: pair_seeds was on if either did,
             # and stats.pairing turns it off again for a store whose cells' seeds differ.
             "pair_seeds": any(is_paired(info) for info in (g, s))}, None

@@ -20,9 +20,9 @@ log = logging.getLogger(__name__)
 def run(config: Config, out: Path, progress: bool) -> None:
     from cltm.data import demo
 
-    if out.exists():
-        shutil.rmtree(out)
     if config.data.source != "demo":
+        if out.exists():
+            shutil.rmtree(out)
         out.mkdir(parents=True)
         (out / "README.txt").write_text(
             "Not generated: data.source is 'commonvoice', so the pipeline reads "
@@ -33,5 +33,8 @@ def run(config: Config, out: Path, progress: bool) -> None:
     settings = dataclasses.asdict(config.demo)
     spec = demo.DemoSpec(languages=tuple(config.data.languages),
                          null=settings.pop("null_control"), **settings)
+    demo.check_spec(spec)  # before anything is removed: a bad edit leaves the last corpus
+    if out.exists():
+        shutil.rmtree(out)  # the out is DVC's: an earlier corpus, or the note left above
     demo.write_demo_corpus(out, spec, workers=config.data.workers, progress=progress)
     log.info("demo corpus written to %s", out)

@@ -24,8 +24,8 @@ def run_diagnostics(
     *,
     families_csv: Path | None = None,
     self_gain_csv: Path | None = None,
-    permutations: int = 0,
-    stats_seed: int = 0,
+    permutations: int,
+    stats_seed: int,
     family_json: Path | None = None,
 ) -> dict:
     """The diagnostics of a CLTM stored as CSV (from this pipeline or any other); returns them.

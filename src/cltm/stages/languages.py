@@ -23,4 +23,5 @@ def capacity(config: Config, root: Path, locales: Sequence[str],
         gender_cps=g.clips_per_speaker,
         speaker_N=resolve_n(config, "speaker", curves["speaker"]),
         speaker_cps=s.clips_per_speaker, pool=config.data.commonvoice.pool,
+        min_duration_s=config.data.min_duration_s, max_duration_s=config.data.max_duration_s,
     )

@@ -163,7 +163,7 @@ def _run_counts(task_dir: Path) -> list[str]:
 
 
 def _task_section(task: str, task_dir: Path, d: dict, report: Path,
-                  null_control: bool = False) -> list[str]:
+                  null_control: bool) -> list[str]:
     out = [f"## {TASK_TITLES.get(task, task)}", ""]
     for file, alt in (("heatmap.png", "CLTM"), ("heatmap_highlight.png", "highlight CLTM"),
                       ("self_gain.png", "self-gains"), ("offdiag_hist.png", "off-diagonal")):
@@ -372,7 +372,7 @@ def _health(task_dir: Path) -> list[str]:
             ""]
 
 
-def _trust_section(task_dir: Path, d: dict, null_control: bool = False) -> list[str]:
+def _trust_section(task_dir: Path, d: dict, null_control: bool) -> list[str]:
     info = _read_json(task_dir / "stats_info.json") or {}
     out = ["### Can these numbers be trusted?", ""]
     out += _health(task_dir)
@@ -605,9 +605,8 @@ def _partner_line(task_dir: Path, task: str) -> list[str]:
             f"which a partner ranks first: {cells})"]
 
 
-def run_report(metrics_dir: Path, out_path: Path, null_control: bool = False,
-               planted: bool = False, contrast: Path | None = None,
-               contrast_figure: Path | None = None) -> None:
+def run_report(metrics_dir: Path, out_path: Path, *, null_control: bool, planted: bool,
+               contrast: Path | None = None, contrast_figure: Path | None = None) -> None:
     """Write the Markdown report of every task whose `<metrics_dir>/<task>/diagnostics.json`
     exists; `null_control`: the runs come from a null-control corpus, so say whether the CLTMs
     are consistent with all ones; `planted`: they come from the demo corpus with its planted

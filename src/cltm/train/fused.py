@@ -1066,9 +1066,8 @@ def embed(enc: FusedEncoder, lanes: Sequence[Sequence[torch.Tensor]], device: to
 
 # --- how many runs fit -------------------------------------------------------------------------
 
-def memory_terms(config: PretrainedConfig, n_params: int, seconds: float = 6.0,
-                 precision: str = "fp32", batch: int = 1, eval_clips: int = 16
-                 ) -> dict[str, int]:
+def memory_terms(config: PretrainedConfig, n_params: int, seconds: float, precision: str,
+                 batch: int = 1, eval_clips: int = 16) -> dict[str, int]:
     """The terms of one fused run's device memory, in bytes, for steps that pad to a clip of
     `seconds` (the longest clip of the K: a fused step pads every run to it), `batch` clips a
     step and evaluation `eval_clips` clips at a time:
@@ -1118,8 +1117,8 @@ def eval_batch(config: PretrainedConfig, n_params: int, seconds: float, precisio
     return max(1, min(cap, t["train_activations"] // max(t["eval_activations"], 1)))
 
 
-def bytes_per_run(config: PretrainedConfig, n_params: int, seconds: float = 6.0,
-                  precision: str = "fp32", batch: int = 1, eval_clips: int = 16) -> int:
+def bytes_per_run(config: PretrainedConfig, n_params: int, seconds: float, precision: str,
+                  batch: int = 1, eval_clips: int = 16) -> int:
     """A documented upper estimate of one fused run's device memory (`memory_terms`): state
     and autocast copies, plus the larger of training's and evaluation's activations, x1.5 for
     the allocator's fragmentation and temporaries."""

@@ -34,9 +34,9 @@ class TrainParams:
     epochs: int
     batch_size: int
     precision: str  # fp32 | fp16 | bf16
-    head_init: str = "random"  # random | zero
-    head_lr_scale: float = 1.0  # the head's lr as a multiple of lr
-    encoder: str = "finetune"  # finetune | frozen
+    head_init: str  # random | zero
+    head_lr_scale: float  # the head's lr as a multiple of lr
+    encoder: str  # finetune | frozen
 
 
 def seed_everything(seed: int) -> None:

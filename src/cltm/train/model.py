@@ -112,9 +112,10 @@ def _check_type(model_type: str, where: str) -> None:
 
 def encoder_config(overrides: dict[str, Any], where: str = "model.random_init"
                    ) -> PretrainedConfig:
-    """The config of a small encoder: `overrides` with `model_type` (default hubert)."""
+    """The config of a small encoder: `overrides`, whose `model_type` (required, checked with
+    the params) names its family."""
     overrides = dict(overrides)
-    model_type = overrides.pop("model_type", "hubert")
+    model_type = overrides.pop("model_type")
     _check_type(model_type, where)
     try:
         return AutoConfig.for_model(model_type, **overrides)
@@ -173,7 +174,7 @@ def _do_normalize(name_or_path: str) -> bool:
 
 
 def load_encoder(name_or_path: str, random_init: dict[str, Any] | None,
-                 init_seed: int = 0) -> tuple[PreTrainedModel, bool]:
+                 init_seed: int) -> tuple[PreTrainedModel, bool]:
     """The encoder ready for padding-exact batches, and whether to normalise its input."""
     if random_init is not None:
         model, do_normalize = build_random_encoder(random_init, init_seed), True

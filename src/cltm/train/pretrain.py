@@ -166,7 +166,7 @@ def pretrain(waves: list[np.ndarray], s: PretrainConfig, progress: bool = True
 
 
 def run_pretrain(root: Path, metadata_dir: Path, languages: list[str], out: Path,
-                 s: PretrainConfig, workers: int = 2, progress: bool = True) -> dict[str, Any]:
+                 s: PretrainConfig, workers: int, progress: bool = True) -> dict[str, Any]:
     """Write a model directory (config, weights, feature-extractor config) and return a summary.
     The clips are the training split of the release at `root`, as the metadata stage's tables in
     `metadata_dir` list them."""

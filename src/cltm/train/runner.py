@@ -52,7 +52,7 @@ def _architecture(name_or_path: str, random_init: dict[str, Any] | None) -> str 
     """The encoder's model type (hubert, wav2vec2, wavlm, data2vec-audio): from the random
     config, or a local directory's config.json; None for a hub id (the id names it)."""
     if random_init is not None:
-        return random_init.get("model_type", "hubert")
+        return random_init["model_type"]
     config = Path(name_or_path) / "config.json"
     if config.is_file():
         return json.loads(config.read_text()).get("model_type")
@@ -99,10 +99,10 @@ def settings_of(config: Config, task: str, curve: bool = False) -> dict[str, Any
     return settings
 
 
-def worker_settings(config: Config, task: str, data_dir: Path, models_dir: Path | None,
-                    checkpoints: str | None = None) -> WorkerSettings:
+def worker_settings(config: Config, task: str, data_dir: Path, models_dir: Path | None, *,
+                    checkpoints: str | None) -> WorkerSettings:
     """The worker's settings for `task`'s runs on the subsets in `data_dir`, writing any
-    checkpoints to `models_dir`."""
+    checkpoints to `models_dir`; `checkpoints` overrides train.checkpoints (None: train's)."""
     t, m = config.train, config.model
     return WorkerSettings(
         task=task, subsets_dir=str(Path(data_dir).resolve()),
@@ -161,7 +161,8 @@ def run_grid(config: Config, task: str, subsets: Path, runs: Path, models: Path,
         f"Fine-tuned checkpoints of the {task} grid (train.checkpoints: "
         f"{config.train.checkpoints}), safetensors, one file per run id.\n")
     log.info("%s grid: %d runs, %d already done, %d to run", task, total, len(done), len(jobs))
-    _execute(config, jobs, done, store, progress, worker_settings(config, task, subsets, models),
+    _execute(config, jobs, done, store, progress,
+             worker_settings(config, task, subsets, models, checkpoints=None),
              run_name=task, tracked=settings)
     _finish(store, done)
 

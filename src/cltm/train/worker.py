@@ -49,18 +49,18 @@ class WorkerSettings:
     random_init: dict[str, Any] | None
     init_seed: int
     train: loop.TrainParams
-    device: str = "auto"
-    threads: int | None = None
-    checkpoints: str = "none"  # none | self | all
-    checkpoints_dir: str | None = None
-    first_seed: int = 0
+    device: str
+    threads: int | None
+    checkpoints: str  # none | self | all
+    first_seed: int
     # Embedding probes: at most this many evaluation clips per language (0: none), chosen by
     # probe_seed. Every run returns its model's embeddings of the target's probe clips (and,
     # for speaker cross runs, of the donor's), for the geometry and CKA analyses.
-    probe_clips: int = 0
-    probe_seed: int = 0
+    probe_clips: int
+    probe_seed: int
     # Fine-tuned runs trained at once (train.fuse): K >= 1 or "auto". Not part of a run's result.
-    fuse: int | str = 1
+    fuse: int | str
+    checkpoints_dir: str | None = None  # needed only when checkpoints is not none
 
 
 Job = tuple[RunSpec, str]
