@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from cltm import kernels
 from cltm.config import DEFAULT_PARAMS, Config, load_config
 from cltm.errors import CltmError
 from cltm.layout import FAMILIES, TASKS
@@ -319,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    kernels.pin()  # before any stage imports torch: the same bytes on every AVX2 CPU
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from transformers import AutoModel, PreTrainedModel, Wav2Vec2FeatureExtractor
 from transformers.models.hubert.modeling_hubert import _compute_mask_indices
 
+from cltm import kernels
 from cltm.config import PretrainConfig
 from cltm.data import commonvoice
 from cltm.data.audio import decode_many
@@ -88,16 +89,22 @@ def mfcc(wave: np.ndarray) -> np.ndarray:
     return ((feats - feats.mean(0)) / (feats.std(0) + 1e-5)).astype(np.float32)
 
 
-def cluster_targets(waves: list[np.ndarray], k: int, seed: int) -> list[np.ndarray]:
-    """Frame-level k-means units of every clip (HuBERT's first-iteration targets)."""
+def cluster_targets(waves: list[np.ndarray], k: int, seed: int, threads: int | None
+                    ) -> list[np.ndarray]:
+    """Frame-level k-means units of every clip (HuBERT's first-iteration targets). `threads`
+    fixes k-means's OpenMP threads (by default one per core): its threads add their centres in
+    whatever order they finish, which is exact with one or two only."""
     from sklearn.cluster import KMeans
+    from threadpoolctl import threadpool_limits
 
     feats = [mfcc(w) for w in waves]
     stacked = np.concatenate(feats)
     rng = np.random.default_rng(seed)
     sample = stacked[rng.choice(len(stacked), min(len(stacked), 50_000), replace=False)]
-    km = KMeans(n_clusters=k, n_init=3, random_state=seed).fit(sample)
-    return [km.predict(f).astype(np.int64) if len(f) else np.zeros(0, np.int64) for f in feats]
+    with threadpool_limits(threads):
+        km = KMeans(n_clusters=k, n_init=3, random_state=seed).fit(sample)
+        return [km.predict(f).astype(np.int64) if len(f) else np.zeros(0, np.int64)
+                for f in feats]
 
 
 def pretraining_clips(root: Path, metadata_dir: Path, languages: list[str], workers: int,
@@ -123,7 +130,10 @@ def pretrain(waves: list[np.ndarray], s: PretrainConfig, progress: bool = True
         torch.set_num_threads(s.threads)
     torch.backends.mkldnn.enabled = False  # see worker.py: variable shapes defeat its cache
     seed_everything(s.seed)
-    targets = cluster_targets(waves, s.clusters, s.seed)
+    reason = kernels.unpinned_reason()
+    if reason is not None:
+        log.warning("pretraining: %s", reason)
+    targets = cluster_targets(waves, s.clusters, s.seed, s.threads)
     config = encoder_config(s.architecture, "pretrain.architecture")
     model = AutoModel.from_config(config)
     head = nn.Linear(config.hidden_size, s.clusters)
