@@ -142,10 +142,12 @@ def run_hermetic(root: Path, pipeline_dir: Path, corpus_roots: Sequence[str], st
             continue
         src = (pipeline_dir / dep["path"]).resolve()
         _copy_into(src, fresh / src.relative_to(root.resolve()))
+    outs = {(pipeline_dir / o["path"]).resolve() for o in lock.get("outs", [])}
     for corpus in corpus_roots:
         src = (pipeline_dir / corpus).resolve()
         dst = fresh / src.relative_to(root.resolve())
-        if src.exists() and not dst.exists():
+        # the stage that writes the corpus (demo-corpus) gets no copy of it
+        if src.exists() and not dst.exists() and src not in outs:
             dst.parent.mkdir(parents=True, exist_ok=True)
             dst.symlink_to(src, target_is_directory=True)
     env = {**os.environ, "PYTHONPATH": str(fresh / "src"),

@@ -165,10 +165,11 @@ def _run_counts(task_dir: Path) -> list[str]:
 def _task_section(task: str, task_dir: Path, d: dict, report: Path,
                   null_control: bool) -> list[str]:
     out = [f"## {TASK_TITLES.get(task, task)}", ""]
+    # The cltm stage always draws its figures (layout.CLTM_PLOTS): they are linked, not looked
+    # for, since the report declares the files it reads and the figures are not among them.
     for file, alt in (("heatmap.png", "CLTM"), ("heatmap_highlight.png", "highlight CLTM"),
                       ("self_gain.png", "self-gains"), ("offdiag_hist.png", "off-diagonal")):
-        if (task_dir / file).is_file():
-            out += [f"![{task} {alt}]({_link(task_dir / file, report)})", ""]
+        out += [f"![{task} {alt}]({_link(task_dir / file, report)})", ""]
     out += _undefined(task_dir, d)
     out += _pairs(task_dir)
     out += _donor_section(task, task_dir, report)
@@ -188,8 +189,7 @@ def _donor_section(task: str, task_dir: Path, report: Path) -> list[str]:
            "the intervals of value and rank)", ""]
     for file, alt in (("donors.png", "donor rankings"), ("profiles.png", "giving and receiving"),
                       ("coclustering.png", "co-clustering"), ("transfer_map.png", "map")):
-        if (task_dir / file).is_file():
-            out += [f"![{task} {alt}]({_link(task_dir / file, report)})", ""]
+        out += [f"![{task} {alt}]({_link(task_dir / file, report)})", ""]
     groups = "; ".join("{" + ", ".join(g) + "}" for g in graph.get("communities") or [])
     out += [f"Communities of the positive-transfer graph (Louvain, seed "
             f"{graph.get('louvain_seed')}): {groups or 'none'}. Against the "
@@ -409,10 +409,9 @@ def _curve_section(metrics_dir: Path, report: Path) -> list[str]:
                 f"{c.get('implied_self_gain_positive')} of {len(gains)} languages positive; "
                 + ", ".join(f"{k} {_fmt(v['delta'], 'num')} ± {_fmt(v['se'], 'num')}"
                             for k, v in gains.items()), ""]
-        for file in ("curve.png", "interval_scores.png"):
-            path = metrics_dir / "curves" / task / file
-            if path.is_file():
-                out += [f"![{task} {file}]({_link(path, report)})", ""]
+        for file in ("curve.png", "interval_scores.png"):  # drawn whenever the curve ran
+            out += [f"![{task} {file}]({_link(metrics_dir / 'curves' / task / file, report)})",
+                    ""]
     if not any_curve:
         out += ["Not run (curve.enabled: false): N is fixed in params.yaml.", ""]
     return out
@@ -444,9 +443,8 @@ def _geometry_section(metrics_dir: Path, report: Path) -> list[str]:
     for r in g.get("extreme_pairs", []):
         out.append(f"| {r['target']} | {r['donor']} | {_fmt(r['cltm'], 'num')} | "
                    f"{_fmt(r.get('centroid'), 'num')} | {_fmt(r.get('sinkhorn'), 'num')} |")
-    path = metrics_dir / "speaker" / "geometry" / "cltm_vs_distance.png"
-    if path.is_file():
-        out += ["", f"![geometry]({_link(path, report)})"]
+    path = metrics_dir / "speaker" / "geometry" / "cltm_vs_distance.png"  # drawn when enabled
+    out += ["", f"![geometry]({_link(path, report)})"]
     return [*out, ""]
 
 
@@ -475,10 +473,9 @@ def _gaps_section(metrics_dir: Path, report: Path) -> list[str]:
                     *CORR_HEAD, _corr_row("CKA", cka["correlation_with_cltm"])]
         else:
             out += ["", f"CKA not computed: {cka.get('reason', 'no probes')}."]
-        for file in ("performance.png", "cka.png"):
-            path = metrics_dir / task / "gaps" / file
-            if path.is_file():
-                out += ["", f"![{task} {file}]({_link(path, report)})"]
+        # performance.png is always drawn, cka.png with the CKA
+        for file in ("performance.png", "cka.png") if cka.get("enabled") else ("performance.png",):
+            out += ["", f"![{task} {file}]({_link(metrics_dir / task / 'gaps' / file, report)})"]
         out.append("")
     if not found:
         out += ["No gaps.json yet: run the gaps stage.", ""]
