@@ -116,7 +116,7 @@ def _copy_into(src: Path, dst: Path) -> None:
 
 
 #: Outs compared byte for byte with the full pipeline's (the rest: written at all).
-TEXT_OUTS = (".csv", ".json", ".md")
+TEXT_OUTS = (".csv", ".json", ".md", ".parquet")
 
 
 def run_hermetic(root: Path, pipeline_dir: Path, corpus_roots: Sequence[str], stage: str,
@@ -127,9 +127,9 @@ def run_hermetic(root: Path, pipeline_dir: Path, corpus_roots: Sequence[str], st
 
     `root` is the repository copy, `pipeline_dir` the folder of the dvc.yaml (root or below it),
     `corpus_roots` the release roots relative to `pipeline_dir`; `drop`: deps to leave out, as
-    if dvc.yaml did not declare them. Returns (exit code, output,
-    the declared outs it did not write or wrote otherwise than the full pipeline did). A file out
-    that is text (.csv, .json, .md) must equal the pipeline's byte for byte: a stage that reads an
+    if dvc.yaml did not declare them. Returns (exit code, output, the declared outs it did not
+    write or wrote otherwise than the full pipeline did). A file out that is a table or text
+    (.csv, .json, .md, .parquet) must equal the pipeline's byte for byte: a stage that reads an
     undeclared file and only notes its absence would otherwise pass."""
     lock = yaml.safe_load((pipeline_dir / "dvc.lock").read_text())["stages"][stage]
     fresh = Path(tempfile.mkdtemp(prefix="hermetic-"))
@@ -137,19 +137,20 @@ def run_hermetic(root: Path, pipeline_dir: Path, corpus_roots: Sequence[str], st
     work = fresh / rel
     work.mkdir(parents=True, exist_ok=True)
     shutil.copy2(pipeline_dir / "params.yaml", work / "params.yaml")
-    for dep in lock.get("deps", []):
-        if dep["path"] in drop:
-            continue
-        src = (pipeline_dir / dep["path"]).resolve()
-        _copy_into(src, fresh / src.relative_to(root.resolve()))
     outs = {(pipeline_dir / o["path"]).resolve() for o in lock.get("outs", [])}
-    for corpus in corpus_roots:
-        src = (pipeline_dir / corpus).resolve()
-        dst = fresh / src.relative_to(root.resolve())
-        # the stage that writes the corpus (demo-corpus) gets no copy of it
-        if src.exists() and not dst.exists() and src not in outs:
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            dst.symlink_to(src, target_is_directory=True)
+    # The releases first, linked whole (the stage that writes one, demo-corpus, gets none); a
+    # dep inside a linked release is there already.
+    releases = [r for r in ((pipeline_dir / c).resolve() for c in corpus_roots)
+                if r.exists() and r not in outs]
+    for release in releases:
+        dst = fresh / release.relative_to(root.resolve())
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.symlink_to(release, target_is_directory=True)
+    for dep in lock.get("deps", []):
+        src = (pipeline_dir / dep["path"]).resolve()
+        if dep["path"] in drop or any(r == src or r in src.parents for r in releases):
+            continue
+        _copy_into(src, fresh / src.relative_to(root.resolve()))
     env = {**os.environ, "PYTHONPATH": str(fresh / "src"),
            "MLFLOW_TRACKING_URI": f"sqlite:///{fresh / 'mlflow.db'}"}
     proc = subprocess.run(lock["cmd"], shell=True, cwd=work, env=env, capture_output=True,
