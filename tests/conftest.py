@@ -137,6 +137,9 @@ def run_hermetic(root: Path, pipeline_dir: Path, corpus_roots: Sequence[str], st
     work = fresh / rel
     work.mkdir(parents=True, exist_ok=True)
     shutil.copy2(pipeline_dir / "params.yaml", work / "params.yaml")
+    for params_file in lock.get("params", {}):  # declared params files (../params.yaml)
+        src = (pipeline_dir / params_file).resolve()
+        _copy_into(src, fresh / src.relative_to(root.resolve()))
     outs = {(pipeline_dir / o["path"]).resolve() for o in lock.get("outs", [])}
     # The releases first, linked whole (the stage that writes one, demo-corpus, gets none); a
     # dep inside a linked release is there already.
