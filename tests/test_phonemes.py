@@ -10,6 +10,7 @@ from cltm.data import espeak, phonemes
 from cltm.data.transcripts import WORD_SEPARATOR
 from cltm.errors import CltmError
 from cltm.train.ctc import edit_distance
+from tests.conftest import demo_spec
 
 # One sentence of each demo language as the demo corpus (seed 0) wrote it. Pseudo-words of
 # Finnish and Estonian have single-letter vowels only, so theirs hold numbers, which eSpeak
@@ -105,8 +106,8 @@ def test_unknown_voice() -> None:
 def test_demo_speaker_voices() -> None:
     from cltm.data import demo
 
-    spec = demo.DemoSpec(languages=("es", "ru", "fi"), speakers_per_language=6,
-                         dev_speakers=1, test_speakers=1)
+    spec = demo_spec(("es", "ru", "fi"), speakers_per_language=6, dev_speakers=1,
+                     test_speakers=1)
     voices = phonemes.demo_speaker_voices(spec)
     assert len(voices) == 18
     assert voices[demo.client_id(0, "ru", 3)] == "ru"
