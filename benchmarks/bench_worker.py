@@ -37,10 +37,11 @@ import pandas as pd
 import torch
 
 from cltm.data.pack import PackedAudio, PackWriter, to_int16
+from cltm.tasks.speaker import SPEAKER_LAYERS
 from cltm.train.grid import RunSpec, training_clips
 from cltm.train.loop import TrainParams
 from cltm.train.model import resolve_device
-from cltm.train.worker import SPEAKER_LAYERS, Worker, WorkerSettings
+from cltm.train.worker import Worker, WorkerSettings
 
 # mHuBERT-147's encoder is HuBERT-base: transformers' HubertConfig defaults are that shape.
 MHUBERT_147: dict = {"model_type": "hubert"}
@@ -261,7 +262,9 @@ def main() -> None:
         train = TrainParams(lr=1e-5, weight_decay=0.0, grad_clip=1.0, epochs=1,
                             batch_size=args.batch_size, precision="fp32", head_init="random",
                             head_lr_scale=1.0, encoder="finetune")
-        base = WorkerSettings(task=args.task, subsets_dir=str(subsets), name_or_path="unused",
+        base = WorkerSettings(task=args.task, task_module=f"cltm.tasks.{args.task}",
+                              task_settings=None,
+                              subsets_dir=str(subsets), name_or_path="unused",
                               random_init=config, init_seed=0, device=device, train=train,
                               threads=None, checkpoints="none", first_seed=0, probe_clips=0,
                               probe_seed=0, fuse=1)

@@ -26,10 +26,10 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from cltm.data.pack import PackedAudio
+from cltm.tasks.speaker import SPEAKER_LAYERS
 from cltm.train.loop import cosine_scores
 from cltm.train.model import forward, load_encoder, masked_mean, normalise, pad_batch
 from cltm.train.pretrain import log_mel
-from cltm.train.worker import SPEAKER_LAYERS
 
 
 def log_mel_statistics(x: np.ndarray) -> torch.Tensor:

@@ -199,9 +199,18 @@ def analysis_config(**overrides: object) -> AnalysisConfig:
     return AnalysisConfig(**{**raw, **overrides})
 
 
+def paper_tasks() -> dict:
+    """The paper's two tasks by name, as the report takes them."""
+    from cltm.tasks.base import load
+
+    return {t: load(f"cltm.tasks.{t}") for t in ("gender", "speaker")}
+
+
 def run_cltm(task: str, runs: Path, out: Path, families_csv: Path | None = None,
              **overrides: object) -> dict:
     """The cltm stage on a run store with the demo's analysis settings and `overrides`."""
     from cltm.stages import cltm
+    from cltm.tasks.base import load
 
-    return cltm.run_cltm(task, Path(runs), Path(out), analysis_config(**overrides), families_csv)
+    return cltm.run_cltm(task, load(f"cltm.tasks.{task}"), Path(runs), Path(out),
+                         analysis_config(**overrides), families_csv)

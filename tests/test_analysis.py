@@ -19,7 +19,7 @@ from cltm.analysis.languages import family_map, load_languages
 from cltm.errors import CltmError
 from cltm.stages.diagnostics import run_diagnostics
 from cltm.stages.report import run_report
-from tests.conftest import run_cltm
+from tests.conftest import paper_tasks, run_cltm
 
 PAPER_LOCALES = (
     "ab ar be bn ca ckb cnh cs cy de dv en eo es et eu fa fr fy-NL ga-IE gl hu hy-AM id it ja ka "
@@ -328,7 +328,7 @@ def test_highlight_without_any_language_writes_a_note(tmp_path):
 def test_report_has_table_and_links(gender_stage):
     root, _ = gender_stage
     report = root / "report.md"
-    run_report(root, report, null_control=False, planted=False)
+    run_report(root, report, paper_tasks(), null_control=False, planted=False)
     text = report.read_text()
     assert "| metric | gender | gender (paper) |" in text
     assert "speaker" not in text.split("##")[0].split("| metric")[1].split("\n")[0]
@@ -364,20 +364,23 @@ def test_analysis_imports_no_training_stack():
 
 
 def test_run_health_counts_one_class_and_chance_runs():
-    from cltm.analysis.cltm import degenerate_runs, run_health
+    from cltm.analysis.cltm import run_health
+    from cltm.tasks.gender import TASK as GENDER
+    from cltm.tasks.speaker import TASK as SPEAKER
 
     runs = pd.DataFrame({
         "condition": ["base", "base", "self", "cross"], "seed": [0, 1, 0, 1],
         "score": [0.333, 0.9, 0.5, 0.7], "pred_classes": [1, 2, 2, 1],
     })
     # gender: the recorded predicted-class count decides, not the score
-    assert degenerate_runs(runs, "gender").tolist() == [True, False, False, True]
-    h = run_health(runs, "gender")
+    assert GENDER.degenerate(runs).tolist() == [True, False, False, True]
+    h = run_health(runs, GENDER.degenerate(runs), GENDER.degenerate_what)
+    assert h["what"] == "runs predicting a single class"
     assert (h["runs"], h["degenerate"], h["degenerate_share"]) == (4, 2, 0.5)
     assert h["by_condition"] == {"base": 0.5, "cross": 1.0, "self": 0.0}
     assert h["by_seed"] == {"0": 0.5, "1": 0.5}
     # a store from before pred_classes was recorded: one class on a balanced set is F1 1/3
     old = runs.drop(columns="pred_classes")
-    assert degenerate_runs(old, "gender").tolist() == [True, False, False, False]
+    assert GENDER.degenerate(old).tolist() == [True, False, False, False]
     # speaker: an AUC at or below chance
-    assert degenerate_runs(runs, "speaker").tolist() == [True, False, True, False]
+    assert SPEAKER.degenerate(runs).tolist() == [True, False, True, False]

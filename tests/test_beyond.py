@@ -17,10 +17,11 @@ from cltm.data.subsets import select_curve
 from cltm.errors import CltmError
 from cltm.stages import gaps as gaps_stage
 from cltm.stages import geometry as geometry_stage
+from cltm.tasks.speaker import SPEAKER_LAYERS
 from cltm.train import loop
 from cltm.train.grid import RunSpec, curve_specs, probe_clips, training_clips
 from cltm.train.store import RunStore
-from cltm.train.worker import SPEAKER_LAYERS, Worker
+from cltm.train.worker import Worker
 from tests.test_subsets import CURVE_OPEN as OPEN
 from tests.test_subsets import LANGS as SUB_LANGS
 from tests.test_subsets import make_table
@@ -83,7 +84,7 @@ def test_config_checks_curve_and_auto():
                                         r"tasks.speaker.clips_per_speaker \(3\)"):
         _config(**{"curve.enabled": True, "curve.N_grid": {"gender": [2, 4], "speaker": [4, 8]}})
     c = _config(**{"curve.enabled": True, "tasks.gender.N": "auto"})
-    assert c.tasks.gender.N == "auto"
+    assert c.tasks["gender"].N == "auto"
 
 
 # --- probes -------------------------------------------------------------------------------------
@@ -220,7 +221,7 @@ def test_n_auto_reads_the_curve_choice(tmp_path, monkeypatch):
         resolve_n(config, "gender", choice)
     choice.write_text('{"enabled": true, "chosen_N": 4}')
     assert resolve_n(config, "gender", choice) == 4
-    assert resolve_n(replace(config), "speaker", None) == config.tasks.speaker.N
+    assert resolve_n(replace(config), "speaker", None) == config.tasks["speaker"].N
 
 
 def test_a_task_can_have_its_own_lr_and_epochs():
@@ -234,7 +235,7 @@ def test_a_task_can_have_its_own_lr_and_epochs():
     # null: train's
     assert train_params(c, "gender").epochs == c.train.epochs
     assert train_params(c, "gender").head_init == c.train.head_init
-    assert train_params(c, "gender").head_lr_scale == c.tasks.gender.head_lr_scale != 1.0
+    assert train_params(c, "gender").head_lr_scale == c.tasks["gender"].head_lr_scale != 1.0
     assert train_params(c, "gender").encoder == "finetune"
     assert train_params(c, "speaker").encoder == "frozen"
     assert settings_of(c, "speaker")["train.lr"] == 3e-4

@@ -23,7 +23,7 @@ def test_demo_params_load(raw):
     config = config_from_dict(raw)
     assert config.data.source == "demo"
     assert len(config.data.languages) >= 6
-    assert config.tasks.gender.N == raw["tasks"]["gender"]["N"]
+    assert config.tasks["gender"].N == raw["tasks"]["gender"]["N"]
     assert config.train.seeds == raw["train"]["seeds"]
     assert isinstance(config.demo.family_trait_strength, float)
 
@@ -33,8 +33,8 @@ def test_paper_params_are_the_protocol(tmp_path):
     raw["data"]["commonvoice"]["root"] = str(tmp_path)  # the real release is not here
     config = config_from_dict(raw)
     assert config.data.source == "commonvoice"
-    assert config.tasks.gender.N == 60
-    assert config.tasks.speaker.N == 1000
+    assert config.tasks["gender"].N == 60
+    assert config.tasks["speaker"].N == 1000
     assert config.train.seeds == list(range(42, 52))
     assert len(config.data.languages) >= 44
 

@@ -99,12 +99,27 @@ def test_the_run_hash_covers_the_code_the_grid_stage_lists():
 
 #: Every module a run's hash covers. A new import into the worker's closure puts a module's
 #: code into every run's hash: this list makes that a visible decision.
-HASHED = ["cltm", "cltm.data.pack", "cltm.errors", "cltm.layout", "cltm.train.fused",
-          "cltm.train.grid", "cltm.train.loop", "cltm.train.model", "cltm.train.worker"]
+HASHED = ["cltm", "cltm.data.pack", "cltm.errors", "cltm.layout", "cltm.tasks",
+          "cltm.tasks.base", "cltm.train.fused", "cltm.train.grid", "cltm.train.loop",
+          "cltm.train.model", "cltm.train.worker"]
 
 
 def test_the_run_hash_covers_a_pinned_list_of_modules():
-    assert sorted(sources.closure(RESULT_MODULES)) == HASHED
+    assert sorted(sources.closure(RESULT_MODULES, loaded=False)) == HASHED
+
+
+def test_a_run_hash_covers_its_own_task_module_and_no_other(tmp_path, monkeypatch):
+    root = _copy_package(tmp_path, monkeypatch)
+    gender, speaker = (sources.task_digest(f"cltm.tasks.{t}") for t in ("gender", "speaker"))
+    path = root / "tasks" / "speaker.py"
+    path.write_text(path.read_text().replace("CHANCE_AUC = 0.5", "CHANCE_AUC = 0.6"))
+    assert sources.task_digest("cltm.tasks.gender") == gender
+    assert sources.task_digest("cltm.tasks.speaker") != speaker
+    # a task module outside the package: its own file, and what it imports of the package
+    toy = sources.task_digest("tests.toy_task")
+    subsets = root / "data" / "subsets.py"
+    subsets.write_text(subsets.read_text() + "\n_CHANGED = 1\n")
+    assert sources.task_digest("tests.toy_task") != toy
 
 
 def _copy_package(tmp_path, monkeypatch):

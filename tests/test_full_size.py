@@ -31,7 +31,8 @@ def test_a_full_size_encoder_fine_tunes_scores_and_its_checkpoint_loads(tmp_path
                               precision="fp32", head_init="random", head_lr_scale=1.0,
                               encoder="finetune")
     worker = Worker(WorkerSettings(
-        task="gender", subsets_dir=str(synthetic_subsets["gender"]),
+        task="gender", task_module="cltm.tasks.gender", task_settings=None,
+        subsets_dir=str(synthetic_subsets["gender"]),
         name_or_path=str(tmp_path / "mhubert"), random_init=None, init_seed=0, train=train,
         device="cpu", threads=2, checkpoints="self", checkpoints_dir=str(tmp_path / "models"),
         first_seed=0, probe_clips=0, probe_seed=0, fuse=1))

@@ -200,8 +200,8 @@ def test_changed_training_param_makes_runs_stale(uninterrupted, monkeypatch):
     jobs, done, _ = pending(load_config("params2.yaml"), "gender", *GENDER)
     assert len(jobs) == 24 and not done
     # train.lr does not reach a task with its own lr: nothing goes stale
-    params["tasks"]["gender"]["lr"] = config.tasks.gender.lr
-    params["train"]["lr"] = 5e-4 if config.tasks.gender.lr is not None else params["train"]["lr"]
+    params["tasks"]["gender"]["lr"] = config.tasks["gender"].lr
+    params["train"]["lr"] = 5e-4 if config.tasks["gender"].lr is not None else params["train"]["lr"]
     Path("params3.yaml").write_text(yaml.safe_dump(params))
     assert pending(load_config("params3.yaml"), "gender", *GENDER)[0] == []
 

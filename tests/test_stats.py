@@ -24,7 +24,7 @@ from cltm.stages import report as report_mod
 from cltm.stages.contrast import CONTRAST_FILE, run_contrast
 from cltm.stages.diagnostics import run_diagnostics
 from cltm.stages.report import run_report
-from tests.conftest import run_cltm
+from tests.conftest import paper_tasks, run_cltm
 
 LANGS = ["l0", "l1", "l2", "l3", "l4", "l5"]
 #: Two planted families, alternating, so that every language has same-family partners.
@@ -533,7 +533,7 @@ def test_report_has_the_trust_section(store, tmp_path):
     root = tmp_path / "metrics"
     run_cltm("gender", store, root / "gender", families_csv=_families_csv(tmp_path),
              bootstrap=100, permutations=100)
-    run_report(root, root / "report.md", null_control=False, planted=False)
+    run_report(root, root / "report.md", paper_tasks(), null_control=False, planted=False)
     text = (root / "report.md").read_text()
     assert "### Can these numbers be trusted?" in text
     assert "| target | self-gain | SE | gain / SE | defined |" in text
@@ -547,7 +547,7 @@ def test_report_has_the_trust_section(store, tmp_path):
     ci = {k: {"low": d[k] - 1, "high": d[k] + 1} for k in ci if d.get(k) is not None}
     ci["rfd1"] = {"low": d["rfd1"] + 1, "high": d["rfd1"] + 2}
     (root / "gender" / "diagnostics_ci.json").write_text(json.dumps(ci))
-    run_report(root, root / "report.md", null_control=False, planted=False)
+    run_report(root, root / "report.md", paper_tasks(), null_control=False, planted=False)
     text = (root / "report.md").read_text()
     assert "| `rfd1` † |" in text and "† The value lies outside its own interval" in text
     assert "| `cos_rows` |" in text and text.count(" † |") == 1
@@ -558,7 +558,7 @@ def _report(root: Path, name: str, runs_dir: Path | None = None, planted: bool =
     figure in `root`); returns the report's text."""
     run_contrast(root, runs_dir or root / "no-runs-here", root / CONTRAST_FILE,
                  root / "contrast.png")
-    run_report(root, root / name, null_control=False, planted=planted,
+    run_report(root, root / name, paper_tasks(), null_control=False, planted=planted,
                contrast=root / CONTRAST_FILE,
                contrast_figure=root / "contrast.png")
     return (root / name).read_text()
@@ -905,7 +905,7 @@ def test_run_health_gives_the_limit_and_its_verdict():
     from cltm.analysis.cltm import DEGENERATE_LIMIT, run_health
 
     runs = pd.DataFrame({"score": [0.9] * 19 + [0.4], "condition": "base", "seed": range(20)})
-    h = run_health(runs, "speaker")
+    h = run_health(runs, runs["score"] <= 0.5, "runs at chance")
     assert h["limit"] == DEGENERATE_LIMIT and h["degenerate_share"] == pytest.approx(0.05)
     assert h["within_limit"] is True
-    assert run_health(runs.assign(score=0.4), "speaker")["within_limit"] is False
+    assert run_health(runs, runs["score"] <= 0.95, "runs below 0.95")["within_limit"] is False

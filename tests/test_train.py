@@ -25,7 +25,9 @@ PARAMS = loop.TrainParams(lr=1e-3, weight_decay=0.0, grad_clip=1.0, epochs=1, ba
 
 
 def settings(task: str, subsets, **kw) -> WorkerSettings:
-    base = WorkerSettings(task=task, subsets_dir=str(subsets[task]), name_or_path="unused",
+    # gender and speaker read no setting of their own in a worker
+    base = WorkerSettings(task=task, task_module=f"cltm.tasks.{task}", task_settings=None,
+                          subsets_dir=str(subsets[task]), name_or_path="unused",
                           random_init=TINY_HUBERT, init_seed=0, train=PARAMS, device="cpu",
                           threads=1, checkpoints="none", first_seed=0, probe_clips=0,
                           probe_seed=0, fuse=1)
@@ -375,7 +377,7 @@ def test_frozen_speaker_embedding_is_the_trained_projection(frozen_workers):
     with torch.no_grad():
         emb = torch.nn.functional.normalize(head.embed(w._features(ev["clip"])), dim=-1)
     index = {c: i for i, c in enumerate(ev["clip"])}
-    trials = w.trials[w.trials["language"] == "bb"]
+    trials = w.extras[w.extras["language"] == "bb"]
     a = emb[[index[c] for c in trials["a"]]]
     b = emb[[index[c] for c in trials["b"]]]
     auc = roc_auc_score(trials["label"], (a * b).sum(-1).numpy())

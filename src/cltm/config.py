@@ -19,7 +19,8 @@ from typing import Any, Literal, Union
 import yaml
 
 from cltm.errors import CltmError
-from cltm.layout import ENCODER_TYPES, TASKS
+from cltm.layout import ENCODER_TYPES
+from cltm.tasks.base import Task, TaskConfig, load
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -80,36 +81,6 @@ class DemoConfig:
     speaker_axes_focus: float
     # Not a planting: the spread (semitones) of each speaker's own warp, at every strength.
     speaker_warp_semitones: float
-
-
-@dataclass(frozen=True)
-class TaskConfig:
-    """What every task has: its sizes, and its own values of train.* (null: train's)."""
-
-    N: int | Literal["auto"]  # clips in D and in D' (gender: per class); auto: the curve's
-    clips_per_speaker: int
-    lr: float | None
-    epochs: int | None
-    seeds: list[int] | None
-    head_init: Literal["random", "zero"] | None
-    head_lr_scale: float | None
-    encoder: Literal["finetune", "frozen"] | None
-
-
-@dataclass(frozen=True)
-class GenderTaskConfig(TaskConfig):
-    eval_max_per_language: int | None
-
-
-@dataclass(frozen=True)
-class SpeakerTaskConfig(TaskConfig):
-    max_pairs_per_speaker: int
-
-
-@dataclass(frozen=True)
-class TasksConfig:
-    gender: GenderTaskConfig
-    speaker: SpeakerTaskConfig
 
 
 @dataclass(frozen=True)
@@ -253,7 +224,8 @@ class CalibrationConfig:
 @dataclass(frozen=True)
 class Config:
     data: DataConfig
-    tasks: TasksConfig
+    # Each task's block, validated as its module's Settings (tasks/base.py), in params order.
+    tasks: dict[str, TaskConfig]
     train: TrainConfig
     model: ModelConfig
     pretrain: PretrainConfig
@@ -265,9 +237,16 @@ class Config:
     def corpus_root(self) -> Path:
         return Path(self.data.commonvoice.root)
 
+    def task(self, name: str) -> Task:
+        """The code of task `name` (its block's `module`)."""
+        if name not in self.tasks:
+            raise CltmError(f"no task {name!r} in the params (tasks: {', '.join(self.tasks)}); "
+                            "a task is a block under `tasks:` naming its `module`")
+        return load(self.tasks[name].module)
+
     def seeds_of(self, task: str) -> list[int]:
         """The seeds of `task`'s grid: `tasks.<task>.seeds` where set, else `train.seeds`."""
-        own = getattr(self.tasks, task).seeds
+        own = self.tasks[task].seeds
         return list(own) if own is not None else list(self.train.seeds)
 
     def draws_of(self, task: str) -> list[int] | None:
@@ -331,6 +310,29 @@ def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
     return cls(**values)
 
 
+def _tasks(raw: Any, key: str, source: str) -> dict[str, TaskConfig]:
+    """The `tasks:` blocks, each built as the Settings of the task module it names."""
+    if not isinstance(raw, dict) or not raw:
+        raise CltmError(f"{source}: {key} must be a mapping of task names to their blocks, "
+                        f"got {_describe(raw)}")
+    out = {}
+    for name, block in raw.items():
+        where = f"{key}.{name}"
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name):
+            raise CltmError(f"{source}: {where}: a task's name is a folder and a stage name: "
+                            "letters, digits, _ and -")
+        module = block.get("module") if isinstance(block, dict) else None
+        if not isinstance(module, str):
+            raise CltmError(f"{source}: {where}.module must name the task's code, an "
+                            "importable module such as cltm.tasks.gender")
+        try:
+            task = load(module)
+        except CltmError as exc:
+            raise CltmError(f"{source}: {where}.module: {exc}") from None
+        out[name] = _build(task.Settings, block, prefix=f"{where}.", source=source)
+    return out
+
+
 #: Exponent floats that YAML 1.1 leaves as strings: 1e-3, -2E+4, 5e6.
 _YAML11_FLOAT = re.compile(r"[-+]?[0-9]+(\.[0-9]*)?[eE][-+]?[0-9]+")
 
@@ -361,6 +363,8 @@ def _convert(hint: Any, value: Any, key: str, source: str) -> Any:
             raise CltmError(f"{source}: {key} must be one of {', '.join(map(repr, args))}, "
                             f"got {value!r}")
         return value
+    if origin is dict and args[1:] == (TaskConfig,):
+        return _tasks(value, key, source)
     if origin is dict:
         if not isinstance(value, dict):
             raise CltmError(f"{source}: {key} must be a mapping, got {_describe(value)}")
@@ -427,8 +431,11 @@ def _check_values(c: Config, source: str) -> None:
     problem = _seeds_problem(c.train.seeds)
     if problem:
         fail(f"train.seeds {problem}")
-    for name in TASKS:
-        t = getattr(c.tasks, name)
+    for name, t in c.tasks.items():
+        task = c.task(name)
+        problem = task.problem(name, t)
+        if problem:
+            fail(problem)
         problem = _seeds_problem(t.seeds) if t.seeds is not None else None
         if problem:
             fail(f"tasks.{name}.seeds {problem} (null: train.seeds)")
@@ -444,14 +451,9 @@ def _check_values(c: Config, source: str) -> None:
                      "but curve.enabled is false: set curve.enabled: true (and "
                      f"curve.N_grid.{name}) or give tasks.{name}.N a number")
             continue
-        problem = n_problem(name, t.N, t.clips_per_speaker)
+        problem = task.n_problem(name, t, t.N)
         if problem:
             fail(f"tasks.{name}.N ({t.N}) {problem}")
-    cap = c.tasks.gender.eval_max_per_language
-    if cap is not None and cap < 2:
-        fail("tasks.gender.eval_max_per_language must be at least 2 (or null for no cap)")
-    if c.tasks.speaker.max_pairs_per_speaker < 1:
-        fail("tasks.speaker.max_pairs_per_speaker must be positive")
     lo, hi = c.data.min_duration_s, c.data.max_duration_s
     if lo is not None and hi is not None and lo >= hi:
         fail(f"data.min_duration_s ({lo}) must be below data.max_duration_s ({hi})")
@@ -554,8 +556,8 @@ def variant_params(raw: dict[str, Any], cal: CalibrationConfig, name: str, *, co
         p["demo"]["null_control"] = True
         p["data"]["selection_pool"] = "shared"
     if cal.seeds is not None:
-        for task in TASKS:
-            p["tasks"][task]["seeds"] = list(cal.seeds)
+        for block in p["tasks"].values():
+            block["seeds"] = list(cal.seeds)
     p["analysis"]["probe_clips"] = 0
     config_from_dict(p, source=f"calibration variant {name}")
     return p
@@ -594,36 +596,22 @@ def _seeds_problem(seeds: list[int]) -> str | None:
     return None
 
 
-def n_problem(task: str, N: int, clips_per_speaker: int) -> str | None:
-    """Why N cannot be drawn with this many clips per speaker, or None when it can."""
-    if N < 1:
-        return "must be positive"
-    if N % clips_per_speaker:
-        return (f"must be a multiple of tasks.{task}.clips_per_speaker ({clips_per_speaker}): "
-                "every speaker gives the same number of clips")
-    if task == "speaker" and (N // clips_per_speaker) % 2:
-        return (f"/ clips_per_speaker ({clips_per_speaker}) = {N // clips_per_speaker} "
-                "speakers per subset must be even (speakers are balanced by gender)")
-    return None
-
-
 def _check_curve(c: Config, fail: typing.Callable[[str], None]) -> None:
     cv = c.curve
-    unknown = sorted(set(cv.N_grid) - set(TASKS))
+    unknown = sorted(set(cv.N_grid) - set(c.tasks))
     if unknown:
         fail(f"curve.N_grid has unknown task(s) {', '.join(unknown)}; allowed: "
-             f"{', '.join(TASKS)}")
+             f"{', '.join(c.tasks)}")
     if not cv.enabled:
         return  # an unused grid may not fit other task settings; it is checked when used
     for task, grid in cv.N_grid.items():
-        cps = getattr(c.tasks, task).clips_per_speaker
         for N in grid:
-            problem = n_problem(task, N, cps)
+            problem = c.task(task).n_problem(task, c.tasks[task], N)
             if problem:
                 fail(f"curve.N_grid.{task}: N ({N}) {problem}")
         if len(set(grid)) != len(grid):
             fail(f"curve.N_grid.{task} repeats a value")
-    for task in TASKS:
+    for task in c.tasks:
         grid = cv.N_grid.get(task, [])
         if not any(2 * n in grid for n in grid):
             fail(f"curve.N_grid.{task} must hold at least one N together with 2N (the interval "

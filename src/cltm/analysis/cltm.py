@@ -194,35 +194,19 @@ def compute_cltm(runs: pd.DataFrame, *, pair_seeds: bool) -> CltmResult:
     )
 
 
-#: A speaker run at or below this AUC orders its trials no better than chance.
-CHANCE_AUC = 0.5
 #: The largest share of degenerate runs a grid may hold and still count as measuring its data.
 DEGENERATE_LIMIT = 0.05
 
 
-def degenerate_runs(runs: pd.DataFrame, task: str) -> pd.Series:
-    """Per run, whether it learnt nothing its score can show: a gender run that predicts one
-    class for every evaluation clip (`pred_classes` 1; stores written before that field was
-    recorded fall back to macro-F1 ≤ 1/3, what one class scores on a balanced set), or a speaker
-    run whose AUC is at most chance."""
-    if task == "gender":
-        if "pred_classes" in runs.columns and runs["pred_classes"].notna().all():
-            return runs["pred_classes"] <= 1
-        return runs["score"] <= 1.0 / 3.0 + 1e-9
-    return runs["score"] <= CHANCE_AUC
-
-
-def run_health(runs: pd.DataFrame, task: str) -> dict:
-    """The share of degenerate runs (degenerate_runs) overall, by condition and by seed, and
-    whether it is within DEGENERATE_LIMIT."""
-    bad = degenerate_runs(runs, task)
+def run_health(runs: pd.DataFrame, bad: pd.Series, what: str) -> dict:
+    """The share of degenerate runs (`bad`, per run: the task's degenerate(); `what` says what
+    they are) overall, by condition and by seed, and whether it is within DEGENERATE_LIMIT."""
 
     def share_by(column: str) -> dict[str, float]:
         return {str(k): float(v) for k, v in bad.groupby(runs[column]).mean().items()}
 
     return {
-        "what": ("runs predicting a single class" if task == "gender"
-                 else f"runs with AUC <= {CHANCE_AUC:g} (chance)"),
+        "what": what,
         "runs": len(runs),
         "degenerate": int(bad.sum()),
         "degenerate_share": float(bad.mean()) if len(runs) else None,

@@ -18,11 +18,11 @@ import numpy as np
 import pandas as pd
 
 from cltm.config import Config
-from cltm.data import commonvoice, subsets
+from cltm.data import commonvoice
 from cltm.data.audio import clip_seconds, decode_many
 from cltm.data.pack import PackWriter
 from cltm.errors import CltmError
-from cltm.layout import MANIFEST, TRIALS
+from cltm.layout import MANIFEST
 
 log = logging.getLogger(__name__)
 
@@ -48,17 +48,7 @@ def select(config: Config, task: str, table: pd.DataFrame, exclude: frozenset[st
         min_duration_s=d.min_duration_s,
         max_duration_s=d.max_duration_s,
     )
-    if task == "gender":
-        g = config.tasks.gender
-        return subsets.select_gender(
-            table, d.languages, N, g.clips_per_speaker,
-            eval_max_per_language=g.eval_max_per_language, draws=config.draws_of(task), **common,
-        )
-    if task == "speaker":
-        s = config.tasks.speaker
-        return subsets.select_speaker(table, d.languages, N, s.clips_per_speaker,
-                                      draws=config.draws_of(task), **common)
-    raise CltmError(f"unknown task {task!r}; expected one of gender, speaker")
+    return config.task(task).select(config, task, table, N, common)
 
 
 def build_subsets(config: Config, task: str, out_dir: Path, metadata_dir: Path,
@@ -72,31 +62,30 @@ def build_subsets(config: Config, task: str, out_dir: Path, metadata_dir: Path,
         config, out_dir, Path(metadata_dir),
         lambda table, exclude: select(config, task, table, exclude, N),
         what=f"{task} subsets", progress=progress)
-    _write_trials(config, task, manifest, out_dir)
+    config.task(task).write_extras(config, task, manifest, out_dir)
     return manifest
 
 
 def build_curve_subsets(config: Config, task: str, out_dir: Path, metadata_dir: Path,
                         progress: bool = True) -> pd.DataFrame:
     """The curve stage's data: nested training sets for every N of curve.N_grid.<task>."""
-    d, t, cv = config.data, getattr(config.tasks, task), config.curve
+    d, cv, code = config.data, config.curve, config.task(task)
 
     def choose(table: pd.DataFrame, exclude: frozenset[str]) -> pd.DataFrame:
-        return subsets.select_curve(
-            table, cv.languages or d.languages, task, cv.N_grid[task], t.clips_per_speaker,
-            seed=d.selection_seed, pool=d.commonvoice.pool, exclude=exclude,
-            eval_max_per_language=getattr(t, "eval_max_per_language", None),
-            min_duration_s=d.min_duration_s, max_duration_s=d.max_duration_s)
+        common = dict(languages=cv.languages or d.languages, seed=d.selection_seed,
+                      pool=d.commonvoice.pool, exclude=exclude,
+                      min_duration_s=d.min_duration_s, max_duration_s=d.max_duration_s)
+        return code.select_curve(config, task, table, cv.N_grid[task], common)
 
     manifest = _select_and_decode(config, Path(out_dir), Path(metadata_dir), choose,
                                   what=f"{task} curve", progress=progress)
-    _write_trials(config, task, manifest, Path(out_dir))
+    code.write_extras(config, task, manifest, Path(out_dir))
     return manifest
 
 
 def resolve_n(config: Config, task: str, curve_choice: Path | None) -> int:
     """tasks.<task>.N, with `auto` read from the curve stage's choice (its JSON file)."""
-    N = getattr(config.tasks, task).N
+    N = config.tasks[task].N
     if N != "auto":
         return N
     if curve_choice is None:
@@ -207,18 +196,6 @@ def _select_and_decode(config: Config, out_dir: Path, metadata_dir: Path, choose
     manifest.to_csv(out_dir / MANIFEST, index=False)
     _log_summary(what, manifest, failed)
     return manifest
-
-
-def _write_trials(config: Config, task: str, manifest: pd.DataFrame, out_dir: Path) -> None:
-    if task != "speaker":
-        return
-    trials = subsets.make_trials(
-        manifest[manifest["role"] == "eval"].drop(columns="draw", errors="ignore"),
-        seed=config.data.trials_seed,
-        max_pairs_per_speaker=config.tasks.speaker.max_pairs_per_speaker,
-    )
-    trials.to_csv(out_dir / TRIALS, index=False)
-    log.info("speaker trials: %d (%d target pairs)", len(trials), int(trials["label"].sum()))
 
 
 def _log_summary(what: str, manifest: pd.DataFrame, failed: dict[str, str]) -> None:

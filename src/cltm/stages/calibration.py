@@ -35,7 +35,7 @@ from cltm.analysis.transfer_graph import planted_agreement
 from cltm.config import Config, load_calibration, variant_params, variant_strength
 from cltm.errors import CltmError
 from cltm.jsonfile import write_json
-from cltm.layout import INFO_FILE, MATRIX_FILE, STORE_NAME, TASKS
+from cltm.layout import INFO_FILE, MATRIX_FILE, STORE_NAME
 
 log = logging.getLogger(__name__)
 
@@ -96,17 +96,18 @@ def task_summary(metrics: Path, task: str) -> dict[str, Any]:
 
 
 def variant_summary(metrics: Path, contrast: Path, families_csv: Path | None, name: str, *,
-                    strength: float, held_out: bool, exchangeable: bool) -> dict[str, Any]:
-    """Both tasks of one variant, from the cltm stages' folders `metrics/<task>`, and the
+                    tasks: Sequence[str], strength: float, held_out: bool,
+                    exchangeable: bool) -> dict[str, Any]:
+    """The `tasks` of one variant, from the cltm stages' folders `metrics/<task>`, and the
     contrast stage's speaker − gender difference of the headline diagnostics with its
     bootstrap interval (`contrast`, its contrast.json). `families_csv`: the corpus's planted
     families, against which the communities are reported."""
     out: dict[str, Any] = {"variant": name, "strength": strength, "held_out": held_out,
                            "exchangeable": exchangeable,
-                           **{t: task_summary(metrics, t) for t in TASKS}}
+                           **{t: task_summary(metrics, t) for t in tasks}}
     if families_csv is not None:
         out["families"] = read_families_csv(families_csv)
-        for t in TASKS:  # a reported figure, not a check: do the communities find them?
+        for t in tasks:  # a reported figure, not a check: do the communities find them?
             settings = _json(metrics / t / INFO_FILE)
             if (metrics / t / MATRIX_FILE).is_file():
                 out[t]["communities"] = planted_agreement(
@@ -123,15 +124,16 @@ def dose_series(variants: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]
     return sorted(planted, key=lambda v: v["strength"])
 
 
-def dose_growth(runs: Path, variants: Sequence[Mapping[str, Any]], *, replicates: int,
-                ci_level: float, stats_seed: int, pair_seeds: bool) -> dict[str, list[dict]]:
+def dose_growth(runs: Path, variants: Sequence[Mapping[str, Any]], tasks: Sequence[str], *,
+                replicates: int, ci_level: float, stats_seed: int,
+                pair_seeds: bool) -> dict[str, list[dict]]:
     """Per task, each step of the dose series (weaker → stronger corpus): the growth of the
     weighted family contrast with the bootstrap interval of the difference, the two corpora's
     seeds resampled independently (as stats.difference_intervals does for two results).
     Reads each variant's run stores under `runs/<variant>/<task>`."""
     series = dose_series(variants)
     out: dict[str, list[dict]] = {}
-    for task in TASKS:
+    for task in tasks:
         cells = {}
         for v in series:
             store = runs / v["variant"] / task
@@ -158,12 +160,13 @@ def dose_growth(runs: Path, variants: Sequence[Mapping[str, Any]], *, replicates
     return out
 
 
-def checks(variants: Sequence[Mapping[str, Any]], default_strength: float,
+def checks(variants: Sequence[Mapping[str, Any]], tasks: Sequence[str], default_strength: float,
            growth: Mapping[str, Sequence[Mapping[str, Any]]] | None = None) -> dict[str, Any]:
-    """The experiment's pass/fail checks over every variant (None where nothing to check).
-    `growth` is dose_growth's: without it the dose-response is not checked."""
+    """The experiment's pass/fail checks over every variant and task of `tasks` (None where
+    nothing to check). `growth` is dose_growth's: without it the dose-response is not
+    checked. The speaker checks hold where speaker is among the tasks."""
     def each(pred) -> bool:
-        return all(pred(v[t]) for v in variants for t in TASKS)
+        return all(pred(v[t]) for v in variants for t in tasks)
 
     null = [v for v in variants if v["strength"] == 0]
     # Where every true cell is 1: the exchangeable corpus. Languages that really differ (the
@@ -190,22 +193,23 @@ def checks(variants: Sequence[Mapping[str, Any]], default_strength: float,
     out = {
         "every_row_defined": each(lambda s: not s["undefined_rows"]),
         "null_no_more_cells_than_fdr_allows": (all(
-            v[t]["cells_consistent_with_ones"] for v in exchangeable for t in TASKS)
+            v[t]["cells_consistent_with_ones"] for v in exchangeable for t in tasks)
             if exchangeable else None),
         "null_family_p_at_least_alpha": (all(
-            v[t]["no_family_structure"] for v in null for t in TASKS) if null else None),
-        "default_families_detected": (all(detected(v, t) for v in default for t in TASKS)
+            v[t]["no_family_structure"] for v in null for t in tasks) if null else None),
+        "default_families_detected": (all(detected(v, t) for v in default for t in tasks)
                                       if default else None),
         "default_families_detected_held_out": (all(
-            detected(v, t) for v in default if v["held_out"] for t in TASKS)
+            detected(v, t) for v in default if v["held_out"] for t in tasks)
             if any(v["held_out"] for v in default) else None),
-        "contrast_grows_with_strength": {t: contrast_grows(t) for t in TASKS},
+        "contrast_grows_with_strength": {t: contrast_grows(t) for t in tasks},
         "degenerate_runs_at_most_5pct": each(lambda s: bool(s["degenerate_within_limit"])),
-        "speaker_self_gains_positive": all(
-            v["speaker"]["self_gains_positive"] == v["speaker"]["languages"] for v in variants),
-        "speaker_mean_gain_over_se_at_least_2": all(
-            (v["speaker"]["self_gain_z_mean"] or 0) >= MIN_SPEAKER_Z for v in variants),
     }
+    if "speaker" in tasks:
+        out["speaker_self_gains_positive"] = all(
+            v["speaker"]["self_gains_positive"] == v["speaker"]["languages"] for v in variants)
+        out["speaker_mean_gain_over_se_at_least_2"] = all(
+            (v["speaker"]["self_gain_z_mean"] or 0) >= MIN_SPEAKER_Z for v in variants)
     return out
 
 
@@ -227,7 +231,7 @@ def _share(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.1f}%"
 
 
-def table(variants: Sequence[Mapping[str, Any]]) -> list[str]:
+def table(variants: Sequence[Mapping[str, Any]], tasks: Sequence[str]) -> list[str]:
     """The calibration table in Markdown: one row per variant and task."""
     head = ["| corpus | strength | task | weighted contrast (p) | plain contrast (p) | "
             "intra-family+ (chance) | cells ≠ 1 at FDR (allowed) | rfd1 [95%] | cos_rows [95%] | "
@@ -241,7 +245,7 @@ def table(variants: Sequence[Mapping[str, Any]]) -> list[str]:
                                  ("exchangeable", v.get("exchangeable"))) if on]  # fmt: skip
         tags = [r for r in roles if r.replace(" ", "") != v["variant"]]
         name = v["variant"] + "".join(f" ({r})" for r in tags)
-        for t in TASKS:
+        for t in tasks:
             s = v[t]
             communities = s.get("communities") or {}  # a reported figure, not a check
             rows.append(
@@ -314,14 +318,15 @@ def check_lines(result: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def summarize(out: Path, variants: Sequence[Mapping[str, Any]], default_strength: float,
+def summarize(out: Path, variants: Sequence[Mapping[str, Any]], tasks: Sequence[str],
+              default_strength: float,
               growth: Mapping[str, Sequence[Mapping[str, Any]]] | None = None
               ) -> dict[str, Any]:
     """Write `out/metrics.json` (a DVC metric) and `out/report.md`; returns the metrics.
     `growth`: dose_growth's steps (the dose-response check needs them)."""
     growth = dict(growth or {})
     result = {"default_strength": default_strength,
-              "checks": checks(variants, default_strength, growth),
+              "checks": checks(variants, tasks, default_strength, growth),
               "growth": growth, "variants": {v["variant"]: v for v in variants}}
     write_json(result, out / "metrics.json", digits=None)
     lines = ["# Calibration: does the CLTM find what the corpus planted, and only that?", "",
@@ -335,7 +340,7 @@ def summarize(out: Path, variants: Sequence[Mapping[str, Any]], default_strength
              "that differ from 1 there can be real). Degenerate runs: gender runs that predict "
              "one class, speaker runs at chance AUC. The family test is the weighted contrast "
              "(each cell weighted by its target's self-gain; the plain contrast, each target "
-             "weighing the same, beside it).", "", *table(variants), "",
+             "weighing the same, beside it).", "", *table(variants, tasks), "",
              "## Growth with strength, with the interval of each step's difference", "",
              *(growth_table(growth) if growth else ["No dose-response (fewer than 2 strengths "
                                                     "or no run stores)."]), "",
@@ -364,7 +369,7 @@ def write_summary(config: Config, calibration: Path, variant: str, *, metrics: P
     cal = load_calibration(calibration)
     v = cal.variants[variant]
     summary = variant_summary(
-        metrics, contrast, families_csv, variant,
+        metrics, contrast, families_csv, variant, tasks=list(config.tasks),
         strength=variant_strength(cal, variant, config.demo.family_trait_strength),
         held_out=v.held_out, exchangeable=v.exchangeable)
     write_json(summary, out, digits=None)
@@ -380,9 +385,10 @@ def write_report(config: Config, calibration: Path, *, summaries: Path, runs: Pa
                         "`dvc repro` in calibration/")
     variants = [json.loads((summaries / f"{n}.json").read_text()) for n in cal.variants]
     a = config.analysis
-    growth = dose_growth(runs, variants, replicates=a.bootstrap, ci_level=a.ci_level,
-                         stats_seed=a.stats_seed, pair_seeds=a.pair_seeds)
-    result = summarize(out, variants, config.demo.family_trait_strength, growth)
+    growth = dose_growth(runs, variants, list(config.tasks), replicates=a.bootstrap,
+                         ci_level=a.ci_level, stats_seed=a.stats_seed, pair_seeds=a.pair_seeds)
+    result = summarize(out, variants, list(config.tasks), config.demo.family_trait_strength,
+                       growth)
     failed = [k for k, v in result["checks"].items()
               if v is False or (isinstance(v, dict) and False in v.values())]
     log.info("calibration report written to %s; checks failed: %s", out,

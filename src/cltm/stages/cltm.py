@@ -58,6 +58,7 @@ from cltm.analysis.stats import (
 from cltm.analysis.transfer_graph import transfer_graph
 from cltm.config import AnalysisConfig
 from cltm.jsonfile import json_ready, write_json
+from cltm.tasks.base import Task
 
 log = logging.getLogger(__name__)
 
@@ -133,15 +134,15 @@ def _write_tables(result: CltmResult, out_dir: Path) -> pd.DataFrame:
     return offdiag
 
 
-def run_cltm(task: str, runs_dir: Path, out_dir: Path, a: AnalysisConfig,
+def run_cltm(task: str, code: Task, runs_dir: Path, out_dir: Path, a: AnalysisConfig,
              families_csv: Path | None) -> dict:
     """Compute a task's CLTM from its run store and write every output; returns the diagnostics.
 
-    `runs_dir` is `metrics/runs/<task>` (or its runs.jsonl); `families_csv` (a demo corpus's
-    planted families) overrides the language metadata for the locales it lists. The analysis
-    settings `a` set the uncertainty outputs (write_stats) and the donor rankings
-    (write_transfer); they leave diagnostics.json as it is. `a.pair_seeds` also gives
-    the self-gains their SE paired by seed (cltm.compute_cltm).
+    `code`: the task (its degenerate runs). `runs_dir` is `metrics/runs/<task>` (or its
+    runs.jsonl); `families_csv` (a demo corpus's planted families) overrides the language
+    metadata for the locales it lists. The analysis settings `a` set the uncertainty outputs
+    (write_stats) and the donor rankings (write_transfer); they leave diagnostics.json as it
+    is. `a.pair_seeds` also gives the self-gains their SE paired by seed (cltm.compute_cltm).
     """
     family_level, highlight, fdr = a.family_level, a.highlight_languages, a.fdr
     check_family_level(family_level)
@@ -155,7 +156,8 @@ def run_cltm(task: str, runs_dir: Path, out_dir: Path, a: AnalysisConfig,
     diag = json_ready(diagnostics(result.matrix, result.se, families,
                                   self_gain=result.self_gain))
     write_json({k: diag[k] for k in KEYS}, out_dir / layout.DIAGNOSTICS_FILE)
-    write_json(run_health(runs, task), out_dir / layout.HEALTH_FILE)
+    write_json(run_health(runs, code.degenerate(runs), code.degenerate_what),
+               out_dir / layout.HEALTH_FILE)
     tests = write_stats(runs, result, diag, families, out_dir, a)
     write_transfer(runs, result, tests, families, out_dir, task, a)
 

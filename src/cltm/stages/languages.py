@@ -10,6 +10,7 @@ import pandas as pd
 from cltm.config import Config
 from cltm.data import commonvoice, subsets
 from cltm.data.build import resolve_n
+from cltm.errors import CltmError
 
 
 def capacity(config: Config, root: Path, locales: Sequence[str],
@@ -17,7 +18,11 @@ def capacity(config: Config, root: Path, locales: Sequence[str],
     """Per locale, whether it fills the gender and speaker requests; `curves`: each task's
     curve choice, read where tasks.<task>.N is auto."""
     table = commonvoice.read_release(root, locales)
-    g, s = config.tasks.gender, config.tasks.speaker
+    missing = [t for t in ("gender", "speaker") if t not in config.tasks]
+    if missing:
+        raise CltmError(f"`cltm languages` checks the paper's two tasks' requests; the params "
+                        f"have no {' or '.join(missing)} task")
+    g, s = config.tasks["gender"], config.tasks["speaker"]
     return subsets.language_capacity(
         table, locales, gender_N=resolve_n(config, "gender", curves["gender"]),
         gender_cps=g.clips_per_speaker,

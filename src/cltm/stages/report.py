@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
@@ -25,25 +26,13 @@ from cltm.analysis.stats import (
     is_paired,
 )
 from cltm.jsonfile import read_json
-from cltm.layout import CI_FILE, TASKS
+from cltm.layout import CI_FILE
+from cltm.tasks.base import Task
 
 log = logging.getLogger(__name__)
 
-TASK_TITLES = {"gender": "Gender recognition (macro-F1)", "speaker": "Speaker verification (AUC)"}
 #: The verdict when the interval of the difference holds 0 (the tasks not told apart).
 COVERS_ZERO = "covers 0, so the two tasks are not told apart"
-
-#: The paper's Table 1 and §4.4 (full 44 x 44, mHuBERT-147, 10 seeds), as PROTOCOL.md gives it.
-PAPER = {
-    "gender": {"n_languages": 44, "rfd1": 0.162, "asym_rel": 0.175, "prop_pos": 0.9997,
-               "reciprocity_pos": 0.9993, "cos_rows": 0.990, "intra_family_pos": 0.0498,
-               "se_median": 0.062, "se_mean": 0.075, "rms": 0.935,
-               "self_gain_mean": 0.304, "self_gain_std": 0.089},
-    "speaker": {"n_languages": 44, "rfd1": 2.970, "asym_rel": 1.084, "prop_pos": 0.0893,
-                "reciprocity_pos": 0.1691, "cos_rows": 0.615, "intra_family_pos": 0.4168,
-                "se_median": 0.468, "se_mean": 0.545, "rms": 2.25,
-                "self_gain_mean": 0.037, "self_gain_std": 0.016},
-}
 
 #: Table rows: label, then the key(s) and how to print them.
 ROWS = (
@@ -81,7 +70,7 @@ def _cell(d: dict, keys: tuple[str, ...], kind: str) -> str:
     return " / ".join(_fmt(d.get(k), kind) for k in keys)
 
 
-def _table1(diags: dict[str, dict]) -> list[str]:
+def _table1(diags: dict[str, dict], tasks: Mapping[str, Task]) -> list[str]:
     head = ["metric"]
     for task in diags:
         head += [task, f"{task} (paper)"]
@@ -89,7 +78,7 @@ def _table1(diags: dict[str, dict]) -> list[str]:
     for label, keys, kind in ROWS:
         cells = [label]
         for task, d in diags.items():
-            cells += [_cell(d, keys, kind), _cell(PAPER[task], keys, kind)]
+            cells += [_cell(d, keys, kind), _cell(tasks[task].paper or {}, keys, kind)]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -162,9 +151,9 @@ def _run_counts(task_dir: Path) -> list[str]:
     return [*lines, ""]
 
 
-def _task_section(task: str, task_dir: Path, d: dict, report: Path,
+def _task_section(task: str, title: str, task_dir: Path, d: dict, report: Path,
                   null_control: bool) -> list[str]:
-    out = [f"## {TASK_TITLES.get(task, task)}", ""]
+    out = [f"## {title}", ""]
     # The cltm stage always draws its figures (layout.CLTM_PLOTS): they are linked, not looked
     # for, since the report declares the files it reads and the figures are not among them.
     for file, alt in (("heatmap.png", "CLTM"), ("heatmap_highlight.png", "highlight CLTM"),
@@ -385,16 +374,16 @@ def _trust_section(task_dir: Path, d: dict, null_control: bool) -> list[str]:
     return out
 
 
-def _curve_section(metrics_dir: Path, report: Path) -> list[str]:
+def _curve_section(metrics_dir: Path, report: Path, tasks: Mapping[str, Task]) -> list[str]:
     out = ["## Choosing N (learning curves, paper §2.2)", ""]
     any_curve = False
-    for task in TASKS:
+    for task, code in tasks.items():
         c = _read_json(metrics_dir / "curves" / f"{task}.json")
         if not c or not c.get("enabled"):
             continue
         any_curve = True
         p = c.get("params", {})
-        out += [f"**{TASK_TITLES.get(task, task)}**: chosen N = **{c['chosen_N']}** from base "
+        out += [f"**{code.title}**: chosen N = **{c['chosen_N']}** from base "
                 f"runs at N = {', '.join(map(str, c['N_grid']))} over {c['seeds']} seeds and "
                 f"{len(c['languages'])} languages (interval score min(Δ/(τ·P(N)), Δ/(z·SE), "
                 f"(Δ/ln 2)/ε) with τ = {p.get('tau')}, z = {p.get('z')}, ε = {p.get('eps')}; "
@@ -448,15 +437,15 @@ def _geometry_section(metrics_dir: Path, report: Path) -> list[str]:
     return [*out, ""]
 
 
-def _gaps_section(metrics_dir: Path, report: Path) -> list[str]:
+def _gaps_section(metrics_dir: Path, report: Path, tasks: Mapping[str, Task]) -> list[str]:
     out = ["## Performance and linguistic gaps (phonemic-representations paper §3.3–3.4)", ""]
     found = False
-    for task in TASKS:
+    for task, code in tasks.items():
         g = _read_json(metrics_dir / task / "gaps.json")
         if g is None:
             continue
         found = True
-        out += [f"**{TASK_TITLES.get(task, task)}**: performance gap over languages per "
+        out += [f"**{code.title}**: performance gap over languages per "
                 "condition (cross: each target's mean over donors)", "",
                 "| condition | SD of scores | mean RPD (%) |", "|---|---|---|"]
         for cond, v in g["performance_gap"].items():
@@ -602,16 +591,18 @@ def _partner_line(task_dir: Path, task: str) -> list[str]:
             f"which a partner ranks first: {cells})"]
 
 
-def run_report(metrics_dir: Path, out_path: Path, *, null_control: bool, planted: bool,
-               contrast: Path | None = None, contrast_figure: Path | None = None) -> None:
-    """Write the Markdown report of every task whose `<metrics_dir>/<task>/diagnostics.json`
-    exists; `null_control`: the runs come from a null-control corpus, so say whether the CLTMs
-    are consistent with all ones; `planted`: they come from the demo corpus with its planted
-    structure, so say whether it was recovered. `contrast` and `contrast_figure`: the contrast
-    stage's outputs (the headline's difference and its figure)."""
+def run_report(metrics_dir: Path, out_path: Path, tasks: Mapping[str, Task], *,
+               null_control: bool, planted: bool, contrast: Path | None = None,
+               contrast_figure: Path | None = None) -> None:
+    """Write the Markdown report of every task of `tasks` (name: its code) whose
+    `<metrics_dir>/<task>/diagnostics.json` exists; `null_control`: the runs come from a
+    null-control corpus, so say whether the CLTMs are consistent with all ones; `planted`: they
+    come from the demo corpus with its planted structure, so say whether it was recovered.
+    `contrast` and `contrast_figure`: the contrast stage's outputs (the headline's difference
+    and its figure)."""
     metrics_dir, out_path = Path(metrics_dir), Path(out_path)
     diags = {}
-    for task in TASKS:
+    for task in tasks:
         path = metrics_dir / task / "diagnostics.json"
         if path.is_file():
             diags[task] = json.loads(path.read_text(encoding="utf-8"))
@@ -628,16 +619,18 @@ def run_report(metrics_dir: Path, out_path: Path, *, null_control: bool, planted
             "off-diagonal entries; SEs are delta-method standard errors over seeds; the "
             "self-gain std is over languages (ddof = 1).",
             "",
-            *_table1(diags),
+            *_table1(diags, tasks),
             "",
         ]
         lines += _headline_section(metrics_dir, diags, planted and not null_control,
                                    out_path, contrast, contrast_figure)
         for task, d in diags.items():
-            lines += _task_section(task, metrics_dir / task, d, out_path, null_control)
-        lines += _curve_section(metrics_dir, out_path)
-        lines += _geometry_section(metrics_dir, out_path)
-        lines += _gaps_section(metrics_dir, out_path)
+            lines += _task_section(task, tasks[task].title, metrics_dir / task, d, out_path,
+                                   null_control)
+        lines += _curve_section(metrics_dir, out_path, tasks)
+        if any(code.donor_probes for code in tasks.values()):
+            lines += _geometry_section(metrics_dir, out_path)
+        lines += _gaps_section(metrics_dir, out_path, tasks)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
     log.info("report written to %s", out_path)

@@ -19,7 +19,8 @@ from tqdm import tqdm
 from cltm import sources
 from cltm.config import Config
 from cltm.errors import CltmError
-from cltm.layout import MANIFEST, TASKS
+from cltm.layout import MANIFEST
+from cltm.tasks.base import own_settings
 from cltm.train import executors
 from cltm.train.grid import Fingerprints, RunSpec, curve_specs, grid_specs
 from cltm.train.loop import TrainParams
@@ -63,7 +64,7 @@ def train_params(config: Config, task: str | None = None) -> TrainParams:
     """The training params of `task`'s runs: `train.*`, with the task's own `lr`, `epochs`,
     `head_init`, `head_lr_scale` and `encoder` (`tasks.<task>.*`) where set."""
     t = config.train
-    own = getattr(config.tasks, task) if task is not None else None
+    own = config.tasks[task] if task is not None else None
 
     def pick(key: str) -> Any:
         value = getattr(own, key) if own is not None else None
@@ -90,9 +91,11 @@ def settings_of(config: Config, task: str, curve: bool = False) -> dict[str, Any
         "weights": _model_digest(m.name_or_path) if m.random_init is None else None,
         "architecture": _architecture(m.name_or_path, m.random_init),
         **{f"train.{k}": v for k, v in asdict(train_params(config, task)).items()},
-        "N": getattr(config.tasks, task).N,
+        "N": config.tasks[task].N,
         "probe_clips": config.analysis.probe_clips,
         "code": sources.digest(RESULT_MODULES),
+        "task_code": sources.task_digest(config.tasks[task].module),
+        "task_settings": own_settings(config.tasks[task]),
     }
     if curve:
         del settings["N"]
@@ -105,7 +108,8 @@ def worker_settings(config: Config, task: str, data_dir: Path, models_dir: Path 
     checkpoints to `models_dir`; `checkpoints` overrides train.checkpoints (None: train's)."""
     t, m = config.train, config.model
     return WorkerSettings(
-        task=task, subsets_dir=str(Path(data_dir).resolve()),
+        task=task, task_module=config.tasks[task].module, task_settings=config.tasks[task],
+        subsets_dir=str(Path(data_dir).resolve()),
         name_or_path=m.name_or_path, random_init=m.random_init, init_seed=m.init_seed,
         train=train_params(config, task), device=t.device, threads=t.threads,
         checkpoints=checkpoints or t.checkpoints,
@@ -248,7 +252,7 @@ def plan(config: Config, subsets: Path, runs: Path) -> list[dict[str, Any]]:
     """Per task: runs in the grid, done, left, and the time left at the measured pace, from
     the subsets under `subsets/<task>` and the run stores under `runs/<task>`."""
     rows = []
-    for task in TASKS:
+    for task in config.tasks:
         try:
             jobs, done, total = pending(config, task, subsets / task, runs / task)
         except CltmError:

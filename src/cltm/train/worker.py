@@ -14,6 +14,7 @@ store or MLflow (one process does that), so it imports neither.
 
 from __future__ import annotations
 
+import functools
 import logging
 import platform
 import time
@@ -27,13 +28,14 @@ import pandas as pd
 import torch
 
 from cltm.data.pack import PackedAudio
+from cltm.tasks.base import TaskConfig
+from cltm.tasks.base import load as load_task
 from cltm.train import fused, loop
 from cltm.train.grid import RunSpec, probe_clips, training_clips
 from cltm.train.model import load_encoder, resolve_device
 
 log = logging.getLogger(__name__)
 
-SPEAKER_LAYERS = 4  # embedding = mean of the last 4 hidden layers
 # A frozen encoder's features, for either task: the last 4 layers' mean, statistics-pooled.
 # (On a probe corpus the last layer alone left Dutch's gender self-gain at 0.)
 FROZEN_LAYERS = 4
@@ -44,6 +46,8 @@ class WorkerSettings:
     """What a worker needs, as plain values (it travels to Ray actors)."""
 
     task: str
+    task_module: str  # the task's code (tasks.<task>.module)
+    task_settings: TaskConfig  # its params block
     subsets_dir: str
     name_or_path: str
     random_init: dict[str, Any] | None
@@ -112,8 +116,8 @@ class Worker:
         self.manifest = pd.read_csv(subsets / "manifest.csv")
         audio = PackedAudio(subsets)
         self.waves = {c: torch.from_numpy(audio[c]) for c in self.manifest["clip"]}
-        self.trials = (pd.read_csv(subsets / "trials.csv") if settings.task == "speaker"
-                       else None)
+        self.task = load_task(settings.task_module)
+        self.extras = self.task.load_extras(subsets, settings.task_settings)
         self.probes = probe_clips(self.manifest, settings.probe_clips, settings.probe_seed)
         # Frozen encoder: each clip's pooled features, computed the first time a run needs them.
         self.features: dict[str, torch.Tensor] = {}
@@ -178,14 +182,8 @@ class Worker:
 
     def _prepare(self, spec: RunSpec, run_hash: str) -> Prepared:
         rows = training_clips(self.manifest, spec)
-        if spec.task == "gender":
-            classes = ["female", "male"]
-        else:
-            classes = sorted(rows["speaker"].unique())
-        key = "gender" if spec.task == "gender" else "speaker"
-        label_of = {c: i for i, c in enumerate(classes)}
-        labels = torch.tensor([label_of[v] for v in rows[key]])
-        return Prepared(spec, run_hash, rows, classes, labels)
+        classes, labels = self.task.targets(rows, self.extras)
+        return Prepared(spec, run_hash, rows, classes, torch.tensor(labels))
 
     def _score(self, group: list[Prepared]) -> list[dict[str, Any]]:
         m = self.manifest
@@ -194,22 +192,8 @@ class Worker:
         out = []
         for k, (p, eval_rows, emb) in enumerate(zip(group, evals, embs)):
             spec = p.spec
-            if spec.task == "gender":
-                pred = self.recipe.classify(k, emb)
-                truth = (eval_rows["gender"] == "male").astype(int).to_numpy()
-                # A run that predicts one class for every clip has learnt nothing about gender
-                # (macro-F1 0.333 on a balanced set): counted as such by the cltm stage.
-                result: dict[str, Any] = {"score": loop.macro_f1(truth, pred),
-                                          "eval_clips": len(eval_rows),
-                                          "pred_classes": len(np.unique(pred)),
-                                          "pred_male_share": float(np.mean(pred))}
-            else:
-                index = {c: i for i, c in enumerate(eval_rows["clip"])}
-                trials = self.trials[self.trials["language"] == spec.target]
-                scores = loop.cosine_scores(emb, index, trials["a"].tolist(),
-                                             trials["b"].tolist())
-                auc, eer = loop.auc_eer(scores, trials["label"].to_numpy())
-                result = {"score": auc, "eer": eer, "eval_trials": len(trials)}
+            result = self.task.score(spec.target, eval_rows, emb,
+                                     functools.partial(self.recipe.classify, k), self.extras)
             if self.probes:
                 position = {c: i for i, c in enumerate(eval_rows["clip"])}
                 target = emb[[position[c] for c in self.probes[spec.target]]]
@@ -217,7 +201,7 @@ class Worker:
                 # the probes of 20,000 runs are the largest thing the grid writes.
                 result["probes"] = {"target": target.numpy().astype(np.float16)}
             out.append(result)
-        if self.probes and self.s.task == "speaker":
+        if self.probes and self.task.donor_probes:
             donors = [self.probes[p.spec.donor] if p.spec.condition == "cross" else []
                       for p in group]
             if any(donors):
@@ -230,7 +214,7 @@ class Worker:
     def _layers(self) -> int:
         if self.s.train.encoder == "frozen":
             return FROZEN_LAYERS
-        return 1 if self.s.task == "gender" else SPEAKER_LAYERS
+        return self.task.embedding_layers
 
     def _features(self, clips: Sequence[str]) -> torch.Tensor:
         """A frozen encoder's statistics-pooled features of `clips`, each computed once."""
@@ -352,7 +336,7 @@ class FrozenRecipe(Recipe):
         w = self.w
         loop.seed_everything(p.spec.seed)
         features = w._features(list(p.rows["clip"]))
-        self.head = loop.FrozenHead(features, len(p.classes), project=p.spec.task == "speaker",
+        self.head = loop.FrozenHead(features, len(p.classes), project=w.task.project,
                                      init=w.s.train.head_init)
         return [loop.train_frozen(self.head, features, p.labels, w.s.train)]
 
