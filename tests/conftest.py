@@ -206,6 +206,13 @@ def paper_tasks() -> dict:
     return {t: load(f"cltm.tasks.{t}") for t in ("gender", "speaker")}
 
 
+def paper_contrasts() -> dict:
+    """The paper's headline contrast, as params.yaml's analysis.contrasts gives it."""
+    from cltm.config import ContrastConfig
+
+    return {"speaker-gender": ContrastConfig("gender", "speaker", "gender")}
+
+
 def run_cltm(task: str, runs: Path, out: Path, families_csv: Path | None = None,
              **overrides: object) -> dict:
     """The cltm stage on a run store with the demo's analysis settings and `overrides`."""

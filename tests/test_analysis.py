@@ -19,7 +19,7 @@ from cltm.analysis.languages import family_map, load_languages
 from cltm.errors import CltmError
 from cltm.stages.diagnostics import run_diagnostics
 from cltm.stages.report import run_report
-from tests.conftest import paper_tasks, run_cltm
+from tests.conftest import paper_contrasts, paper_tasks, run_cltm
 
 PAPER_LOCALES = (
     "ab ar be bn ca ckb cnh cs cy de dv en eo es et eu fa fr fy-NL ga-IE gl hu hy-AM id it ja ka "
@@ -328,7 +328,8 @@ def test_highlight_without_any_language_writes_a_note(tmp_path):
 def test_report_has_table_and_links(gender_stage):
     root, _ = gender_stage
     report = root / "report.md"
-    run_report(root, report, paper_tasks(), null_control=False, planted=False)
+    run_report(root, root / "curves", root / "contrasts", report, paper_tasks(),
+               paper_contrasts(), null_control=False, planted=False)
     text = report.read_text()
     assert "| metric | gender | gender (paper) |" in text
     assert "speaker" not in text.split("##")[0].split("| metric")[1].split("\n")[0]

@@ -21,6 +21,8 @@ from cltm.stages.calibration import checks, dose_series
 from tests.conftest import copy_pipeline, lock_stages, run_cmd, run_hermetic, stages_run
 
 REPO = Path(__file__).resolve().parents[1]
+#: The tasks the calibration summaries hold.
+PAPER_TASKS = ("gender", "speaker")
 TINY = {
     "data": {"languages": ["es", "it", "de", "nl"]},
     "demo": {"speakers_per_language": 16, "clips_per_speaker": 3, "dev_speakers": 2,
@@ -198,18 +200,18 @@ def test_checks_pass_and_fail_on_what_the_variants_found():
             _variant("strong", 2.0, weighted_contrast=0.8, weighted_contrast_p=0.001),
             _variant("heldout", 1.0, True, weighted_contrast=0.3, weighted_contrast_p=0.02)]
     grows = _growth((0.4, 0.2, 0.6), (0.4, 0.1, 0.7))
-    result = checks(good, default_strength=1.0, growth=grows)
+    result = checks(good, PAPER_TASKS, default_strength=1.0, growth=grows)
     assert all(v is True for k, v in result.items() if k != "contrast_grows_with_strength")
     assert result["contrast_grows_with_strength"] == {"gender": True, "speaker": True}
     # the families are found by the weighted contrast, not the plain one
     plain_only = [_variant("strength0", 0.0),
                   _variant("default", 1.0, family_contrast=0.4, family_contrast_p=0.01)]
-    assert checks(plain_only, 1.0)["default_families_detected"] is False
+    assert checks(plain_only, PAPER_TASKS, 1.0)["default_families_detected"] is False
     bad = [dict(v) for v in good]
     bad[0] = _variant("strength0", 0.0, weighted_contrast_p=0.01, cells_differ_from_1=3)
     bad[3] = _variant("heldout", 1.0, True, weighted_contrast=0.3, weighted_contrast_p=0.2,
                       undefined_rows=["tr"], degenerate_share=0.1, self_gain_z_mean=1.0)
-    result = checks(bad, default_strength=1.0)
+    result = checks(bad, PAPER_TASKS, default_strength=1.0)
     for key in ("every_row_defined", "null_no_more_cells_than_fdr_allows",
                 "null_family_p_at_least_alpha", "default_families_detected",
                 "default_families_detected_held_out", "degenerate_runs_at_most_5pct",
@@ -219,7 +221,7 @@ def test_checks_pass_and_fail_on_what_the_variants_found():
     # inside the noise or falling is reported, not checked; a first step inside the noise or
     # falling fails; without intervals nothing is checked
     def grows(growth):
-        return checks(good, 1.0, growth)["contrast_grows_with_strength"]
+        return checks(good, PAPER_TASKS, 1.0, growth)["contrast_grows_with_strength"]
 
     assert grows(_growth((0.4, 0.2, 0.6), (0.1, -0.1, 0.3)))["gender"] is True
     assert grows(_growth((0.4, 0.2, 0.6), (-0.4, -0.6, -0.2)))["speaker"] is True
@@ -236,18 +238,20 @@ def test_the_exchangeable_corpus_carries_the_per_cell_null():
                 {**_variant("exchangeable", 0.0, weighted_contrast=5.0), "exchangeable": True},
                 _variant("default", 1.0, weighted_contrast=0.4, weighted_contrast_p=0.01),
                 _variant("strong", 2.0, weighted_contrast=0.8, weighted_contrast_p=0.001)]
-    result = checks(variants, default_strength=1.0)
+    result = checks(variants, PAPER_TASKS, default_strength=1.0)
     assert result["null_no_more_cells_than_fdr_allows"] is True
     assert [v["variant"] for v in dose_series(variants)] == ["strength0", "default", "strong"]
     variants[1]["gender"] = variants[1]["speaker"] = _task(weighted_contrast=5.0,
                                                            cells_differ_from_1=2)
-    assert checks(variants, 1.0)["null_no_more_cells_than_fdr_allows"] is False  # 2 > 1.4
+    # 2 > 1.4
+    assert checks(variants, PAPER_TASKS, 1.0)["null_no_more_cells_than_fdr_allows"] is False
     # ... and its family test counts among the nulls'
     variants[1]["gender"] = _task(weighted_contrast=5.0, cells_differ_from_1=2,
                                   weighted_contrast_p=0.01)
-    assert checks(variants, 1.0)["null_family_p_at_least_alpha"] is False
+    assert checks(variants, PAPER_TASKS, 1.0)["null_family_p_at_least_alpha"] is False
     # without one, the strength-0 corpus is held to the FDR
-    assert checks([variants[0], *variants[2:]], 1.0)["null_no_more_cells_than_fdr_allows"] is False
+    others = [variants[0], *variants[2:]]
+    assert checks(others, PAPER_TASKS, 1.0)["null_no_more_cells_than_fdr_allows"] is False
 
 
 def test_committed_calibration_is_what_its_variants_found():
@@ -265,7 +269,7 @@ def test_committed_calibration_is_what_its_variants_found():
     for name in names:
         own = json.loads((REPO / "calibration" / "metrics" / f"{name}.json").read_text())
         assert result["variants"][name] == own
-    recomputed = checks(list(result["variants"].values()), result["default_strength"],
+    recomputed = checks(list(result["variants"].values()), PAPER_TASKS, result["default_strength"],
                         result["growth"])
     assert json.loads(json.dumps(recomputed)) == result["checks"]
     for v in result["variants"].values():

@@ -14,7 +14,6 @@ import pytest
 import yaml
 
 from cltm import cli, sources
-from cltm.analysis.headline import PAIR
 from cltm.config import load_config
 from cltm.layout import CLTM_FILES, CONTRAST_READS, REPORT_READS
 from cltm.train.runner import RESULT_MODULES
@@ -176,7 +175,8 @@ def _keys(pipeline: Path) -> set[str]:
 
     text = pipeline.read_text()
     named = set(re.findall(r"\$\{([A-Za-z_][\w.]*)\}", text)) - {"item", "item.variant",
-                                                                  "item.task", "key"}
+                                                                  "item.task", "item.first",
+                                                                  "item.second", "key"}
     for stage in yaml.safe_load(text)["stages"].values():
         for entry in stage.get("do", stage).get("params", []):
             if isinstance(entry, str):
@@ -224,13 +224,18 @@ def _paths(entries: list) -> list[str]:
 def test_the_cltm_stage_declares_exactly_the_files_its_layout_names():
     stage = yaml.safe_load(PIPELINES["root"].read_text())["stages"]["cltm"]["do"]
     declared = [p for key in ("outs", "metrics", "plots") for p in _paths(stage.get(key))]
-    assert sorted(p.removeprefix("metrics/${key}/") for p in declared) == sorted(CLTM_FILES)
+    assert sorted(p.removeprefix("metrics/tasks/${key}/") for p in declared) == sorted(
+        CLTM_FILES)
 
 
 def test_the_contrast_and_report_stages_declare_every_file_they_read():
     stages = yaml.safe_load(PIPELINES["root"].read_text())["stages"]
-    tasks = yaml.safe_load((REPO / "params.yaml").read_text())["tasks"]
-    contrast = set(_paths(stages["contrast"]["deps"]))
-    assert {f"metrics/{t}/{f}" for t in PAIR for f in CONTRAST_READS} <= contrast
-    report = set(_paths(stages["report"]["deps"]))
-    assert {f"metrics/{t}/{f}" for t in tasks for f in REPORT_READS} <= report
+    contrast = set(_paths(stages["contrast"]["do"]["deps"]))
+    assert {f"metrics/tasks/${{item.{t}}}/{f}" for t in ("first", "second")
+            for f in CONTRAST_READS} <= contrast
+    # the report reads whatever tasks params names: the folders every task stage writes into
+    cltm = stages["cltm"]["do"]
+    written = {p for key in ("outs", "metrics", "plots") for p in _paths(cltm.get(key))}
+    assert {f"metrics/tasks/${{key}}/{f}" for f in REPORT_READS} <= written
+    assert {"metrics/tasks", "metrics/curves", "metrics/contrasts"} <= set(
+        _paths(stages["report"]["deps"]))

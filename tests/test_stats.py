@@ -21,10 +21,10 @@ from cltm.analysis.headline import HEADLINE_KEYS
 from cltm.analysis.plots import plot_heatmap, plot_highlight
 from cltm.errors import CltmError
 from cltm.stages import report as report_mod
-from cltm.stages.contrast import CONTRAST_FILE, run_contrast
+from cltm.stages.contrast import run_contrast
 from cltm.stages.diagnostics import run_diagnostics
 from cltm.stages.report import run_report
-from tests.conftest import paper_tasks, run_cltm
+from tests.conftest import paper_contrasts, paper_tasks, run_cltm
 
 LANGS = ["l0", "l1", "l2", "l3", "l4", "l5"]
 #: Two planted families, alternating, so that every language has same-family partners.
@@ -533,7 +533,8 @@ def test_report_has_the_trust_section(store, tmp_path):
     root = tmp_path / "metrics"
     run_cltm("gender", store, root / "gender", families_csv=_families_csv(tmp_path),
              bootstrap=100, permutations=100)
-    run_report(root, root / "report.md", paper_tasks(), null_control=False, planted=False)
+    run_report(root, root / "curves", root / "contrasts", root / "report.md", paper_tasks(),
+               paper_contrasts(), null_control=False, planted=False)
     text = (root / "report.md").read_text()
     assert "### Can these numbers be trusted?" in text
     assert "| target | self-gain | SE | gain / SE | defined |" in text
@@ -547,20 +548,25 @@ def test_report_has_the_trust_section(store, tmp_path):
     ci = {k: {"low": d[k] - 1, "high": d[k] + 1} for k in ci if d.get(k) is not None}
     ci["rfd1"] = {"low": d["rfd1"] + 1, "high": d["rfd1"] + 2}
     (root / "gender" / "diagnostics_ci.json").write_text(json.dumps(ci))
-    run_report(root, root / "report.md", paper_tasks(), null_control=False, planted=False)
+    run_report(root, root / "curves", root / "contrasts", root / "report.md", paper_tasks(),
+               paper_contrasts(), null_control=False, planted=False)
     text = (root / "report.md").read_text()
     assert "| `rfd1` † |" in text and "† The value lies outside its own interval" in text
     assert "| `cos_rows` |" in text and text.count(" † |") == 1
 
 
+#: Where _report's contrast stage writes, relative to its root (dvc.yaml's layout).
+CONTRAST_FILE = Path("contrasts") / "speaker-gender.json"
+CONTRAST_FIGURE = Path("contrasts") / "speaker-gender.png"
+
+
 def _report(root: Path, name: str, runs_dir: Path | None = None, planted: bool = False) -> str:
-    """The contrast stage, then the report, as dvc.yaml runs them (contrast.json and its
-    figure in `root`); returns the report's text."""
-    run_contrast(root, runs_dir or root / "no-runs-here", root / CONTRAST_FILE,
-                 root / "contrast.png")
-    run_report(root, root / name, paper_tasks(), null_control=False, planted=planted,
-               contrast=root / CONTRAST_FILE,
-               contrast_figure=root / "contrast.png")
+    """The contrast stage, then the report, as dvc.yaml runs them (the contrast's JSON and
+    figure under `root/contrasts`); returns the report's text."""
+    run_contrast("gender", "speaker", root, runs_dir or root / "no-runs-here",
+                 root / CONTRAST_FILE, root / CONTRAST_FIGURE)
+    run_report(root, root / "curves", root / "contrasts", root / name, paper_tasks(),
+               paper_contrasts(), null_control=False, planted=planted)
     return (root / name).read_text()
 
 
@@ -589,7 +595,7 @@ def test_report_states_the_headline_contrast_and_the_planted_check(tmp_path):
         run_cltm(task, store, root / task, families_csv=fam_csv, bootstrap=200,
                  permutations=500)
     text = _report(root, "report.md", runs_dir, planted=True)
-    assert "## The headline contrast" in text
+    assert "## Contrast speaker-gender: speaker − gender" in text
     contrast = json.loads((root / CONTRAST_FILE).read_text())
     assert (contrast["a"], contrast["b"], contrast["bootstrap"]) == ("gender", "speaker", 200)
     assert contrast["seed_design"] == {"gender": st.PAIRED_DESIGN, "speaker": st.PAIRED_DESIGN}
@@ -603,21 +609,21 @@ def test_report_states_the_headline_contrast_and_the_planted_check(tmp_path):
         line = _headline(text, key)
         assert f"speaker − gender = {d['difference']:.3f}" in line
         assert f"[{d['low']:.3f}, {d['high']:.3f}]" in line
-        assert line.endswith(f"excludes 0 in the paper's direction (speaker {way}), so gender "
-                             "is nearer the language-agnostic ideal")
+        assert line.endswith("excludes 0: gender is nearer the language-agnostic ideal, as "
+                             "expected (gender)")
         for task in runs:  # each task's own interval stays on the line
             ci = json.loads((root / task / "diagnostics_ci.json").read_text())[key]
             assert f"{task} {diags[task][key]:.3f} [{ci['low']:.3f}, {ci['high']:.3f}]" in line
     assert "seeds_needed.py" not in text  # every difference excludes 0: no advice to add seeds
-    assert "![headline contrast](contrast.png)" in text
-    figure = (root / "contrast.png").read_bytes()
+    assert "![contrast speaker-gender](contrasts/speaker-gender.png)" in text
+    figure = (root / CONTRAST_FIGURE).read_bytes()
     assert len(figure) > 10_000
     assert "- gender: 8 of 8 self-gains positive (no undefined row)" in text
-    planted = next(line for line in text.splitlines() if "planted genera" in line)
+    planted = next(line for line in text.splitlines() if "planted genera in the speaker" in line)
     assert "detected; same-genus donors transfer more than others" in planted
     # The same files without the planted flag: the contrast stays, the demo check goes.
     plain = _report(root, "plain.md", runs_dir)
-    assert "## The headline contrast" in plain and "planted genera" not in plain
+    assert "## Contrast speaker-gender" in plain and "planted genera" not in plain
     assert _headline(plain, "rfd1") == _headline(text, "rfd1")
     # No run stores where the contrast stage looks: no interval of the difference, and no
     # stale numbers in its file, only the reason.
@@ -633,13 +639,13 @@ def test_report_states_the_headline_contrast_and_the_planted_check(tmp_path):
     write_store(swapped_runs / "gender", runs["speaker"], "gender")
     write_store(swapped_runs / "speaker", runs["gender"], "speaker")
     text = _report(swapped, "report.md", swapped_runs, planted=True)
-    assert (swapped / "contrast.png").read_bytes() != figure  # the tasks' rows swapped
-    assert _headline(text, "rfd1").endswith(
-        "excludes 0 the other way round (speaker lower), so gender is NOT nearer the "
-        "language-agnostic ideal")
-    assert "the other way round (speaker higher)" in _headline(text, "cos_rows")
+    assert (swapped / CONTRAST_FIGURE).read_bytes() != figure  # the tasks' rows swapped
+    for key in ("rfd1", "cos_rows"):
+        assert _headline(text, key).endswith(
+            "excludes 0: speaker is nearer the language-agnostic ideal, NOT as expected "
+            "(gender)")
     assert "seeds_needed.py" not in text
-    planted = next(line for line in text.splitlines() if "planted genera" in line)
+    planted = next(line for line in text.splitlines() if "planted genera in the speaker" in line)
     assert planted.endswith("not detected")
 
     # One truth for both tasks (speaker's runs under both names): the difference is 0 and its

@@ -30,6 +30,7 @@ def _params(root: Path, corpus: Path) -> dict:
     params["data"]["commonvoice"]["root"] = str(corpus)
     params["tasks"] = {"toy": dict(TOY)}
     params["curve"]["N_grid"] = {}
+    params["analysis"]["contrasts"] = {}
     params["train"].update({"threads": 1, "device": "cpu"})
     params["model"]["random_init"] = TINY_HUBERT
     params["pretrain"]["enabled"] = False
@@ -101,6 +102,15 @@ def test_a_task_block_is_validated_as_its_modules_settings():
     params["tasks"]["toy"] = {**TOY, "module": "cltm.layout"}
     with pytest.raises(CltmError, match="defines no TASK"):
         config_from_dict(params)
+    params["tasks"]["toy"] = dict(TOY)
+    params["analysis"]["contrasts"]["toy-gender"] = {"first": "gender", "second": "toy",
+                                                     "expected_nearer": "speaker"}
+    with pytest.raises(CltmError, match=r"expected_nearer is one of the pair \(gender, toy\)"):
+        config_from_dict(params)
+    params["analysis"]["contrasts"]["toy-gender"]["second"] = "nothing"
+    with pytest.raises(CltmError, match="compares two different tasks of `tasks:`"):
+        config_from_dict(params)
+    del params["analysis"]["contrasts"]["toy-gender"]
     del params["tasks"]["toy"]
     with pytest.raises(CltmError, match=r"no task 'toy' in the params \(tasks: gender, speaker"):
         config_from_dict(params).task("toy")
@@ -112,6 +122,7 @@ def test_a_task_s_own_settings_enter_its_runs_hash():
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["tasks"] = {"toy": dict(TOY)}
     params["curve"]["N_grid"] = {}
+    params["analysis"]["contrasts"] = {}
     params["model"]["random_init"] = TINY_HUBERT
     params["pretrain"]["enabled"] = False
     first = settings_of(config_from_dict(params), "toy")

@@ -138,16 +138,17 @@ def _report(args: argparse.Namespace, config: Config) -> None:
     from cltm.stages.report import run_report
 
     demo = config.data.source == "demo"
-    run_report(Path(args.metrics), Path(args.out), {t: config.task(t) for t in config.tasks},
-               null_control=demo and config.demo.null_control, planted=demo,
-               contrast=Path(args.contrast),
-               contrast_figure=Path(args.contrast_figure))
+    run_report(Path(args.tasks), Path(args.curves), Path(args.contrasts), Path(args.out),
+               {t: config.task(t) for t in config.tasks}, config.analysis.contrasts,
+               null_control=demo and config.demo.null_control, planted=demo)
 
 
 def _contrast(args: argparse.Namespace, config: Config) -> None:
     from cltm.stages.contrast import run_contrast
 
-    run_contrast(Path(args.metrics), Path(args.runs), Path(args.out), Path(args.figure))
+    config.task(args.first), config.task(args.second)  # both of the params' tasks
+    run_contrast(args.first, args.second, Path(args.metrics), Path(args.runs), Path(args.out),
+                 Path(args.figure))
 
 
 def _calibration_params(args: argparse.Namespace, config: Config) -> None:
@@ -252,12 +253,17 @@ def build_parser() -> argparse.ArgumentParser:
     _sub(sub, "cltm", "the CLTM of a task, its standard errors, diagnostics, plots", _cltm,
          task=True, runs="the task's run store", out="the task's metrics folder",
          corpus="the corpus folder (the demo's planted families)")
-    _sub(sub, "contrast", "the headline contrast: speaker − gender with the interval of the "
-         "difference", _contrast, metrics="the metrics folder (<task>/ of the cltm stages)",
-         runs="the folder of the run stores", out="contrast.json", figure="its figure")
+    ct = _sub(sub, "contrast", "two tasks' headline diagnostics, second − first, with the "
+              "interval of the difference", _contrast,
+              metrics="the folder of the cltm stages' <task>/ folders",
+              runs="the folder of the run stores", out="the contrast's JSON",
+              figure="its figure")
+    ct.add_argument("--first", required=True, help="the task subtracted")
+    ct.add_argument("--second", required=True, help="the task it is subtracted from")
     _sub(sub, "report", "write the Markdown report", _report,
-         metrics="the metrics folder", contrast="the contrast stage's JSON",
-         contrast_figure="the contrast stage's figure", out="the report")
+         tasks="the folder of the cltm stages' <task>/ folders",
+         curves="the curve stages' folder", contrasts="the contrast stages' folder",
+         out="the report")
 
     cm = sub.add_parser(
         "compare", help="two results (run stores) side by side: B − A of each diagnostic and "

@@ -154,6 +154,18 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class ContrastConfig:
+    """One contrast: second − first of the headline diagnostics, with the interval of the
+    difference (the contrast stage)."""
+
+    first: str
+    second: str
+    # The task the hypothesis puts nearer the language-agnostic ideal (the paper: gender), or
+    # null: the report names whichever the interval shows, and holds it against no hypothesis.
+    expected_nearer: str | None
+
+
+@dataclass(frozen=True)
 class AnalysisConfig:
     # Grouping for intra_family_pos and the heatmaps: `genus` is close to the reference's
     # grouping (Indo-European split by branch); `family` is Glottolog's top level.
@@ -179,6 +191,8 @@ class AnalysisConfig:
     probe_clips: int
     # Entropic regularisation of the Sinkhorn distance, as a fraction of the median cost.
     sinkhorn_reg: float
+    # Pairs of tasks compared by name (the paper's: speaker-gender).
+    contrasts: dict[str, ContrastConfig]
 
 
 @dataclass(frozen=True)
@@ -486,6 +500,16 @@ def _check_values(c: Config, source: str) -> None:
         fail("analysis.fdr and analysis.ci_level must lie strictly between 0 and 1")
     if a.bootstrap < 0 or a.permutations < 0:
         fail("analysis.bootstrap and analysis.permutations must be >= 0 (0 turns them off)")
+    for name, pair in a.contrasts.items():
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name):
+            fail(f"analysis.contrasts: {name!r} is not a usable name (letters, digits, _ -)")
+        unknown = [t for t in (pair.first, pair.second) if t not in c.tasks]
+        if unknown or pair.first == pair.second:
+            fail(f"analysis.contrasts.{name} compares two different tasks of `tasks:` "
+                 f"({', '.join(c.tasks)}); got {pair.first} and {pair.second}")
+        if pair.expected_nearer not in (None, pair.first, pair.second):
+            fail(f"analysis.contrasts.{name}.expected_nearer is one of the pair "
+                 f"({pair.first}, {pair.second}) or null")
     if a.top_k < 1:
         fail("analysis.top_k must be at least 1 (the donors counted as a target's best)")
     t = c.train

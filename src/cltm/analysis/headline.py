@@ -1,5 +1,5 @@
-"""The paper's headline contrast, speaker − gender: which diagnostics it compares and how an
-interval is read from a diagnostics_ci.json. One sign everywhere: speaker − gender."""
+"""The headline diagnostics a contrast of two tasks compares (the paper's: speaker − gender),
+and how an interval is read from a diagnostics_ci.json. One sign everywhere: second − first."""
 
 from __future__ import annotations
 
@@ -11,8 +11,6 @@ from collections.abc import Mapping
 HEADLINE = (("rfd1", 0.0, "lower", "distance from the ideal"),
             ("cos_rows", 1.0, "higher", "row similarity"))
 HEADLINE_KEYS = tuple(key for key, *_ in HEADLINE)
-#: The pair, in the order of the difference's sign: second − first.
-PAIR = ("gender", "speaker")
 
 
 def interval_of(ci: Mapping | None, key: str) -> tuple[float, float] | None:

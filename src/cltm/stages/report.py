@@ -25,6 +25,7 @@ from cltm.analysis.languages import display_names
 from cltm.analysis.stats import (
     is_paired,
 )
+from cltm.config import ContrastConfig
 from cltm.jsonfile import read_json
 from cltm.layout import CI_FILE
 from cltm.tasks.base import Task
@@ -374,11 +375,11 @@ def _trust_section(task_dir: Path, d: dict, null_control: bool) -> list[str]:
     return out
 
 
-def _curve_section(metrics_dir: Path, report: Path, tasks: Mapping[str, Task]) -> list[str]:
+def _curve_section(curves_dir: Path, report: Path, tasks: Mapping[str, Task]) -> list[str]:
     out = ["## Choosing N (learning curves, paper §2.2)", ""]
     any_curve = False
     for task, code in tasks.items():
-        c = _read_json(metrics_dir / "curves" / f"{task}.json")
+        c = _read_json(curves_dir / f"{task}.json")
         if not c or not c.get("enabled"):
             continue
         any_curve = True
@@ -399,7 +400,7 @@ def _curve_section(metrics_dir: Path, report: Path, tasks: Mapping[str, Task]) -
                 + ", ".join(f"{k} {_fmt(v['delta'], 'num')} ± {_fmt(v['se'], 'num')}"
                             for k, v in gains.items()), ""]
         for file in ("curve.png", "interval_scores.png"):  # drawn whenever the curve ran
-            out += [f"![{task} {file}]({_link(metrics_dir / 'curves' / task / file, report)})",
+            out += [f"![{task} {file}]({_link(curves_dir / task / file, report)})",
                     ""]
     if not any_curve:
         out += ["Not run (curve.enabled: false): N is fixed in params.yaml.", ""]
@@ -415,9 +416,9 @@ def _corr_row(name: str, c: dict) -> str:
 CORR_HEAD = ["| measure | cells | Spearman ρ | p | Kendall τ | p |", "|---|---|---|---|---|---|"]
 
 
-def _geometry_section(metrics_dir: Path, report: Path) -> list[str]:
-    out = ["## Embedding geometry (speaker, paper §4.3)", ""]
-    g = _read_json(metrics_dir / "speaker" / "geometry.json")
+def _geometry_section(task_dir: Path, task: str, report: Path) -> list[str]:
+    out = [f"## Embedding geometry ({task}, paper §4.3)", ""]
+    g = _read_json(task_dir / "geometry.json")
     if g is None or not g.get("enabled"):
         reason = (g or {}).get("reason", "geometry.json is missing")
         return [*out, f"Not computed: {reason}.", ""]
@@ -432,16 +433,16 @@ def _geometry_section(metrics_dir: Path, report: Path) -> list[str]:
     for r in g.get("extreme_pairs", []):
         out.append(f"| {r['target']} | {r['donor']} | {_fmt(r['cltm'], 'num')} | "
                    f"{_fmt(r.get('centroid'), 'num')} | {_fmt(r.get('sinkhorn'), 'num')} |")
-    path = metrics_dir / "speaker" / "geometry" / "cltm_vs_distance.png"  # drawn when enabled
+    path = task_dir / "geometry" / "cltm_vs_distance.png"  # drawn when enabled
     out += ["", f"![geometry]({_link(path, report)})"]
     return [*out, ""]
 
 
-def _gaps_section(metrics_dir: Path, report: Path, tasks: Mapping[str, Task]) -> list[str]:
+def _gaps_section(tasks_dir: Path, report: Path, tasks: Mapping[str, Task]) -> list[str]:
     out = ["## Performance and linguistic gaps (phonemic-representations paper §3.3–3.4)", ""]
     found = False
     for task, code in tasks.items():
-        g = _read_json(metrics_dir / task / "gaps.json")
+        g = _read_json(tasks_dir / task / "gaps.json")
         if g is None:
             continue
         found = True
@@ -464,32 +465,34 @@ def _gaps_section(metrics_dir: Path, report: Path, tasks: Mapping[str, Task]) ->
             out += ["", f"CKA not computed: {cka.get('reason', 'no probes')}."]
         # performance.png is always drawn, cka.png with the CKA
         for file in ("performance.png", "cka.png") if cka.get("enabled") else ("performance.png",):
-            out += ["", f"![{task} {file}]({_link(metrics_dir / task / 'gaps' / file, report)})"]
+            out += ["", f"![{task} {file}]({_link(tasks_dir / task / 'gaps' / file, report)})"]
         out.append("")
     if not found:
         out += ["No gaps.json yet: run the gaps stage.", ""]
     return out
 
 
-def _difference_line(diags: dict[str, dict], metrics_dir: Path, contrast: dict | None,
-                     reason: str | None, key: str, what: str, nearer: str) -> tuple[str, bool]:
-    """One bullet: both tasks' values with their own intervals, then speaker − gender with the
+def _difference_line(diags: dict[str, dict], tasks_dir: Path, pair: ContrastConfig,
+                     contrast: dict | None, reason: str | None, key: str, what: str,
+                     nearer: str) -> tuple[str, bool]:
+    """One bullet: both tasks' values with their own intervals, then second − first with the
     interval of the difference and the verdict; and whether that interval covers 0."""
-    g, s = diags["gender"].get(key), diags["speaker"].get(key)
-    if None in (g, s):
+    first, second = pair.first, pair.second
+    a, b = diags[first].get(key), diags[second].get(key)
+    if None in (a, b):
         return f"- `{key}`: not available for both tasks", False
 
     def iv(task: str) -> str:
-        i = interval_of(read_json(metrics_dir / task / CI_FILE), key)
+        i = interval_of(read_json(tasks_dir / task / CI_FILE), key)
         return "" if i is None else f" [{_fmt(i[0], 'num')}, {_fmt(i[1], 'num')}]"
 
-    head = (f"- `{key}` ({what}, {nearer} is nearer): gender {_fmt(g, 'num')}{iv('gender')}, "
-            f"speaker {_fmt(s, 'num')}{iv('speaker')}; ")
+    head = (f"- `{key}` ({what}, {nearer} is nearer): {first} {_fmt(a, 'num')}{iv(first)}, "
+            f"{second} {_fmt(b, 'num')}{iv(second)}; ")
     d = ((contrast or {}).get("diagnostics") or {}).get(key)
     if d is None:
-        return head + (f"speaker − gender = {_fmt(s - g, 'num')}, no interval of the difference "
-                       f"({reason or 'not in contrast.json'})"), False
-    text = head + f"speaker − gender = {_fmt(d.get('difference'), 'num')}"
+        return head + (f"{second} − {first} = {_fmt(b - a, 'num')}, no interval of the "
+                       f"difference ({reason or 'not in the contrast file'})"), False
+    text = head + f"{second} − {first} = {_fmt(d.get('difference'), 'num')}"
     if d.get("low") is None:
         why = ("the bootstrap is off" if not contrast.get("bootstrap") else
                "a value is undefined" if d.get("difference") is None else
@@ -502,76 +505,83 @@ def _difference_line(diags: dict[str, dict], metrics_dir: Path, contrast: dict |
                                               if dropped else "") + ": ")
     if not d.get("excludes_zero"):
         return text + COVERS_ZERO, True
-    paper = "higher" if nearer == "lower" else "lower"  # speaker, with gender nearer the ideal
-    found = "higher" if d["low"] > 0 else "lower"
-    if found == paper:
-        return (text + f"excludes 0 in the paper's direction (speaker {paper}), so gender is "
-                "nearer the language-agnostic ideal"), False
-    return (text + f"excludes 0 the other way round (speaker {found}), so gender is NOT "
-            "nearer the language-agnostic ideal"), False
+    # second − first above 0 where lower is nearer the ideal: the first is nearer
+    first_nearer = (d["low"] > 0) == (nearer == "lower")
+    found = first if first_nearer else second
+    verdict = f"excludes 0: {found} is nearer the language-agnostic ideal"
+    if pair.expected_nearer is None:
+        return text + verdict, False
+    agrees = "as expected" if found == pair.expected_nearer else "NOT as expected"
+    return text + f"{verdict}, {agrees} ({pair.expected_nearer})", False
 
 
-def _headline_section(metrics_dir: Path, diags: dict[str, dict], planted: bool,
-                      report: Path, contrast_path: Path | None,
-                      figure: Path | None) -> list[str]:
-    """The paper's headline contrast (the contrast stage's contrast.json and figure) and, on
-    the demo corpus, the planted-structure check."""
-    if not {"gender", "speaker"} <= set(diags):
+def _contrast_section(name: str, pair: ContrastConfig, tasks_dir: Path, contrasts_dir: Path,
+                      diags: dict[str, dict], report: Path) -> list[str]:
+    """One contrast (the contrast stage's `<name>.json` and figure)."""
+    if not {pair.first, pair.second} <= set(diags):
         return []
-    contrast = _read_json(contrast_path) if contrast_path is not None else None
-    reason = ("no contrast.json (the contrast stage writes it)" if contrast is None
+    path = contrasts_dir / f"{name}.json"
+    contrast = _read_json(path)
+    reason = (f"no {path.name} (the contrast stage writes it)" if contrast is None
               else contrast.get("reason"))
     if reason is not None:
         contrast = None
-    verdicts = [_difference_line(diags, metrics_dir, contrast, reason, key, what, nearer)
+    verdicts = [_difference_line(diags, tasks_dir, pair, contrast, reason, key, what, nearer)
                 for key, _, nearer, what in HEADLINE]
     how = ""
     if contrast is not None:
         how = (f" ({contrast['bootstrap']} resamples of each task's seeds, the two tasks "
                f"resampled independently, differences taken resample by resample; "
-               f"`{contrast_path.name}`)")
-    out = ["## The headline contrast", "",
-           "The paper's finding: gender recognition transfers nearer the language-agnostic ideal "
-           "(a CLTM of ones) than speaker verification. Each line gives the two values with "
-           "their own intervals, then the difference speaker − gender with the percentile "
-           f"bootstrap interval of the difference{how}. The verdict rests on that interval, not "
-           "on whether the two intervals overlap: two overlapping intervals can hold a "
-           "difference whose interval excludes 0.", "", *(line for line, _ in verdicts), ""]
+               f"`{path.name}`)")
+    expected = ("" if pair.expected_nearer is None else
+                f" The hypothesis: {pair.expected_nearer} transfers nearer the "
+                "language-agnostic ideal (a CLTM of ones).")
+    out = [f"## Contrast {name}: {pair.second} − {pair.first}", "",
+           f"Each line gives the two values with their own intervals, then the difference "
+           f"{pair.second} − {pair.first} with the percentile bootstrap interval of the "
+           f"difference{how}. The verdict rests on that interval, not on whether the two "
+           "intervals overlap: two overlapping intervals can hold a difference whose interval "
+           f"excludes 0.{expected}", "", *(line for line, _ in verdicts), ""]
     if any(covers for _, covers in verdicts):
         # A difference lost in seed noise, and seeds are what a user can add.
         out += ["The interval of a difference narrows with more seeds: "
                 "`benchmarks/seeds_needed.py` projects, from these run stores, how many would "
                 "make it exclude 0.", ""]
-    if figure is not None:
-        out += [f"![headline contrast]({_link(figure, report)})", "",
+    if contrast is not None:  # the stage draws its figure whenever it has both CLTMs
+        figure = contrasts_dir / f"{name}.png"
+        out += [f"![contrast {name}]({_link(figure, report)})", "",
                 "Dots: the values; lines: their bootstrap intervals; grey: the interval of the "
                 "same diagnostic when every cross cell is moved to its target's self mean (seed "
                 "noise alone); dashed: the ideal.", ""]
-    if not planted:
-        return out
-    out += ["## Does the pipeline recover what the demo corpus planted?", ""]
+    return out
+
+
+def _planted_section(tasks_dir: Path, diags: dict[str, dict]) -> list[str]:
+    """On the demo corpus: whether each task's CLTM recovers the planted families."""
+    out = ["## Does the pipeline recover what the demo corpus planted?", ""]
     for task, d in diags.items():
         undefined = d.get("undefined_targets") or []
         n = (d.get("n_languages") or 0) + len(undefined)
         out.append(f"- {task}: {n - len(undefined)} of {n} self-gains positive"
                    + (f" (undefined: {', '.join(undefined)})" if undefined else
                       " (no undefined row)"))
-    fam = _read_json(metrics_dir / "speaker" / "family_structure.json") or {}
-    test = fam.get("family_test") or {}
-    contrast, p, found = test.get("contrast"), test.get("p"), test.get("families_found")
-    if found is not None:
-        out.append(f"- planted genera in the speaker task: weighted family contrast "
+    for task in diags:
+        fam = _read_json(tasks_dir / task / "family_structure.json") or {}
+        test = fam.get("family_test") or {}
+        contrast, p, found = test.get("contrast"), test.get("p"), test.get("families_found")
+        if found is None:
+            out.append(f"- planted genera in the {task} task: not testable (see its section)")
+            continue
+        out.append(f"- planted genera in the {task} task: weighted family contrast "
                    f"{_fmt(contrast, 'num')}, permutation p = {_fmt(p, 'num')}: "
                    + ("detected; same-genus donors transfer more than others" if found
                       else "not detected"))
         if fam.get("intra_family_pos") is not None:
-            out.append(f"- speaker intra_family_pos {_fmt(fam['intra_family_pos'], 'pct')} "
+            out.append(f"- {task} intra_family_pos {_fmt(fam['intra_family_pos'], 'pct')} "
                        f"against a chance share of {_fmt(fam.get('same_family_pair_share'), 'pct')}"
                        f" (one-sided p = {_fmt(fam.get('intra_family_pos_p'), 'num')})")
-    else:
-        out.append("- planted genera in the speaker task: not testable (see its section)")
     for task in diags:
-        out += _partner_line(metrics_dir / task, task)
+        out += _partner_line(tasks_dir / task, task)
     return [*out, ""]
 
 
@@ -591,27 +601,27 @@ def _partner_line(task_dir: Path, task: str) -> list[str]:
             f"which a partner ranks first: {cells})"]
 
 
-def run_report(metrics_dir: Path, out_path: Path, tasks: Mapping[str, Task], *,
-               null_control: bool, planted: bool, contrast: Path | None = None,
-               contrast_figure: Path | None = None) -> None:
+def run_report(tasks_dir: Path, curves_dir: Path, contrasts_dir: Path, out_path: Path,
+               tasks: Mapping[str, Task], contrasts: Mapping[str, ContrastConfig], *,
+               null_control: bool, planted: bool) -> None:
     """Write the Markdown report of every task of `tasks` (name: its code) whose
-    `<metrics_dir>/<task>/diagnostics.json` exists; `null_control`: the runs come from a
-    null-control corpus, so say whether the CLTMs are consistent with all ones; `planted`: they
-    come from the demo corpus with its planted structure, so say whether it was recovered.
-    `contrast` and `contrast_figure`: the contrast stage's outputs (the headline's difference
-    and its figure)."""
-    metrics_dir, out_path = Path(metrics_dir), Path(out_path)
+    `<tasks_dir>/<task>/diagnostics.json` exists, with its learning curve from `curves_dir`
+    and each contrast of `contrasts` from `contrasts_dir/<name>.json`; `null_control`: the
+    runs come from a null-control corpus, so say whether the CLTMs are consistent with all
+    ones; `planted`: they come from the demo corpus with its planted structure, so say whether
+    it was recovered."""
+    tasks_dir, out_path = Path(tasks_dir), Path(out_path)
     diags = {}
     for task in tasks:
-        path = metrics_dir / task / "diagnostics.json"
+        path = tasks_dir / task / "diagnostics.json"
         if path.is_file():
             diags[task] = json.loads(path.read_text(encoding="utf-8"))
     lines = ["# CLTM report", ""]
     if not diags:
         log.warning("no diagnostics.json under %s: the report says so and nothing else",
-                    metrics_dir)
+                    tasks_dir)
         lines += [f"No task has diagnostics yet (no `<task>/diagnostics.json` under "
-                  f"`{metrics_dir}`); run the cltm stage first.", ""]
+                  f"`{tasks_dir}`); run the cltm stage first.", ""]
     else:
         lines += [
             "Diagnostics of each task's CLTM (row = target, column = donor) beside the paper's "
@@ -622,15 +632,19 @@ def run_report(metrics_dir: Path, out_path: Path, tasks: Mapping[str, Task], *,
             *_table1(diags, tasks),
             "",
         ]
-        lines += _headline_section(metrics_dir, diags, planted and not null_control,
-                                   out_path, contrast, contrast_figure)
+        for name, pair in contrasts.items():
+            lines += _contrast_section(name, pair, tasks_dir, Path(contrasts_dir), diags,
+                                       out_path)
+        if planted and not null_control:
+            lines += _planted_section(tasks_dir, diags)
         for task, d in diags.items():
-            lines += _task_section(task, tasks[task].title, metrics_dir / task, d, out_path,
+            lines += _task_section(task, tasks[task].title, tasks_dir / task, d, out_path,
                                    null_control)
-        lines += _curve_section(metrics_dir, out_path, tasks)
-        if any(code.donor_probes for code in tasks.values()):
-            lines += _geometry_section(metrics_dir, out_path)
-        lines += _gaps_section(metrics_dir, out_path, tasks)
+        lines += _curve_section(Path(curves_dir), out_path, tasks)
+        for task, code in tasks.items():
+            if code.donor_probes and task in diags:
+                lines += _geometry_section(tasks_dir / task, task, out_path)
+        lines += _gaps_section(tasks_dir, out_path, tasks)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
     log.info("report written to %s", out_path)
