@@ -95,11 +95,11 @@ def test_repro_trains_every_run_and_writes_the_cltm(repo):
         assert runs["run_id"].is_unique
         for name in ("cltm.csv", "cltm_se.csv", "performance.csv", "diagnostics.json",
                      "heatmap.png", "self_gain.png"):
-            assert (repo / "metrics" / task / name).is_file()
+            assert (repo / "metrics" / "tasks" / task / name).is_file()
     assert (repo / "mlflow.db").is_file()
     assert "Table 1" in (repo / "metrics" / "report.md").read_text()
     shown = run_cmd(["dvc", "metrics", "show"], repo)
-    assert "metrics/gender/diagnostics.json" in shown and "rfd1" in shown
+    assert "metrics/tasks/gender/diagnostics.json" in shown and "rfd1" in shown
 
 
 @pytest.mark.slow
@@ -125,17 +125,18 @@ def test_curve_stage_chooses_N_from_nested_base_runs(repo):
 def test_geometry_and_gaps_stages_write_their_metrics(repo):
     probes = list((repo / "metrics" / "runs" / "speaker" / "probes").glob("*.npz"))
     assert len(probes) == 2 * 2 + 2  # one per run of the grid
-    geometry = json.loads((repo / "metrics" / "speaker" / "geometry.json").read_text())
+    geometry = json.loads((repo / "metrics" / "tasks" / "speaker" / "geometry.json").read_text())
     assert geometry["enabled"] and geometry["probe_clips"] == 4
     assert {"centroid", "sinkhorn"} == set(geometry["correlations"])
-    per_run = pd.read_csv(repo / "metrics" / "speaker" / "geometry" / "per_run.csv")
+    per_run = pd.read_csv(repo / "metrics" / "tasks" / "speaker" / "geometry" / "per_run.csv")
     assert len(per_run) == 2  # the cross runs: 2 targets x 1 donor x 1 seed
     assert (per_run[["centroid", "sinkhorn"]] > 0).all().all()
     for task in ("gender", "speaker"):
-        gaps = json.loads((repo / "metrics" / task / "gaps.json").read_text())
+        gaps = json.loads((repo / "metrics" / "tasks" / task / "gaps.json").read_text())
         assert set(gaps["performance_gap"]) == {"base", "self", "cross"}
         assert gaps["cka"]["enabled"]
-        cka = pd.read_csv(repo / "metrics" / task / "gaps" / "cka.csv").set_index("target")
+        cka = pd.read_csv(repo / "metrics" / "tasks" / task / "gaps" / "cka.csv")
+        cka = cka.set_index("target")
         values = cka.to_numpy(dtype=float)
         assert ((values >= -1e-9) & (values <= 1 + 1e-9)).all()
     report = (repo / "metrics" / "report.md").read_text()
@@ -158,11 +159,12 @@ def test_every_stage_runs_from_its_declared_deps_alone(repo):
 
 @pytest.mark.slow
 def test_the_hermetic_check_fails_where_a_read_is_undeclared(repo):
-    """The two reads dvc.yaml once left undeclared: without them the stage fails or writes
-    other outs than the pipeline did."""
+    """A read dropped from a stage's deps (one that dvc.yaml once left undeclared, and the
+    report's contrasts): without it the stage fails or writes other outs than the pipeline
+    did."""
     corpus = yaml.safe_load((repo / "params.yaml").read_text())["data"]["commonvoice"]["root"]
-    for stage, dep in (("gaps@gender", "metrics/gender/cltm.csv"),
-                       ("report", "metrics/speaker/transfer_graph.json")):
+    for stage, dep in (("gaps@gender", "metrics/tasks/gender/cltm.csv"),
+                       ("report", "metrics/contrasts")):
         code, _, outs = run_hermetic(repo, repo, [corpus], stage, drop=[dep])
         assert code != 0 or outs, f"{stage} ran alike without {dep}"
 
@@ -178,7 +180,8 @@ def test_changing_speaker_N_reruns_only_what_depends_on_it(repo):
     # the curve keeps its runs (their hash leaves N out): only its data and choice are redone
     downstream = {"subsets@speaker", "grid@speaker", "cltm@speaker", "gaps@speaker",
                   "geometry"}
-    assert downstream <= ran <= downstream | {"curve@speaker", "contrast", "report"}
+    assert downstream <= ran <= downstream | {"curve@speaker", "contrast@speaker-gender",
+                                              "report"}
     assert curve_store.read_text() == before  # no curve run was retrained
     manifest = pd.read_csv(repo / "data" / "subsets" / "speaker" / "manifest.csv")
     assert (manifest[manifest["role"] == "D"].groupby("language").size() == 8).all()
