@@ -156,9 +156,21 @@ def _synthetic_store(root: Path, shift: dict[tuple[str, str], float]) -> Path:
 
 
 def _geometry(config, runs_dir: Path, metrics: Path) -> dict:
-    return geometry_stage.run("speaker", runs_dir, metrics / "speaker" / "cltm.csv",
+    return geometry_stage.run("speaker", config.task("speaker"), runs_dir,
+                              metrics / "speaker" / "cltm.csv",
                               metrics / "speaker" / "geometry",
                               metrics / "speaker" / "geometry.json", config.analysis)
+
+
+def test_geometry_of_a_task_without_donor_probes_is_a_note(tmp_path):
+    config = _config()
+    out = geometry_stage.run("gender", config.task("gender"), tmp_path / "no-store",
+                             tmp_path / "cltm.csv", tmp_path / "geometry",
+                             tmp_path / "geometry.json", config.analysis)
+    assert out == {"enabled": False}
+    written = json.loads((tmp_path / "geometry.json").read_text())
+    assert written == {"enabled": False,
+                       "reason": "the gender task's cross runs embed no donor clips"}
 
 
 def test_geometry_and_cka_recover_a_planted_ordering(tmp_path):

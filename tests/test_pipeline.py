@@ -179,7 +179,7 @@ def test_changing_speaker_N_reruns_only_what_depends_on_it(repo):
     ran = stages_run(run_cmd(["dvc", "repro"], repo))
     # the curve keeps its runs (their hash leaves N out): only its data and choice are redone
     downstream = {"subsets@speaker", "grid@speaker", "cltm@speaker", "gaps@speaker",
-                  "geometry"}
+                  "geometry@speaker"}
     assert downstream <= ran <= downstream | {"curve@speaker", "contrast@speaker-gender",
                                               "report"}
     assert curve_store.read_text() == before  # no curve run was retrained

@@ -66,8 +66,8 @@ def _curve(args: argparse.Namespace, config: Config) -> None:
 def _geometry(args: argparse.Namespace, config: Config) -> None:
     from cltm.stages import geometry
 
-    geometry.run("speaker", Path(args.runs), Path(args.cltm), Path(args.out), Path(args.json),
-                 config.analysis)
+    geometry.run(args.task, config.task(args.task), Path(args.runs), Path(args.cltm),
+                 Path(args.out), Path(args.json), config.analysis)
 
 
 def _gaps(args: argparse.Namespace, config: Config) -> None:
@@ -240,8 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
          task=True, metadata="the metadata stage's folder", data="the curve's subsets folder",
          runs="the curve's run store", out="the folder of the curve's tables and plots",
          json="the curve's choice (JSON)")
-    _sub(sub, "geometry", "speaker embedding geometry of every cross run", _geometry,
-         runs="the speaker run store", cltm="the speaker CLTM (cltm.csv)",
+    _sub(sub, "geometry", "embedding geometry of every cross run (a task whose runs embed "
+         "donor clips: speaker)", _geometry, task=True,
+         runs="the task's run store", cltm="the task's CLTM (cltm.csv)",
          out="the folder of the distances and plots", json="the summary (JSON)")
     _sub(sub, "gaps", "performance gap and linguistic gap (CKA) of a task", _gaps, task=True,
          runs="the task's run store", cltm="the task's CLTM (cltm.csv)",

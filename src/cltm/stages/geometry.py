@@ -1,5 +1,7 @@
-"""The `geometry` stage: centroid and Sinkhorn distances between the donor's and the target's
-probe embeddings under each cross model (Table 2 of the paper), against the CLTM.
+"""The `geometry@TASK` stage: centroid and Sinkhorn distances between the donor's and the
+target's probe embeddings under each cross model (Table 2 of the paper), against the CLTM. A
+task whose runs embed no donor probes (its embedding is no verification embedding: gender)
+gets a note instead.
 
   --out    centroid.csv, sinkhorn.csv, per_run.csv, cltm_vs_distance.png
   --json   the distances' correlations with the CLTM, the extreme pairs
@@ -20,20 +22,26 @@ from cltm.config import AnalysisConfig
 from cltm.jsonfile import write_json
 from cltm.records import load_probes, no_probes_reason, probe_files
 from cltm.stages._common import fresh_dir
+from cltm.tasks.base import Task
 
 log = logging.getLogger(__name__)
 
 
-def run(task: str, runs_dir: Path, cltm_csv: Path, out: Path, out_json: Path,
+def run(task: str, code: Task, runs_dir: Path, cltm_csv: Path, out: Path, out_json: Path,
         a: AnalysisConfig) -> dict:
-    runs = read_run_store(runs_dir, task)
-    probes = probe_files(runs_dir, runs["hash"])
     out_dir = fresh_dir(out)
-    reason = no_probes_reason(a.probe_clips, len(runs), len(probes))
+    if not code.donor_probes:
+        runs, probes = None, {}
+        reason = f"the {task} task's cross runs embed no donor clips"
+    else:
+        runs = read_run_store(runs_dir, task)
+        probes = probe_files(runs_dir, runs["hash"])
+        reason = no_probes_reason(a.probe_clips, len(runs), len(probes))
     if reason:
         write_json({"enabled": False, "reason": reason}, out_json)
         (out_dir / "README.txt").write_text(reason + "\n")
-        log.warning("geometry skipped: %s", reason)
+        log.log(logging.WARNING if code.donor_probes else logging.INFO,
+                "geometry skipped: %s", reason)
         return {"enabled": False}
     rows = []
     for r in runs[runs["condition"] == "cross"].itertuples():
