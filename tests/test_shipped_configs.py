@@ -142,7 +142,7 @@ def test_a_shipped_config_runs_through_dvc_and_leaves_status_clean(config, relea
                 (root / "metrics" / "runs" / task / "runs.jsonl").read_text().splitlines()]
         assert len(runs) == (len(LANGS) ** 2 + len(LANGS)) * 1
         assert all(np.isfinite(r["score"]) for r in runs)
-        assert (root / "metrics" / task / "cltm.csv").is_file()
+        assert (root / "metrics" / "tasks" / task / "cltm.csv").is_file()
     # the old-release locale read: its metadata has no durations, and its clips were decoded
     it = pd.read_parquet(root / "data" / "metadata" / "it.parquet")
     assert it["duration_s"].isna().all() and set(it["gender"]) >= {"male", "female"}
