@@ -18,7 +18,7 @@ from cltm.analysis.stats import families_found, ones_verdict
 from cltm.cli import main
 from cltm.errors import CltmError
 from cltm.stages.calibration import checks, dose_series
-from tests.conftest import copy_pipeline, lock_stages, run_cmd, run_hermetic, stages_run
+from tests.conftest import copy_pipeline, hermetic_failures, run_cmd, stages_run
 
 REPO = Path(__file__).resolve().parents[1]
 #: The tasks the calibration summaries hold.
@@ -112,11 +112,7 @@ def test_every_calibration_stage_runs_from_its_declared_deps_alone(calibrated):
     calibration/params.yaml and the variants' corpora (the releases their stages read)."""
     cal = calibrated / "calibration"
     corpora = [f"work/{v}/corpus" for v in TINY_VARIANTS]
-    failed = {}
-    for stage in lock_stages(cal):
-        code, output, missing = run_hermetic(calibrated, cal, corpora, stage)
-        if code or missing:
-            failed[stage] = f"exit {code}, outs: {missing}\n{output[-1500:]}"
+    failed = hermetic_failures(calibrated, cal, corpora)
     assert not failed, "\n\n".join(f"{s}: {why}" for s, why in failed.items())
 
 

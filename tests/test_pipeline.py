@@ -9,7 +9,7 @@ import yaml
 
 from cltm.cli import main
 from cltm.data.pack import PackedAudio
-from tests.conftest import copy_pipeline, lock_stages, run_cmd, run_hermetic, stages_run
+from tests.conftest import copy_pipeline, hermetic_failures, run_cmd, run_hermetic, stages_run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -149,11 +149,7 @@ def test_every_stage_runs_from_its_declared_deps_alone(repo):
     """Each stage, run in a fresh folder holding only what dvc.yaml declares for it (its deps,
     params.yaml and the corpus root, an immutable release), succeeds and writes every out."""
     corpus = yaml.safe_load((repo / "params.yaml").read_text())["data"]["commonvoice"]["root"]
-    failed = {}
-    for stage in lock_stages(repo):
-        code, output, missing = run_hermetic(repo, repo, [corpus], stage)
-        if code or missing:
-            failed[stage] = f"exit {code}, outs: {missing}\n{output[-1500:]}"
+    failed = hermetic_failures(repo, repo, [corpus])
     assert not failed, "\n\n".join(f"{s}: {why}" for s, why in failed.items())
 
 
