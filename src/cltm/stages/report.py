@@ -6,8 +6,8 @@ anything; a task whose diagnostics.json is missing is left out. Each task ends w
 numbers be trusted?": self-gains with SEs, the bootstrap intervals, the cell tests' counts and
 the family-structure check (stats.py's files; a missing one is named, not fatal).
 
-The headline contrast (speaker − gender) is the contrast stage's (contrast.py): the report
-shows its contrast.json and links its figure.
+Each contrast of analysis.contrasts (the paper's: speaker − gender) is its contrast stage's
+(contrast.py): the report shows its `<name>.json` and links its figure.
 """
 
 from __future__ import annotations

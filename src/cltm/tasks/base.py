@@ -26,8 +26,6 @@ if TYPE_CHECKING:
     import pandas as pd
     import torch
 
-    from cltm.config import Config
-
 
 @dataclass(frozen=True)
 class TaskConfig:
@@ -45,6 +43,10 @@ class TaskConfig:
     head_lr_scale: float | None
     encoder: Literal["finetune", "frozen"] | None
 
+
+#: The validated params (cltm.config.Config). Not imported, not even for type checking: the
+#: config imports this module to build the task blocks.
+Config = Any
 
 #: classify(embeddings) -> each row's class index, under the run's own head.
 Classify = Callable[["torch.Tensor"], "np.ndarray"]
